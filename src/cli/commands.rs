@@ -1,0 +1,297 @@
+//! The code behind each subcommand: load inputs, call the library, print results.
+use super::model_arg::{load_model, ModelArg};
+use super::progress::Progress;
+use super::{Cli, Command, TrainArgs};
+use crate::data::idx::read_idx_file;
+use crate::data::image::{is_image_path, read_image};
+use crate::data::npy::{read_npy, write_npy_f32, NpyData};
+use crate::data::{dataset, DataSplit};
+use crate::error::{Error, Result};
+use crate::nn::{Init, Network};
+use crate::optim::Optimizer;
+use crate::tensor::Tensor;
+use crate::train::eval::argmax;
+use crate::train::recipe::TrainRecipe;
+use crate::train::{evaluate, train, RunPaths, Start, TrainOptions, Trainer};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            return Err(Error::invalid("--threads must be at least 1"));
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| Error::invalid(format!("--threads: {e}")))?;
+    }
+    match cli.command {
+        Command::Summary { model } => summary(&model),
+        Command::Predict { model, weights, input, output } => predict(&model, weights, &input, output.as_deref()),
+        Command::Train(args) => train_cmd(args),
+        Command::Eval { model, weights, data } => eval_cmd(&model, weights, data.as_deref()),
+    }
+}
+
+fn shape_text(s: &[usize]) -> String {
+    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+}
+
+/// 61706 → "61,706".
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn summary(model: &str) -> Result<()> {
+    let m = load_model(model)?;
+    let net = Network::<f32>::new(m.spec, Init::Pytorch, 0);
+    let spec = net.spec();
+    println!("Model: {}   input {}", spec.name, shape_text(&spec.input));
+    println!("{:<12} {:<10} {:>14} {:>10}", "index", "layer", "output shape", "params");
+    println!("{}", "-".repeat(49));
+    for r in net.summary() {
+        let depth = r.index.matches(".body.").count();
+        let kind = format!("{}{}", "  ".repeat(depth), r.kind);
+        println!("{:<12} {:<10} {:>14} {:>10}", r.index, kind, shape_text(&r.output_shape), thousands(r.params));
+    }
+    println!("{}", "-".repeat(49));
+    println!("Total parameters: {}", thousands(net.param_count()));
+    Ok(())
+}
+
+/// A network with its weights: from --weights, else the run directory's.
+fn load_trained(model: &str, weights: Option<PathBuf>, what: &str) -> Result<Network<f32>> {
+    let ModelArg { spec, run_weights } = load_model(model)?;
+    let w = weights.or(run_weights).ok_or_else(|| Error::invalid(format!("{what} needs weights: pass --weights FILE or a run directory as --model")))?;
+    let mut net = Network::<f32>::new(spec, Init::Pytorch, 0);
+    net.load_weights(&w)?;
+    Ok(net)
+}
+
+/// Reads prediction inputs as (N, C, H, W) with a display name per sample.
+fn read_inputs(paths: &[PathBuf], input: [usize; 3]) -> Result<(Tensor<f32>, Vec<String>)> {
+    let [c, h, w] = input;
+    let size_err = |p: &Path, got: String| Error::format(p, format!("inputs are {got} but the model takes {c}×{h}×{w} (C×H×W)"));
+    if paths.iter().all(|p| is_image_path(p)) {
+        let mut data = Vec::with_capacity(paths.len() * c * h * w);
+        for p in paths {
+            let (px, ih, iw) = read_image(p, c)?;
+            if (ih, iw) != (h, w) {
+                return Err(size_err(p, format!("{c}×{ih}×{iw}")));
+            }
+            data.extend(px);
+        }
+        let names = paths.iter().map(|p| p.display().to_string()).collect();
+        return Ok((Tensor::from_vec(&[paths.len(), c, h, w], data)?, names));
+    }
+    let [p] = paths else {
+        return Err(Error::invalid("several --input files must all be PNG/JPEG images; give one .npy or IDX file alone"));
+    };
+    let (data, n) = if p.extension().is_some_and(|e| e == "npy") {
+        let a = read_npy(p)?;
+        let data = match a.data {
+            NpyData::F32(v) => v,
+            NpyData::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+            _ => return Err(Error::format(p, format!("dtype {} is not supported; predict takes float32 [N, C, H, W]", a.dtype_name()))),
+        };
+        let n = match a.shape[..] {
+            [n, ac, ah, aw] if [ac, ah, aw] == input => n,
+            _ => return Err(size_err(p, format!("{:?}", a.shape))),
+        };
+        (data, n)
+    } else {
+        let a = read_idx_file(p)?;
+        let n = match a.dims[..] {
+            [n, ah, aw] if c == 1 && [ah, aw] == [h, w] => n,
+            [n, ac, ah, aw] if [ac, ah, aw] == input => n,
+            _ => return Err(size_err(p, format!("{:?}", a.dims))),
+        };
+        (a.data.into_iter().map(|v| v as f32 / 255.0).collect(), n)
+    };
+    let names = (0..n).map(|i| format!("{}[{i}]", p.display())).collect();
+    Ok((Tensor::from_vec(&[n, c, h, w], data)?, names))
+}
+
+fn predict(model: &str, weights: Option<PathBuf>, input: &[PathBuf], output: Option<&Path>) -> Result<()> {
+    let mut net = load_trained(model, weights, "predict")?;
+    let (x, names) = read_inputs(input, net.spec().input)?;
+    let n = x.shape()[0];
+    let k = net.output_len();
+    let mut out = Vec::with_capacity(n * k); // (N, K)
+    let batch = 500;
+    for s in (0..n).step_by(batch) {
+        out.extend_from_slice(net.forward(x.slice_rows(s, (s + batch).min(n)), false)?.data());
+    }
+    match output {
+        Some(path) => {
+            write_npy_f32(path, &[n, k], &out)?;
+            println!("wrote {n}×{k} outputs to {}", path.display());
+        }
+        None => {
+            for (name, row) in names.iter().zip(out.chunks(k)) {
+                let c = argmax(row);
+                let m = row[c];
+                let z: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
+                println!("{name}: class {c} (p = {:.4})", 1.0 / z);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load_data(dir: Option<&Path>) -> Result<DataSplit> {
+    match dir {
+        Some(d) => dataset::load_dir(d),
+        None => dataset::embedded(),
+    }
+}
+
+fn parse_opt<X: std::str::FromStr<Err = String>>(flag: &str, v: &Option<String>) -> Result<Option<X>> {
+    v.as_deref().map(|s| s.parse().map_err(|e| Error::invalid(format!("--{flag}: {e}")))).transpose()
+}
+
+/// The command line's training options as a recipe layered over the model's.
+fn cli_recipe(a: &TrainArgs) -> Result<TrainRecipe> {
+    Ok(TrainRecipe {
+        optimizer: parse_opt("optimizer", &a.optimizer)?,
+        lr: a.lr,
+        momentum: a.momentum,
+        nesterov: a.nesterov.then_some(true),
+        weight_decay: a.weight_decay,
+        schedule: parse_opt("schedule", &a.schedule)?,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        loss: parse_opt("loss", &a.loss)?,
+        augment: a.augment,
+        init: parse_opt("init", &a.init)?,
+    })
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let cli = cli_recipe(&a)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // Without a handler Ctrl-C would kill the process mid-write; with it, training stops
+        // at the next batch and the last completed epoch stays on disk.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let (start, opts, paths, data) = if let Some(dir) = &a.resume {
+        let changed = cli != TrainRecipe { epochs: cli.epochs, ..TrainRecipe::default() } || a.seed != 0 || a.no_shuffle;
+        if changed {
+            return Err(Error::invalid("--resume continues a run with its own options; only --epochs (and --data) may be given"));
+        }
+        let paths = RunPaths { dir: dir.clone() };
+        if !paths.checkpoint().is_file() {
+            return Err(Error::invalid(format!("{}: holds no run to resume (no checkpoint.safetensors)", dir.display())));
+        }
+        let m = load_model(&dir.display().to_string())?;
+        let (seed, shuffle) = read_run_meta(&paths.checkpoint())?;
+        let mut recipe = m.spec.train.clone();
+        if let Some(e) = cli.epochs {
+            recipe.epochs = Some(e);
+        }
+        let opts = TrainOptions::resolve(&[&recipe], seed, shuffle)?;
+        let net = Network::<f32>::new(m.spec, opts.init, opts.seed);
+        let start = crate::train::trainer::resume(&paths, &opts, net)?;
+        if start.epochs_done >= opts.epochs {
+            println!("{}: all {} epochs are done; pass --epochs N to train further", dir.display(), opts.epochs);
+            return Ok(());
+        }
+        println!("resuming {} after epoch {} of {}", dir.display(), start.epochs_done, opts.epochs);
+        (start, opts, paths, load_data(a.data.as_deref())?)
+    } else {
+        let m = load_model(&a.model)?;
+        let opts = TrainOptions::resolve(&[&cli, &m.spec.train], a.seed, !a.no_shuffle)?;
+        let data = load_data(a.data.as_deref())?;
+        let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string()));
+        if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) && !a.force {
+            return Err(Error::invalid(format!("{}: already exists; choose another --out or pass --force to overwrite", dir.display())));
+        }
+        let mut net = Network::<f32>::new(m.spec, opts.init, opts.seed);
+        if let Some(w) = &a.weights {
+            net.load_weights(w)?;
+        }
+        let src = a.data.as_ref().map_or("embedded MNIST subset".to_string(), |d| d.display().to_string());
+        println!(
+            "training {} ({} parameters) on {} ({} train / {} test images) for {} epochs into {}",
+            net.spec().name,
+            thousands(net.param_count()),
+            src,
+            data.train.len(),
+            data.test.as_ref().map_or(0, |t| t.len()),
+            opts.epochs,
+            dir.display()
+        );
+        println!(
+            "optimizer {} lr {} momentum {} weight decay {} schedule {} loss {} batch {} augment {}",
+            opts.optimizer.kind.name(),
+            opts.lr,
+            opts.optimizer.momentum,
+            opts.optimizer.weight_decay,
+            opts.schedule,
+            opts.loss.name(),
+            opts.batch_size,
+            opts.augment
+        );
+        let trainer = Trainer::new(net, Optimizer::new(opts.optimizer), opts.loss);
+        (Start { trainer, epochs_done: 0, history: Vec::new() }, opts, RunPaths { dir }, data)
+    };
+    let mut progress = Progress::new(a.quiet);
+    let started = std::time::Instant::now();
+    let t = train(start, &data, &opts, &paths, Some(stop), &mut progress)?;
+    let _ = t;
+    println!("done in {:.1}s; run saved in {}", started.elapsed().as_secs_f64(), paths.dir.display());
+    println!("  convnet eval --model {}", paths.dir.display());
+    Ok(())
+}
+
+/// Seed and shuffle flag stored in a checkpoint's metadata.
+fn read_run_meta(ck: &Path) -> Result<(u64, bool)> {
+    let bytes = std::fs::read(ck).map_err(|e| Error::io(ck, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(ck, format!("not a valid checkpoint: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let seed = meta.get("seed").and_then(|s| s.parse().ok()).ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `seed`"))?;
+    let shuffle = meta.get("shuffle").and_then(|s| s.parse().ok()).ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `shuffle`"))?;
+    Ok((seed, shuffle))
+}
+
+fn eval_cmd(model: &str, weights: Option<PathBuf>, data: Option<&Path>) -> Result<()> {
+    let mut net = load_trained(model, weights, "eval")?;
+    let split = load_data(data)?;
+    let (set, which) = match &split.test {
+        Some(t) => (t, "test"),
+        None => (&split.train, "training (no test set found)"),
+    };
+    set.check_fits(net.spec().input, net.output_len())?;
+    let e = evaluate(&mut net, set, crate::loss::LossKind::CrossEntropy)?;
+    println!("{which} set: {} images", set.len());
+    println!("accuracy: {:.2}%  (cross-entropy {:.4})", 100.0 * e.accuracy, e.loss);
+    println!("per-class accuracy:");
+    for (c, a) in e.per_class_accuracy().iter().enumerate() {
+        println!("  {c:>3}: {}", if a.is_nan() { "   n/a".to_string() } else { format!("{:6.2}%", 100.0 * a) });
+    }
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let k = e.confusion.len();
+    print!("     ");
+    for c in 0..k {
+        print!("{c:>5}");
+    }
+    println!();
+    for (t, row) in e.confusion.iter().enumerate() {
+        print!("{t:>5}");
+        for v in row {
+            print!("{v:>5}");
+        }
+        println!();
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Command-line interface: argument definitions and the code behind each subcommand.
+mod commands;
+mod model_arg;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub use commands::run;
+
+/// Convolutional neural networks: define, train, evaluate and inspect them.
+#[derive(Parser, Debug)]
+#[command(name = "convnet", version, about)]
+pub struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show each layer's output shape and parameter count.
+    Summary {
+        /// Model file, preset name (lenet5, mlp, resnet-small) or run directory.
+        #[arg(long, default_value = "lenet5")]
+        model: String,
+    },
+    /// Run a trained network on images.
+    Predict {
+        /// Model file, preset or run directory (a run directory brings its weights).
+        #[arg(long)]
+        model: String,
+        /// Weights (.safetensors); optional when --model is a run directory.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// A .npy float32 [N, C, H, W] array, an IDX image file, or PNG/JPEG images.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Write the raw outputs as float32 [N, outputs] to this .npy file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Train a network (default: LeNet-5 on the embedded MNIST digits).
+    Train(TrainArgs),
+    /// Test accuracy, per-class accuracy and the confusion matrix of a trained network.
+    Eval {
+        /// Run directory (or model file / preset with --weights).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Data directory (IDX or npy layout); default: the embedded digits.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct TrainArgs {
+    /// Model file or preset name.
+    #[arg(long, default_value = "lenet5")]
+    pub model: String,
+    /// Start from these weights instead of a random initialisation.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Data directory (IDX or npy layout); default: the embedded MNIST subset.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// sgd, adam or adamw.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// constant, cosine or step:EVERY[:GAMMA].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// cross-entropy, square or bce.
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Random shifts of up to this many pixels.
+    #[arg(long)]
+    pub augment: Option<usize>,
+    /// pytorch, kaiming or xavier.
+    #[arg(long)]
+    pub init: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Batches in file order.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Run directory (default: runs/<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Overwrite an existing run directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Continue the run in this directory from its last completed epoch.
+    #[arg(long, conflicts_with_all = ["model", "weights", "out"])]
+    pub resume: Option<PathBuf>,
+    /// No progress bars (one line per epoch only).
+    #[arg(long)]
+    pub quiet: bool,
+}

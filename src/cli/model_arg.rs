@@ -1,0 +1,31 @@
+//! Resolving a `--model` argument: a preset name, a model file, or a run directory.
+use crate::error::{Error, Result};
+use crate::nn::presets::{preset, PRESETS};
+use crate::nn::ModelSpec;
+use std::path::{Path, PathBuf};
+
+/// A model spec and, for a run directory, its weights file.
+pub struct ModelArg {
+    pub spec: ModelSpec,
+    pub run_weights: Option<PathBuf>,
+}
+
+pub fn load_model(arg: &str) -> Result<ModelArg> {
+    let path = Path::new(arg);
+    if path.is_dir() {
+        let file = path.join("model.toml");
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let spec = ModelSpec::parse(&text, &file.display().to_string())?;
+        let w = path.join("model.safetensors");
+        return Ok(ModelArg { spec, run_weights: w.is_file().then_some(w) });
+    }
+    if path.is_file() {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        return Ok(ModelArg { spec: ModelSpec::parse(&text, arg)?, run_weights: None });
+    }
+    if let Some(text) = preset(arg) {
+        return Ok(ModelArg { spec: ModelSpec::parse(text, &format!("preset {arg}"))?, run_weights: None });
+    }
+    let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+    Err(Error::invalid(format!("{arg}: no such model file, run directory or preset (presets: {})", names.join(", "))))
+}

@@ -1,0 +1,213 @@
+//! Labelled image sets: a directory in IDX or npy layout, or the embedded MNIST subset.
+use super::idx::{parse_idx, read_idx_file, IdxArray};
+use super::npy::{read_npy, NpyData};
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Pixel storage: bytes stay bytes (4× less memory), scaled to [0, 1] when a batch is gathered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pixels {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+/// N images of one shape with their class labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Where it came from, for messages.
+    pub source: PathBuf,
+    pixels: Pixels,
+    /// [C, H, W] of one image.
+    pub sample_shape: [usize; 3],
+    pub labels: Vec<u32>,
+}
+
+/// A training set and an optional test set.
+#[derive(Clone, Debug)]
+pub struct DataSplit {
+    pub train: Dataset,
+    pub test: Option<Dataset>,
+}
+
+impl Dataset {
+    /// Checks that pixels and labels agree in count and that there is at least one image.
+    pub fn new(source: PathBuf, pixels: Pixels, sample_shape: [usize; 3], labels: Vec<u32>) -> Result<Dataset> {
+        let per: usize = sample_shape.iter().product();
+        let n_px = match &pixels {
+            Pixels::U8(v) => v.len(),
+            Pixels::F32(v) => v.len(),
+        };
+        if labels.is_empty() {
+            return Err(Error::format(&source, "the data set is empty"));
+        }
+        if per == 0 || n_px != labels.len() * per {
+            return Err(Error::format(&source, format!("{} images but {} labels", n_px / per.max(1), labels.len())));
+        }
+        Ok(Dataset { source, pixels, sample_shape, labels })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Copies the images at `indices` into `out` (B, C, H, W) as floats (bytes scaled by 1/255).
+    pub fn gather(&self, indices: &[usize], out: &mut [f32]) {
+        let per: usize = self.sample_shape.iter().product();
+        for (dst, &i) in out.chunks_exact_mut(per).zip(indices) {
+            match &self.pixels {
+                Pixels::U8(v) => dst.iter_mut().zip(&v[i * per..(i + 1) * per]).for_each(|(d, &s)| *d = s as f32 / 255.0),
+                Pixels::F32(v) => dst.copy_from_slice(&v[i * per..(i + 1) * per]),
+            }
+        }
+    }
+
+    /// The largest label plus one.
+    pub fn classes(&self) -> usize {
+        self.labels.iter().max().map_or(0, |&m| m as usize + 1)
+    }
+
+    /// Checks the set against a model's input shape and number of outputs.
+    pub fn check_fits(&self, input: [usize; 3], outputs: usize) -> Result<()> {
+        if self.sample_shape != input {
+            return Err(Error::format(
+                &self.source,
+                format!("images are {:?} (C, H, W) but the model takes {:?}", self.sample_shape, input),
+            ));
+        }
+        if let Some((i, &l)) = self.labels.iter().enumerate().find(|(_, &l)| l as usize >= outputs) {
+            return Err(Error::format(&self.source, format!("label {l} (sample {i}) is beyond the model's {outputs} outputs")));
+        }
+        Ok(())
+    }
+}
+
+/// The real MNIST subset shipped inside the binary: 4,000 training and 1,000 test digits.
+pub fn embedded() -> Result<DataSplit> {
+    const TRAIN_X: &[u8] = include_bytes!("../../data/mnist-5k/train-images-idx3-ubyte.gz");
+    const TRAIN_Y: &[u8] = include_bytes!("../../data/mnist-5k/train-labels-idx1-ubyte.gz");
+    const TEST_X: &[u8] = include_bytes!("../../data/mnist-5k/t10k-images-idx3-ubyte.gz");
+    const TEST_Y: &[u8] = include_bytes!("../../data/mnist-5k/t10k-labels-idx1-ubyte.gz");
+    let src = PathBuf::from("<embedded mnist-5k>");
+    let train = from_idx(parse_idx(TRAIN_X, &src)?, parse_idx(TRAIN_Y, &src)?, &src)?;
+    let test = from_idx(parse_idx(TEST_X, &src)?, parse_idx(TEST_Y, &src)?, &src)?;
+    Ok(DataSplit { train, test: Some(test) })
+}
+
+fn from_idx(images: IdxArray, labels: IdxArray, source: &Path) -> Result<Dataset> {
+    let shape = match images.dims[..] {
+        [_, h, w] => [1, h, w],
+        [_, c, h, w] => [c, h, w],
+        _ => return Err(Error::format(source, format!("IDX images must have 3 or 4 dimensions, got {:?}", images.dims))),
+    };
+    if labels.dims.len() != 1 {
+        return Err(Error::format(source, format!("IDX labels must have 1 dimension, got {:?}", labels.dims)));
+    }
+    if images.dims[0] != labels.dims[0] {
+        return Err(Error::format(source, format!("{} images but {} labels", images.dims[0], labels.dims[0])));
+    }
+    Dataset::new(source.to_path_buf(), Pixels::U8(images.data), shape, labels.data.into_iter().map(u32::from).collect())
+}
+
+/// `dir/name` or `dir/name.gz`, whichever exists.
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    [dir.join(name), dir.join(format!("{name}.gz"))].into_iter().find(|p| p.is_file())
+}
+
+fn load_idx_pair(images: &Path, labels: &Path) -> Result<Dataset> {
+    let x = read_idx_file(images)?;
+    let y = read_idx_file(labels)?;
+    if x.dims.first() != y.dims.first() {
+        return Err(Error::format(
+            images,
+            format!("{} images but {} labels in {}", x.dims.first().unwrap_or(&0), y.dims.first().unwrap_or(&0), labels.display()),
+        ));
+    }
+    from_idx(x, y, images)
+}
+
+fn load_npy_pair(images: &Path, labels: &Path) -> Result<Dataset> {
+    let x = read_npy(images)?;
+    let (pixels, shape) = match (x.data, &x.shape[..]) {
+        (NpyData::F32(v), &[_, c, h, w]) => (Pixels::F32(v), [c, h, w]),
+        (NpyData::U8(v), &[_, h, w]) => (Pixels::U8(v), [1, h, w]),
+        (NpyData::U8(v), &[_, c, h, w]) => (Pixels::U8(v), [c, h, w]),
+        (d, s) => {
+            let dt = match d {
+                NpyData::F32(_) => "float32",
+                NpyData::F64(_) => "float64",
+                NpyData::U8(_) => "uint8",
+                NpyData::Int(_) => "integer",
+            };
+            return Err(Error::format(images, format!("images must be float32 [N, C, H, W] or uint8 [N, H, W] / [N, C, H, W]; got {dt} {s:?}")));
+        }
+    };
+    let y = read_npy(labels)?;
+    let labels_v: Vec<i64> = match (y.data, y.shape.len()) {
+        (NpyData::U8(v), 1) => v.into_iter().map(i64::from).collect(),
+        (NpyData::Int(v), 1) => v,
+        (_, _) => return Err(Error::format(labels, format!("labels must be a 1-D integer array, got shape {:?}", y.shape))),
+    };
+    if let Some(bad) = labels_v.iter().find(|&&l| l < 0 || l > u32::MAX as i64) {
+        return Err(Error::format(labels, format!("label {bad} is not a class index")));
+    }
+    let n = x.shape[0];
+    if n != labels_v.len() {
+        return Err(Error::format(images, format!("{n} images but {} labels in {}", labels_v.len(), labels.display())));
+    }
+    Dataset::new(images.to_path_buf(), pixels, shape, labels_v.into_iter().map(|l| l as u32).collect())
+}
+
+/// Loads a directory in MNIST's IDX layout or in the npy layout (train_images.npy, ...).
+pub fn load_dir(dir: &Path) -> Result<DataSplit> {
+    if !dir.is_dir() {
+        return Err(Error::format(dir, "not a directory (expected MNIST IDX files or train_images.npy / train_labels.npy)"));
+    }
+    if let (Some(x), Some(y)) = (find(dir, "train-images-idx3-ubyte"), find(dir, "train-labels-idx1-ubyte")) {
+        let train = load_idx_pair(&x, &y)?;
+        let test = match (find(dir, "t10k-images-idx3-ubyte"), find(dir, "t10k-labels-idx1-ubyte")) {
+            (Some(x), Some(y)) => Some(load_idx_pair(&x, &y)?),
+            (None, None) => None,
+            _ => return Err(Error::format(dir, "has only one of t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")),
+        };
+        return Ok(DataSplit { train, test });
+    }
+    let (x, y) = (dir.join("train_images.npy"), dir.join("train_labels.npy"));
+    if x.is_file() && y.is_file() {
+        let train = load_npy_pair(&x, &y)?;
+        let (tx, ty) = (dir.join("test_images.npy"), dir.join("test_labels.npy"));
+        let test = match (tx.is_file(), ty.is_file()) {
+            (true, true) => Some(load_npy_pair(&tx, &ty)?),
+            (false, false) => None,
+            _ => return Err(Error::format(dir, "has only one of test_images.npy and test_labels.npy")),
+        };
+        return Ok(DataSplit { train, test });
+    }
+    Err(Error::format(
+        dir,
+        "holds no data set: expected train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz], or train_images.npy + train_labels.npy",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_set_is_the_real_subset() {
+        let d = embedded().unwrap();
+        assert_eq!(d.train.len(), 4000);
+        let test = d.test.unwrap();
+        assert_eq!(test.len(), 1000);
+        assert_eq!(d.train.sample_shape, [1, 28, 28]);
+        // 500 of each class overall, as the subset was drawn.
+        let mut counts = [0; 10];
+        d.train.labels.iter().chain(&test.labels).for_each(|&l| counts[l as usize] += 1);
+        assert_eq!(counts, [500; 10]);
+        let mut px = vec![0.0; 784];
+        d.train.gather(&[0], &mut px);
+        assert!(px.iter().all(|&v| (0.0..=1.0).contains(&v)) && px.iter().any(|&v| v == 1.0));
+    }
+}

@@ -1,0 +1,392 @@
+//! 2-D cross-correlation (what deep nets call convolution) as im2col + GEMM, forward and
+//! backward, with stride, asymmetric padding, dilation and groups; plus naive references.
+use super::gemm::{matmul, Par, Trans};
+use super::shape::conv_output_size;
+use crate::tensor::Float;
+use rayon::prelude::*;
+
+/// Samples per partial weight gradient in the backward pass. Fixed (not tied to the thread
+/// count) so that the reduction order, and hence the result, is the same on any machine.
+const GRAD_CHUNK: usize = 4;
+
+/// Options of a convolution, candle-style: `Conv2dConfig { stride: (2, 2), ..Default::default() }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub dilation: (usize, usize),
+    /// Padding before the first row / column.
+    pub pad_begin: (usize, usize),
+    /// Padding after the last row / column (differs from `pad_begin` only for "same" with even extents).
+    pub pad_end: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Conv2dConfig { kernel: (3, 3), stride: (1, 1), dilation: (1, 1), pad_begin: (0, 0), pad_end: (0, 0), groups: 1 }
+    }
+}
+
+/// Every size of one convolution, derived once from the input shape and the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub cfg: Conv2dConfig,
+}
+
+impl Conv2dGeometry {
+    /// Checks the configuration against the input `[C, H, W]`; the error says what does not fit.
+    pub fn new(input: [usize; 3], out_channels: usize, cfg: Conv2dConfig) -> Result<Self, String> {
+        let [c, h, w] = input;
+        if cfg.groups == 0 || c % cfg.groups != 0 || out_channels % cfg.groups != 0 {
+            return Err(format!(
+                "groups = {} must divide both the input channels ({c}) and out_channels ({out_channels})",
+                cfg.groups
+            ));
+        }
+        let (kh, kw) = cfg.kernel;
+        let out_h = conv_output_size(h, cfg.pad_begin.0 + cfg.pad_end.0, kh, cfg.stride.0, cfg.dilation.0);
+        let out_w = conv_output_size(w, cfg.pad_begin.1 + cfg.pad_end.1, kw, cfg.stride.1, cfg.dilation.1);
+        match (out_h, out_w) {
+            (Some(out_h), Some(out_w)) => Ok(Conv2dGeometry { in_channels: c, in_h: h, in_w: w, out_channels, out_h, out_w, cfg }),
+            _ => Err(format!(
+                "the kernel {kh}×{kw} (dilation {}×{}) is larger than the padded input {}×{}",
+                cfg.dilation.0,
+                cfg.dilation.1,
+                h + cfg.pad_begin.0 + cfg.pad_end.0,
+                w + cfg.pad_begin.1 + cfg.pad_end.1
+            )),
+        }
+    }
+    /// Elements of one input sample, C_in·H·W.
+    pub fn in_len(&self) -> usize {
+        self.in_channels * self.in_h * self.in_w
+    }
+    /// Elements of one output sample, C_out·H_out·W_out.
+    pub fn out_len(&self) -> usize {
+        self.out_channels * self.out_h * self.out_w
+    }
+    /// Rows of a group's column matrix, C_in/groups·kh·kw (the GEMM's reduction length).
+    pub fn k_per_group(&self) -> usize {
+        self.in_channels / self.cfg.groups * self.cfg.kernel.0 * self.cfg.kernel.1
+    }
+    /// Elements of the weight tensor (C_out, C_in/groups, kh, kw).
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.k_per_group()
+    }
+    fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+}
+
+/// Output positions `o` in `0..out` whose input index `o·s + off − pad` lies in `0..n`.
+fn valid_range(n: usize, out: usize, s: usize, off: usize, pad: usize) -> (usize, usize) {
+    // o·s + off ≥ pad  and  o·s + off < n + pad
+    let lo = if off >= pad { 0 } else { (pad - off).div_ceil(s) };
+    let hi = if n + pad > off { (n + pad - off).div_ceil(s) } else { 0 };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+/// Unfolds one group of one sample into columns: x (C_g, H, W) → cols (C_g·kh·kw, H_out·W_out).
+fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T]) {
+    let c = &g.cfg;
+    let (kh, kw) = c.kernel;
+    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let plane = oh * ow;
+    let cg = g.in_channels / c.groups;
+    for ch in 0..cg {
+        let xc = &x[ch * h * w..(ch + 1) * h * w];
+        for ki in 0..kh {
+            let (r_lo, r_hi) = valid_range(h, oh, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
+            for kj in 0..kw {
+                let row = (ch * kh + ki) * kw + kj;
+                let dst = &mut cols[row * plane..(row + 1) * plane];
+                let (c_lo, c_hi) = valid_range(w, ow, c.stride.1, kj * c.dilation.1, c.pad_begin.1);
+                for o_r in 0..oh {
+                    let d = &mut dst[o_r * ow..(o_r + 1) * ow];
+                    if o_r < r_lo || o_r >= r_hi || c_lo == c_hi {
+                        d.fill(T::zero());
+                        continue;
+                    }
+                    let ih = o_r * c.stride.0 + ki * c.dilation.0 - c.pad_begin.0;
+                    let src = &xc[ih * w..(ih + 1) * w];
+                    d[..c_lo].fill(T::zero());
+                    d[c_hi..].fill(T::zero());
+                    let iw0 = c_lo * c.stride.1 + kj * c.dilation.1 - c.pad_begin.1;
+                    if c.stride.1 == 1 {
+                        d[c_lo..c_hi].copy_from_slice(&src[iw0..iw0 + (c_hi - c_lo)]);
+                    } else {
+                        for (i, v) in d[c_lo..c_hi].iter_mut().enumerate() {
+                            *v = src[iw0 + i * c.stride.1];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds columns back, adding: the adjoint of [`im2col`], cols → dx (C_g, H, W).
+fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T]) {
+    let c = &g.cfg;
+    let (kh, kw) = c.kernel;
+    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let plane = oh * ow;
+    let cg = g.in_channels / c.groups;
+    for ch in 0..cg {
+        let xc = &mut dx[ch * h * w..(ch + 1) * h * w];
+        for ki in 0..kh {
+            let (r_lo, r_hi) = valid_range(h, oh, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
+            for kj in 0..kw {
+                let row = (ch * kh + ki) * kw + kj;
+                let src = &cols[row * plane..(row + 1) * plane];
+                let (c_lo, c_hi) = valid_range(w, ow, c.stride.1, kj * c.dilation.1, c.pad_begin.1);
+                for o_r in r_lo..r_hi {
+                    let ih = o_r * c.stride.0 + ki * c.dilation.0 - c.pad_begin.0;
+                    let d = &mut xc[ih * w..(ih + 1) * w];
+                    let s = &src[o_r * ow..(o_r + 1) * ow];
+                    let iw0 = (c_lo * c.stride.1 + kj * c.dilation.1).wrapping_sub(c.pad_begin.1);
+                    for (i, &v) in s[c_lo..c_hi].iter().enumerate() {
+                        d[iw0 + i * c.stride.1] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y = conv(x, w) + b for a batch of `n` samples.
+/// x: (N, C_in, H, W), w: (C_out, C_in/groups, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
+pub fn conv2d_forward<T: Float>(g: &Conv2dGeometry, n: usize, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    let groups = g.cfg.groups;
+    let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
+    let in_group = g.in_len() / groups;
+    // One sample cannot be split over the batch, so let the GEMM use the threads instead.
+    let par = if n == 1 { Par::Rayon } else { Par::Seq };
+    y[..n * g.out_len()]
+        .par_chunks_mut(g.out_len())
+        .zip(x[..n * g.in_len()].par_chunks(g.in_len()))
+        .for_each_init(
+            || vec![T::zero(); kpg * plane], // (C_in/groups·kh·kw, H_out·W_out)
+            |cols, (ys, xs)| {
+                for gi in 0..groups {
+                    im2col(g, &xs[gi * in_group..(gi + 1) * in_group], cols);
+                    let yg = &mut ys[gi * opg * plane..(gi + 1) * opg * plane];
+                    matmul(yg, &w[gi * opg * kpg..(gi + 1) * opg * kpg], Trans::No, cols, Trans::No, opg, kpg, plane, false, par);
+                }
+                if let Some(b) = b {
+                    for (yc, &bc) in ys.chunks_mut(plane).zip(b) {
+                        yc.iter_mut().for_each(|v| *v += bc);
+                    }
+                }
+            },
+        );
+}
+
+/// Gradients of [`conv2d_forward`]: writes dx (if asked) and adds into dw and db.
+/// dy: (N, C_out, H_out, W_out), dx: (N, C_in, H, W), dw: (C_out, C_in/groups, kh, kw), db: (C_out).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    let groups = g.cfg.groups;
+    let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
+    let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
+    let chunks = n.div_ceil(GRAD_CHUNK);
+    let par = if n == 1 { Par::Rayon } else { Par::Seq };
+
+    // One chunk of samples: fills its dx rows, returns its partial (dw, db).
+    let work = |ci: usize, mut dxc: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
+        let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
+        let mut pdb = vec![T::zero(); g.out_channels]; // (C_out)
+        let mut cols = vec![T::zero(); kpg * plane]; // (C_in/groups·kh·kw, H_out·W_out)
+        let mut dcols = vec![T::zero(); if dxc.is_some() { kpg * plane } else { 0 }];
+        for s in ci * GRAD_CHUNK..((ci + 1) * GRAD_CHUNK).min(n) {
+            let xs = &x[s * in_len..(s + 1) * in_len];
+            let dys = &dy[s * out_len..(s + 1) * out_len];
+            let mut dxs = dxc.as_deref_mut().map(|d| {
+                let local = s - ci * GRAD_CHUNK;
+                let d = &mut d[local * in_len..(local + 1) * in_len];
+                d.fill(T::zero());
+                d
+            });
+            for gi in 0..groups {
+                let dyg = &dys[gi * opg * plane..(gi + 1) * opg * plane];
+                im2col(g, &xs[gi * in_group..(gi + 1) * in_group], &mut cols);
+                // dW_g += dY_g (opg × plane) · colsᵀ (plane × kpg)
+                let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
+                matmul(pdw_g, dyg, Trans::No, &cols, Trans::Yes, opg, plane, kpg, true, par);
+                if let Some(dxs) = dxs.as_deref_mut() {
+                    // dcols = W_gᵀ (kpg × opg) · dY_g (opg × plane)
+                    let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
+                    matmul(&mut dcols, wg, Trans::Yes, dyg, Trans::No, kpg, opg, plane, false, par);
+                    col2im(g, &dcols, &mut dxs[gi * in_group..(gi + 1) * in_group]);
+                }
+            }
+            for (c, dyc) in dys.chunks(plane).enumerate() {
+                // Summed in f64: a long f32 running sum loses digits that Adam then amplifies.
+                pdb[c] += T::of(dyc.iter().map(|v| v.f64()).sum::<f64>());
+            }
+        }
+        (pdw, pdb)
+    };
+
+    let partials: Vec<(Vec<T>, Vec<T>)> = match dx {
+        Some(dx) => dx[..n * in_len].par_chunks_mut(GRAD_CHUNK * in_len).enumerate().map(|(ci, d)| work(ci, Some(d))).collect(),
+        None => (0..chunks).into_par_iter().map(|ci| work(ci, None)).collect(),
+    };
+    // Reduce in chunk order: bit-identical whatever the thread count.
+    let mut db = db;
+    for (pdw, pdb) in &partials {
+        dw.iter_mut().zip(pdw).for_each(|(a, &b)| *a += b);
+        if let Some(db) = db.as_deref_mut() {
+            db.iter_mut().zip(pdb).for_each(|(a, &b)| *a += b);
+        }
+    }
+}
+
+/// Input index (row or column) seen by output `o` at kernel tap `k`, if inside the input.
+fn tap(o: usize, k: usize, s: usize, d: usize, pad: usize, n: usize) -> Option<usize> {
+    (o * s + k * d).checked_sub(pad).filter(|&i| i < n)
+}
+
+/// Reference forward by the defining sum, h[i,j] = Σ x[i·s+k·d−p, j·s+l·d−p]·w[k,l] + b.
+pub fn conv2d_forward_naive<T: Float>(g: &Conv2dGeometry, n: usize, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    let c = &g.cfg;
+    let (cg, opg) = (g.in_channels / c.groups, g.out_channels / c.groups);
+    for s in 0..n {
+        for oc in 0..g.out_channels {
+            let gi = oc / opg;
+            for i in 0..g.out_h {
+                for j in 0..g.out_w {
+                    let mut acc = b.map_or(0.0, |b| b[oc].f64());
+                    for icl in 0..cg {
+                        let ic = gi * cg + icl;
+                        for ki in 0..c.kernel.0 {
+                            let Some(ih) = tap(i, ki, c.stride.0, c.dilation.0, c.pad_begin.0, g.in_h) else { continue };
+                            for kj in 0..c.kernel.1 {
+                                let Some(iw) = tap(j, kj, c.stride.1, c.dilation.1, c.pad_begin.1, g.in_w) else { continue };
+                                let xv = x[((s * g.in_channels + ic) * g.in_h + ih) * g.in_w + iw];
+                                let wv = w[((oc * cg + icl) * c.kernel.0 + ki) * c.kernel.1 + kj];
+                                acc += xv.f64() * wv.f64();
+                            }
+                        }
+                    }
+                    y[((s * g.out_channels + oc) * g.out_h + i) * g.out_w + j] = T::of(acc);
+                }
+            }
+        }
+    }
+}
+
+/// Reference backward by differentiating the defining sum term by term (writes dx, adds dw, db).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_naive<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    dw: &mut [T],
+    db: &mut [T],
+) {
+    let c = &g.cfg;
+    let (cg, opg) = (g.in_channels / c.groups, g.out_channels / c.groups);
+    dx.iter_mut().for_each(|v| *v = T::zero());
+    for s in 0..n {
+        for oc in 0..g.out_channels {
+            let gi = oc / opg;
+            for i in 0..g.out_h {
+                for j in 0..g.out_w {
+                    let d = dy[((s * g.out_channels + oc) * g.out_h + i) * g.out_w + j];
+                    db[oc] += d;
+                    for icl in 0..cg {
+                        let ic = gi * cg + icl;
+                        for ki in 0..c.kernel.0 {
+                            let Some(ih) = tap(i, ki, c.stride.0, c.dilation.0, c.pad_begin.0, g.in_h) else { continue };
+                            for kj in 0..c.kernel.1 {
+                                let Some(iw) = tap(j, kj, c.stride.1, c.dilation.1, c.pad_begin.1, g.in_w) else { continue };
+                                let xi = ((s * g.in_channels + ic) * g.in_h + ih) * g.in_w + iw;
+                                let wi = ((oc * cg + icl) * c.kernel.0 + ki) * c.kernel.1 + kj;
+                                dw[wi] += d * x[xi];
+                                dx[xi] += d * w[wi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn rand_vec(rng: &mut impl Rng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    #[test]
+    fn lecture_5x5_input_2x2_filter_gives_4x4() {
+        let x: Vec<f64> = (0..25).map(|v| v as f64).collect();
+        let w = vec![1.0, 0.0, 0.0, -1.0];
+        let cfg = Conv2dConfig { kernel: (2, 2), ..Default::default() };
+        let g = Conv2dGeometry::new([1, 5, 5], 1, cfg).unwrap();
+        assert_eq!((g.out_h, g.out_w), (4, 4));
+        let mut y = vec![0.0; 16];
+        conv2d_forward(&g, 1, &x, &w, None, &mut y);
+        // x[i,j] − x[i+1,j+1] = −6 everywhere on a ramp with row step 5.
+        assert!(y.iter().all(|&v| v == -6.0));
+    }
+
+    #[test]
+    fn fast_matches_naive_for_every_option() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let cases = [
+            // (C_in, H, W, C_out, kernel, stride, dilation, pad_begin, pad_end, groups)
+            (1, 5, 5, 1, (2, 2), (1, 1), (1, 1), (0, 0), (0, 0), 1),
+            (3, 9, 7, 4, (3, 3), (2, 1), (1, 1), (1, 1), (1, 1), 1),
+            (4, 8, 8, 6, (3, 2), (1, 2), (2, 1), (2, 0), (2, 1), 2),
+            (4, 6, 7, 4, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 4),
+            (2, 7, 6, 3, (4, 4), (1, 1), (1, 1), (1, 1), (2, 2), 1),
+            (2, 10, 11, 2, (3, 5), (3, 2), (2, 2), (3, 1), (0, 4), 1),
+        ];
+        for (ci, h, w, co, k, s, d, pb, pe, groups) in cases {
+            let cfg = Conv2dConfig { kernel: k, stride: s, dilation: d, pad_begin: pb, pad_end: pe, groups };
+            let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
+            for n in [1, 5] {
+                let x = rand_vec(&mut rng, n * g.in_len());
+                let wt = rand_vec(&mut rng, g.weight_len());
+                let b = rand_vec(&mut rng, co);
+                let (mut y1, mut y2) = (vec![0.0; n * g.out_len()], vec![0.0; n * g.out_len()]);
+                conv2d_forward(&g, n, &x, &wt, Some(&b), &mut y1);
+                conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut y2);
+                assert!(y1.iter().zip(&y2).all(|(a, b)| (a - b).abs() < 1e-12), "forward {cfg:?}");
+
+                let dy = rand_vec(&mut rng, n * g.out_len());
+                let (mut dx1, mut dw1, mut db1) = (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                let (mut dx2, mut dw2, mut db2) = (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                conv2d_backward(&g, n, &x, &wt, &dy, Some(&mut dx1), &mut dw1, Some(&mut db1));
+                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
+                let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
+                assert!(close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2), "backward {cfg:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Pure numeric kernels (no layer state): GEMM, convolution, pooling, activations.
+pub mod activation;
+pub mod conv;
+pub mod gemm;
+pub mod pool;
+pub mod shape;

@@ -1,0 +1,327 @@
+//! The training loop: epochs of shuffled, augmented mini-batches, evaluation, and an atomic
+//! checkpoint per epoch from which --resume continues bit-exactly.
+use super::eval::{evaluate, Evaluation};
+use super::options::TrainOptions;
+use crate::data::{DataSplit, Dataset};
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+use crate::loss::{loss, LossKind};
+use crate::nn::weights::{read_tensors, write_tensors};
+use crate::nn::Network;
+use crate::optim::Optimizer;
+use crate::tensor::Tensor;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A network, its optimizer and its loss: one gradient step at a time.
+pub struct Trainer {
+    pub net: Network<f32>,
+    pub opt: Optimizer<f32>,
+    pub loss: LossKind,
+    grad: Vec<f32>, // (B, K), reused across steps
+}
+
+impl Trainer {
+    pub fn new(net: Network<f32>, opt: Optimizer<f32>, loss: LossKind) -> Self {
+        Trainer { net, opt, loss, grad: Vec::new() }
+    }
+
+    /// Forward, loss, backward and one optimizer update on the batch x (B, C, H, W).
+    /// Returns the batch's mean loss; a non-finite loss leaves the weights untouched.
+    pub fn step(&mut self, x: Tensor<f32>, labels: &[usize], lr: f64) -> Result<f64> {
+        let out = self.net.forward(x, true)?; // (B, K)
+        let k = self.net.output_len();
+        self.grad.resize(out.len(), 0.0);
+        let l = loss(self.loss, out.data(), labels, k, Some(&mut self.grad));
+        if !l.is_finite() {
+            return Ok(l);
+        }
+        self.net.zero_grad();
+        self.net.backward(Tensor::from_vec(out.shape(), self.grad.clone())?);
+        self.opt.step(&mut self.net, lr);
+        Ok(l)
+    }
+}
+
+/// One finished epoch, as written to metrics.csv.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub test: Option<Evaluation>,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Receives progress; the command line draws bars from it, the library prints nothing.
+pub trait Observer {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
+    fn batch(&mut self, _done: usize, _running_loss: f64, _images_per_second: f64) {}
+    fn epoch_end(&mut self, _m: &EpochMetrics) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// The files of a run directory.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.toml")
+    }
+    pub fn weights(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("checkpoint.safetensors")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.csv")
+    }
+}
+
+/// Where a run starts: fresh, or after `epochs_done` epochs of an earlier run.
+pub struct Start {
+    pub trainer: Trainer,
+    pub epochs_done: usize,
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Shifts each image (C, H, W) by a random (dy, dx) in [−a, a]², filling with zeros.
+fn augment(x: &mut [f32], shape: [usize; 3], a: usize, rng: &mut ChaCha8Rng) {
+    let [c, h, w] = shape;
+    let a = a as isize;
+    let mut tmp = vec![0.0f32; h * w];
+    for img in x.chunks_exact_mut(c * h * w) {
+        let (dy, dx) = (rng.gen_range(-a..=a), rng.gen_range(-a..=a));
+        if dy == 0 && dx == 0 {
+            continue;
+        }
+        for plane in img.chunks_exact_mut(h * w) {
+            tmp.fill(0.0);
+            for r in 0..h as isize {
+                let sr = r - dy;
+                if sr < 0 || sr >= h as isize {
+                    continue;
+                }
+                for col in 0..w as isize {
+                    let sc = col - dx;
+                    if sc >= 0 && sc < w as isize {
+                        tmp[(r * w as isize + col) as usize] = plane[(sr * w as isize + sc) as usize];
+                    }
+                }
+            }
+            plane.copy_from_slice(&tmp);
+        }
+    }
+}
+
+/// The random stream of one epoch: a function of (seed, epoch) only, so a resumed run
+/// draws exactly what the uninterrupted run would have drawn.
+fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch as u64 + 1);
+    rng
+}
+
+/// Mean loss over a training epoch, or the error that stopped it.
+fn run_epoch(
+    t: &mut Trainer,
+    data: &Dataset,
+    opts: &TrainOptions,
+    epoch: usize,
+    stop: Option<&AtomicBool>,
+    obs: &mut dyn Observer,
+) -> Result<(f64, f64)> {
+    let mut rng = epoch_rng(opts.seed, epoch);
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    if opts.shuffle {
+        order.shuffle(&mut rng);
+    }
+    let [c, h, w] = data.sample_shape;
+    let per = c * h * w;
+    let lr = opts.schedule.lr(opts.lr, epoch, opts.epochs);
+    let batches = data.len().div_ceil(opts.batch_size);
+    obs.epoch_start(epoch + 1, opts.epochs, batches);
+    let started = Instant::now();
+    let (mut sum, mut seen) = (0.0, 0usize);
+    for (b, chunk) in order.chunks(opts.batch_size).enumerate() {
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Err(Error::Interrupted { epochs_done: epoch });
+        }
+        let mut x = vec![0.0f32; chunk.len() * per]; // (B, C, H, W)
+        data.gather(chunk, &mut x);
+        if opts.augment > 0 {
+            augment(&mut x, data.sample_shape, opts.augment, &mut rng);
+        }
+        let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i] as usize).collect();
+        let l = t.step(Tensor::from_vec(&[chunk.len(), c, h, w], x)?, &labels, lr)?;
+        if !l.is_finite() {
+            return Err(Error::NonFinite { epoch: epoch + 1, batch: b + 1, value: l });
+        }
+        sum += l * chunk.len() as f64;
+        seen += chunk.len();
+        obs.batch(b + 1, sum / seen as f64, seen as f64 / started.elapsed().as_secs_f64().max(1e-9));
+    }
+    Ok((sum / seen.max(1) as f64, seen as f64 / started.elapsed().as_secs_f64().max(1e-9)))
+}
+
+fn metrics_csv(history: &[EpochMetrics]) -> String {
+    let mut s = String::from("epoch,train_loss,test_loss,test_accuracy,seconds\n");
+    for m in history {
+        let (tl, ta) = m.test.as_ref().map_or((String::new(), String::new()), |e| (format!("{:.6}", e.loss), format!("{:.4}", e.accuracy)));
+        s.push_str(&format!("{},{:.6},{tl},{ta},{:.3}\n", m.epoch, m.train_loss, m.seconds));
+    }
+    s
+}
+
+fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || Error::format(path, format!("line {}: expected epoch,train_loss,test_loss,test_accuracy,seconds", i + 1));
+        if f.len() != 5 {
+            return Err(bad());
+        }
+        let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
+        let test = if f[2].is_empty() { None } else { Some(Evaluation { loss: num(f[2])?, accuracy: num(f[3])?, confusion: Vec::new() }) };
+        out.push(EpochMetrics { epoch: f[0].parse().map_err(|_| bad())?, train_loss: num(f[1])?, test, seconds: num(f[4])?, images_per_second: 0.0 });
+    }
+    Ok(out)
+}
+
+/// Writes weights, optimizer state and metrics after `epochs_done` epochs. The checkpoint
+/// (weights + optimizer state + epoch) is one file, so it is always self-consistent.
+fn save_epoch(paths: &RunPaths, t: &Trainer, opts: &TrainOptions, epochs_done: usize, history: &[EpochMetrics]) -> Result<()> {
+    let params = t.net.named_params();
+    let mut tensors = params.clone();
+    for (i, (name, _)) in params.iter().enumerate() {
+        if let Some(s) = t.opt.state1.get(i) {
+            tensors.push((format!("state1.{name}"), s.clone()));
+        }
+        if let Some(s) = t.opt.state2.get(i) {
+            tensors.push((format!("state2.{name}"), s.clone()));
+        }
+    }
+    let meta = HashMap::from([
+        ("epochs_done".to_string(), epochs_done.to_string()),
+        ("steps".to_string(), t.opt.steps.to_string()),
+        ("seed".to_string(), opts.seed.to_string()),
+        ("shuffle".to_string(), opts.shuffle.to_string()),
+    ]);
+    write_tensors(&paths.checkpoint(), &tensors, Some(meta))?;
+    t.net.save_weights(&paths.weights())?;
+    write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())
+}
+
+/// Trains from `start` to `opts.epochs`, saving into `paths` after every epoch.
+pub fn train(
+    mut start: Start,
+    data: &DataSplit,
+    opts: &TrainOptions,
+    paths: &RunPaths,
+    stop: Option<Arc<AtomicBool>>,
+    obs: &mut dyn Observer,
+) -> Result<Trainer> {
+    let outputs = start.trainer.net.output_len();
+    let input = start.trainer.net.spec().input;
+    data.train.check_fits(input, outputs)?;
+    if let Some(t) = &data.test {
+        t.check_fits(input, outputs)?;
+    }
+    // The run's model file carries the resolved options, so --resume needs nothing else.
+    let mut spec = start.trainer.net.spec().clone();
+    spec.train = opts.to_recipe();
+    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+    write_atomic(&paths.model(), spec.to_toml().as_bytes())?;
+    let t = &mut start.trainer;
+    for epoch in start.epochs_done..opts.epochs {
+        let begun = Instant::now();
+        let (train_loss, ips) = run_epoch(t, &data.train, opts, epoch, stop.as_deref(), obs)?;
+        let test = data.test.as_ref().map(|d| evaluate(&mut t.net, d, opts.loss)).transpose()?;
+        let m = EpochMetrics { epoch: epoch + 1, train_loss, test, seconds: begun.elapsed().as_secs_f64(), images_per_second: ips };
+        start.history.push(m.clone());
+        save_epoch(paths, t, opts, epoch + 1, &start.history)?;
+        obs.epoch_end(&m);
+    }
+    Ok(start.trainer)
+}
+
+/// Reloads a run directory's trainer and progress for --resume.
+pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Result<Start> {
+    let ck = paths.checkpoint();
+    let bytes = std::fs::read(&ck).map_err(|e| Error::io(&ck, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(&ck, format!("not a valid checkpoint: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let get = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| Error::format(&ck, format!("checkpoint metadata lacks `{k}`")));
+    let epochs_done = get("epochs_done")? as usize;
+    let steps = get("steps")?;
+    let mut tensors = read_tensors(&ck)?;
+    let mut net = net;
+    let mut names = Vec::new();
+    net.visit_params(&mut |n, _| names.push(n));
+    let mut params = HashMap::new();
+    let (mut s1, mut s2) = (Vec::new(), Vec::new());
+    for n in &names {
+        let missing = || Error::Weights { path: ck.clone(), tensor: n.clone(), msg: "missing".into() };
+        params.insert(n.clone(), tensors.remove(n).ok_or_else(missing)?);
+        if let Some(t) = tensors.remove(&format!("state1.{n}")) {
+            s1.push(t);
+        }
+        if let Some(t) = tensors.remove(&format!("state2.{n}")) {
+            s2.push(t);
+        }
+    }
+    net.set_params(params).map_err(|e| Error::format(&ck, e.to_string()))?;
+    let mut opt = Optimizer::new(opts.optimizer);
+    opt.steps = steps;
+    opt.state1 = s1;
+    opt.state2 = s2;
+    let history = if paths.metrics().is_file() { parse_metrics(&paths.metrics())? } else { Vec::new() };
+    let history = history.into_iter().take(epochs_done).collect();
+    Ok(Start { trainer: Trainer::new(net, opt, opts.loss), epochs_done, history })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augment_shifts_with_zero_fill() {
+        let mut x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        // Find a seed whose first draw is a non-zero shift, then check it moved content.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let orig = x.clone();
+        augment(&mut x, [1, 3, 3], 1, &mut rng);
+        let sum: f32 = x.iter().sum();
+        assert!(x == orig || sum < orig.iter().sum::<f32>());
+        assert!(x.iter().all(|v| *v == 0.0 || orig.contains(v)));
+    }
+
+    #[test]
+    fn metrics_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.csv");
+        let h = vec![EpochMetrics {
+            epoch: 1,
+            train_loss: 0.5,
+            test: Some(Evaluation { loss: 0.25, accuracy: 0.9, confusion: vec![] }),
+            seconds: 1.5,
+            images_per_second: 0.0,
+        }];
+        std::fs::write(&p, metrics_csv(&h)).unwrap();
+        assert_eq!(parse_metrics(&p).unwrap(), h);
+    }
+}

@@ -1,0 +1,157 @@
+//! Central finite differences in f64 against backward, for every layer option and whole networks.
+mod common;
+use convnet::loss::{loss, LossKind};
+use convnet::{ModelSpec, Network, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Adds `delta` to element `i` of the parameter called `name`.
+fn nudge(net: &mut Network<f64>, name: &str, i: usize, delta: f64) {
+    net.visit_params_mut(&mut |n, p| {
+        if n == name {
+            p.value.data_mut()[i] += delta;
+        }
+    });
+}
+
+/// E(θ, x) = Σ r ⊙ net(x) with a fixed random r, so dE/d(out) = r.
+fn check(spec_text: &str, n: usize, seed: u64) {
+    let spec = ModelSpec::parse(spec_text, "gradcheck").unwrap();
+    let mut net = Network::<f64>::new(spec.clone(), Default::default(), seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let [c, h, w] = spec.input;
+    let x: Vec<f64> = (0..n * c * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let x = Tensor::from_vec(&[n, c, h, w], x).unwrap();
+    let out = net.forward(x.clone(), true).unwrap();
+    let r: Vec<f64> = (0..out.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let energy = |net: &mut Network<f64>, x: &Tensor<f64>| -> f64 {
+        net.forward(x.clone(), false).unwrap().data().iter().zip(&r).map(|(a, b)| a * b).sum()
+    };
+    net.zero_grad();
+    let dx = net.backward_with_input_grad(Tensor::from_vec(out.shape(), r.clone()).unwrap());
+    let h = 1e-6;
+    let tol = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + a.abs().max(b.abs()));
+    // Input gradient.
+    for i in (0..x.len()).step_by(1 + x.len() / 40) {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp.data_mut()[i] += h;
+        xm.data_mut()[i] -= h;
+        let fd = (energy(&mut net, &xp) - energy(&mut net, &xm)) / (2.0 * h);
+        assert!(tol(dx.data()[i], fd), "{}: dx[{i}] {} vs {fd}", spec.name, dx.data()[i]);
+    }
+    // Parameter gradients.
+    let params = net.named_params();
+    let mut grads = std::collections::HashMap::new();
+    net.visit_params(&mut |name, p| {
+        grads.insert(name, p.grad.clone());
+    });
+    for (name, value) in &params {
+        for i in (0..value.len()).step_by(1 + value.len() / 20) {
+            nudge(&mut net, name, i, h);
+            let ep = energy(&mut net, &x);
+            nudge(&mut net, name, i, -2.0 * h);
+            let em = energy(&mut net, &x);
+            nudge(&mut net, name, i, h);
+            let fd = (ep - em) / (2.0 * h);
+            let g = grads[name].data()[i];
+            assert!(tol(g, fd), "{}: {name}[{i}] {g} vs {fd}", spec.name);
+        }
+    }
+}
+
+fn model(input: &str, layers: &str) -> String {
+    format!("name = \"g\"\ninput = {input}\n{layers}")
+}
+
+#[test]
+fn conv2d_every_option() {
+    let convs = [
+        "out_channels = 3\nkernel = 3",
+        "out_channels = 4\nkernel = [3, 2]\nstride = [2, 1]\npadding = [1, 2]",
+        "out_channels = 4\nkernel = 4\npadding = \"same\"",
+        "out_channels = 2\nkernel = 3\ndilation = 2\npadding = \"same\"\nbias = false",
+        "out_channels = 4\nkernel = 2\ngroups = 2\nstride = 2\npadding = \"valid\"",
+        "out_channels = 6\nkernel = [2, 3]\ndilation = [2, 1]\nstride = [1, 2]\npadding = 1\ngroups = 2",
+    ];
+    for (i, c) in convs.iter().enumerate() {
+        let text = model("[2, 7, 8]", &format!("[[layers]]\ntype = \"conv2d\"\n{c}\n[[layers]]\ntype = \"flatten\"\n"));
+        check(&text, 3, i as u64);
+    }
+}
+
+#[test]
+fn pooling_every_option() {
+    let pools = [
+        ("maxpool2d", "kernel = 2"),
+        ("maxpool2d", "kernel = 3\nstride = 2\npadding = 1\nceil_mode = true"),
+        ("maxpool2d", "kernel = [2, 3]\nstride = [1, 2]\npadding = [1, 1]"),
+        ("avgpool2d", "kernel = 2"),
+        ("avgpool2d", "kernel = 3\nstride = 2\npadding = 1\nceil_mode = true"),
+        ("avgpool2d", "kernel = [2, 3]\nstride = [2, 1]\npadding = [1, 0]\nceil_mode = true"),
+        ("subsample", "kernel = 2"),
+        ("subsample", "kernel = [3, 1]\nstride = [2, 3]"),
+    ];
+    for (i, (t, o)) in pools.iter().enumerate() {
+        let text = model("[2, 7, 8]", &format!("[[layers]]\ntype = \"{t}\"\n{o}\n[[layers]]\ntype = \"flatten\"\n"));
+        check(&text, 2, 10 + i as u64);
+    }
+}
+
+#[test]
+fn activations_linear_flatten_residual() {
+    for act in ["relu", "sigmoid", "tanh", "identity"] {
+        let text = model(
+            "[1, 4, 4]",
+            &format!("[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 6\n[[layers]]\ntype = \"{act}\"\n[[layers]]\ntype = \"linear\"\nout_features = 3\nbias = false\n"),
+        );
+        check(&text, 4, 20);
+    }
+    let res = model(
+        "[2, 6, 6]",
+        "[[layers]]\ntype = \"residual\"\nlayers = [{ type = \"conv2d\", out_channels = 2, kernel = 3, padding = 1 }, { type = \"tanh\" }, { type = \"residual\", layers = [{ type = \"conv2d\", out_channels = 2, kernel = 2, padding = \"same\" }] }]\n[[layers]]\ntype = \"flatten\"\n",
+    );
+    check(&res, 2, 21);
+}
+
+#[test]
+fn whole_networks() {
+    for f in ["fwd_convs.toml", "fwd_residual.toml", "fwd_pools.toml", "train_net.toml"] {
+        let text = std::fs::read_to_string(common::fixture(f)).unwrap();
+        check(&text, 2, 30);
+    }
+}
+
+#[test]
+fn every_loss_through_a_network() {
+    let text = std::fs::read_to_string(common::fixture("train_net.toml")).unwrap();
+    let spec = ModelSpec::parse(&text, "t").unwrap();
+    let mut net = Network::<f64>::new(spec, Default::default(), 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let x = Tensor::from_vec(&[3, 2, 10, 10], (0..600).map(|_| rng.gen_range(-1.0..1.0)).collect()).unwrap();
+    let labels = [1usize, 4, 0];
+    for kind in [LossKind::CrossEntropy, LossKind::Square, LossKind::Bce] {
+        let out = net.forward(x.clone(), true).unwrap();
+        let mut g = vec![0.0; out.len()];
+        loss(kind, out.data(), &labels, 5, Some(&mut g));
+        net.zero_grad();
+        net.backward(Tensor::from_vec(out.shape(), g).unwrap());
+        let mut first = None;
+        net.visit_params(&mut |name, p| {
+            if first.is_none() {
+                first = Some((name, p.grad.data()[0]));
+            }
+        });
+        let (name, g0) = first.unwrap();
+        let h = 1e-6;
+        let mut e = |d: f64| {
+            nudge(&mut net, &name, 0, d);
+            let o = net.forward(x.clone(), false).unwrap();
+            loss(kind, o.data(), &labels, 5, None)
+        };
+        let ep = e(h);
+        let em = e(-2.0 * h);
+        e(h);
+        let fd = (ep - em) / (2.0 * h);
+        assert!((g0 - fd).abs() <= 1e-6 * (1.0 + fd.abs()), "{kind:?}: {g0} vs {fd}");
+    }
+}
