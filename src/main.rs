@@ -5,6 +5,6 @@ fn main() {
     let cli = convnet::cli::Cli::parse();
     if let Err(e) = convnet::cli::run(cli) {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        std::process::exit(convnet::cli::exit_code(&e));
     }
 }

@@ -8,6 +8,15 @@ use std::path::PathBuf;
 
 pub use commands::run;
 
+/// Exit status for an error: 2 for bad command-line usage, 130 for Ctrl-C, 1 otherwise.
+pub fn exit_code(e: &crate::Error) -> i32 {
+    match e {
+        crate::Error::Invalid(_) => 2,
+        crate::Error::Interrupted { .. } => 130,
+        _ => 1,
+    }
+}
+
 /// Convolutional neural networks: define, train, evaluate and inspect them.
 #[derive(Parser, Debug)]
 #[command(name = "convnet", version, about)]
@@ -75,13 +84,13 @@ pub struct TrainArgs {
     /// sgd, adam or adamw.
     #[arg(long)]
     pub optimizer: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f64>,
     #[arg(long)]
     pub nesterov: bool,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
     /// constant, cosine or step:EVERY[:GAMMA].
     #[arg(long)]

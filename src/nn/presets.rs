@@ -51,10 +51,11 @@ type = "linear"
 out_features = 10
 
 [train]
-optimizer = "adam"
-lr = 0.002
+optimizer = "adamw"
+lr = 0.003
+weight_decay = 0.1
 schedule = "cosine"
-epochs = 20
+epochs = 40
 batch_size = 32
 augment = 2
 "#;

@@ -1,6 +1,8 @@
 //! Pure numeric kernels (no layer state): GEMM, convolution, pooling, activations.
 pub mod activation;
 pub mod conv;
+pub mod fft;
 pub mod gemm;
 pub mod pool;
 pub mod shape;
+pub mod signal;
