@@ -9,7 +9,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// An operating-system error while reading or writing a file.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// A file whose content is malformed (IDX, npy, image, safetensors, CSV...).
     #[error("{}: {msg}", path.display())]
@@ -17,15 +20,27 @@ pub enum Error {
 
     /// A model description that is invalid; `layer` reads like "layer 3 (conv2d)".
     #[error("{source_name}: {}{msg}", layer.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
-    Model { source_name: String, layer: Option<String>, msg: String },
+    Model {
+        source_name: String,
+        layer: Option<String>,
+        msg: String,
+    },
 
     /// A tensor of a weights file that is missing, extra or misshaped.
     #[error("{}: tensor `{tensor}`: {msg}", path.display())]
-    Weights { path: PathBuf, tensor: String, msg: String },
+    Weights {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
 
     /// Two shapes that should agree do not.
     #[error("{what}: expected shape {expected:?}, got {got:?}")]
-    Shape { what: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        what: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
 
     /// An option or argument value that is out of range or inconsistent.
     #[error("{0}")]
@@ -33,7 +48,11 @@ pub enum Error {
 
     /// Training produced a NaN or infinite loss.
     #[error("the loss became {value} in epoch {epoch}, batch {batch}; try a lower learning rate (the last completed epoch is kept)")]
-    NonFinite { epoch: usize, batch: usize, value: f64 },
+    NonFinite {
+        epoch: usize,
+        batch: usize,
+        value: f64,
+    },
 
     /// Training was stopped by the user (Ctrl-C) after the given completed epoch.
     #[error("interrupted; the run keeps its last completed epoch ({epochs_done}) and continues with --resume")]
@@ -43,11 +62,17 @@ pub enum Error {
 impl Error {
     /// An I/O error for `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
     /// A format error for `path`.
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::Format {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     /// An invalid-value error.
     pub fn invalid(msg: impl Into<String>) -> Self {

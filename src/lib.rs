@@ -7,6 +7,7 @@ pub mod loss;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod tensor;
 pub mod train;
 

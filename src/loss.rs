@@ -32,14 +32,22 @@ impl FromStr for LossKind {
             "cross-entropy" => Ok(LossKind::CrossEntropy),
             "square" => Ok(LossKind::Square),
             "bce" => Ok(LossKind::Bce),
-            _ => Err(format!("unknown loss `{s}` (known: cross-entropy, square, bce)")),
+            _ => Err(format!(
+                "unknown loss `{s}` (known: cross-entropy, square, bce)"
+            )),
         }
     }
 }
 
 /// Mean loss over the batch; writes dE/d(out) into `grad` when given.
 /// out: (N, K) raw outputs, labels: (N) class indices < K, grad: (N, K).
-pub fn loss<T: Float>(kind: LossKind, out: &[T], labels: &[usize], k: usize, mut grad: Option<&mut [T]>) -> f64 {
+pub fn loss<T: Float>(
+    kind: LossKind,
+    out: &[T],
+    labels: &[usize],
+    k: usize,
+    mut grad: Option<&mut [T]>,
+) -> f64 {
     let n = labels.len();
     let inv_n = 1.0 / n.max(1) as f64;
     let mut total = 0.0;
@@ -121,7 +129,8 @@ mod tests {
                 let (mut p, mut m) = (out, out);
                 p[i] += h;
                 m[i] -= h;
-                let fd = (loss(kind, &p, &labels, 3, None) - loss(kind, &m, &labels, 3, None)) / (2.0 * h);
+                let fd = (loss(kind, &p, &labels, 3, None) - loss(kind, &m, &labels, 3, None))
+                    / (2.0 * h);
                 assert!((g[i] - fd).abs() < 1e-8, "{kind:?} {i}: {} vs {fd}", g[i]);
             }
         }

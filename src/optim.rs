@@ -51,7 +51,10 @@ impl Schedule {
         match self {
             Schedule::Constant => base,
             Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
-            Schedule::Cosine => base * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos()) / 2.0,
+            Schedule::Cosine => {
+                base * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos())
+                    / 2.0
+            }
         }
     }
 }
@@ -70,16 +73,26 @@ impl FromStr for Schedule {
     type Err = String;
     /// `constant`, `cosine`, or `step:EVERY[:GAMMA]` (gamma defaults to 0.1).
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("unknown schedule `{s}` (known: constant, cosine, step:EVERY[:GAMMA], e.g. step:5:0.5)");
+        let bad = || {
+            format!("unknown schedule `{s}` (known: constant, cosine, step:EVERY[:GAMMA], e.g. step:5:0.5)")
+        };
         match s {
             "constant" => Ok(Schedule::Constant),
             "cosine" => Ok(Schedule::Cosine),
             _ => {
                 let rest = s.strip_prefix("step:").ok_or_else(bad)?;
                 let mut parts = rest.split(':');
-                let every: usize = parts.next().and_then(|p| p.parse().ok()).filter(|&e| e > 0).ok_or_else(bad)?;
+                let every: usize = parts
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .filter(|&e| e > 0)
+                    .ok_or_else(bad)?;
                 let gamma: f64 = match parts.next() {
-                    Some(g) => g.parse().ok().filter(|g: &f64| g.is_finite() && *g > 0.0).ok_or_else(bad)?,
+                    Some(g) => g
+                        .parse()
+                        .ok()
+                        .filter(|g: &f64| g.is_finite() && *g > 0.0)
+                        .ok_or_else(bad)?,
                     None => 0.1,
                 };
                 if parts.next().is_some() {
@@ -104,7 +117,14 @@ pub struct OptimizerConfig {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        OptimizerConfig { kind: OptimizerKind::Sgd, momentum: 0.0, nesterov: false, weight_decay: 0.0, betas: (0.9, 0.999), eps: 1e-8 }
+        OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        }
     }
 }
 
@@ -121,7 +141,12 @@ pub struct Optimizer<T: Float = f32> {
 
 impl<T: Float> Optimizer<T> {
     pub fn new(cfg: OptimizerConfig) -> Self {
-        Optimizer { cfg, steps: 0, state1: Vec::new(), state2: Vec::new() }
+        Optimizer {
+            cfg,
+            steps: 0,
+            state1: Vec::new(),
+            state2: Vec::new(),
+        }
     }
 
     /// One update of every parameter of `net` from its accumulated gradient, at rate `lr`.
@@ -141,7 +166,11 @@ impl<T: Float> Optimizer<T> {
                 OptimizerKind::Sgd => {
                     if c.momentum == 0.0 {
                         for (w, &g) in w.iter_mut().zip(g) {
-                            let d = if c.weight_decay != 0.0 { g + wd * *w } else { g };
+                            let d = if c.weight_decay != 0.0 {
+                                g + wd * *w
+                            } else {
+                                g
+                            };
                             *w -= lr_t * d;
                         }
                         return;
@@ -153,7 +182,11 @@ impl<T: Float> Optimizer<T> {
                     }
                     let buf = state1[i].data_mut();
                     for ((w, &g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
-                        let d = if c.weight_decay != 0.0 { g + wd * *w } else { g };
+                        let d = if c.weight_decay != 0.0 {
+                            g + wd * *w
+                        } else {
+                            g
+                        };
                         *b = if t == 1 { d } else { mu * *b + d };
                         let step = if c.nesterov { d + mu * *b } else { *b };
                         *w -= lr_t * step;
@@ -169,13 +202,19 @@ impl<T: Float> Optimizer<T> {
                     let bc2_sqrt = T::of((1.0 - b2.powi(t)).sqrt());
                     let step_size = T::of(lr / bc1);
                     // 1 − β in f64 before rounding: 1 − (0.999 as f32) is off by 1.3e-5 relative.
-                    let (b2t, one_b1, one_b2, eps) = (T::of(b2), T::of(1.0 - b1), T::of(1.0 - b2), T::of(c.eps));
+                    let (b2t, one_b1, one_b2, eps) =
+                        (T::of(b2), T::of(1.0 - b1), T::of(1.0 - b2), T::of(c.eps));
                     let decoupled = c.kind == OptimizerKind::AdamW;
                     let decay = T::of(1.0 - lr * c.weight_decay);
                     let m = state1[i].data_mut();
                     let v = state2[i].data_mut();
-                    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                        let g = if !decoupled && c.weight_decay != 0.0 { g + wd * *w } else { g };
+                    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        let g = if !decoupled && c.weight_decay != 0.0 {
+                            g + wd * *w
+                        } else {
+                            g
+                        };
                         if decoupled {
                             *w *= decay;
                         }
@@ -204,6 +243,9 @@ mod tests {
         assert!((Schedule::Cosine.lr(1.0, 5, 10) - 0.5).abs() < 1e-12);
         assert!("step:0".parse::<Schedule>().is_err());
         assert!("linear".parse::<Schedule>().is_err());
-        assert_eq!("step:4".parse::<Schedule>().unwrap().to_string(), "step:4:0.1");
+        assert_eq!(
+            "step:4".parse::<Schedule>().unwrap().to_string(),
+            "step:4:0.1"
+        );
     }
 }

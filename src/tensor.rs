@@ -49,16 +49,26 @@ pub struct Tensor<T = f32> {
 impl<T: Float> Tensor<T> {
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), data: vec![T::zero(); shape.iter().product()] }
+        Tensor {
+            shape: shape.to_vec(),
+            data: vec![T::zero(); shape.iter().product()],
+        }
     }
 
     /// Wraps `data`, checking that its length matches `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<T>) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(Error::Shape { what: "tensor data".into(), expected: shape.to_vec(), got: vec![data.len()] });
+            return Err(Error::Shape {
+                what: "tensor data".into(),
+                expected: shape.to_vec(),
+                got: vec![data.len()],
+            });
         }
-        Ok(Tensor { shape: shape.to_vec(), data })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            data,
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -87,7 +97,10 @@ impl<T: Float> Tensor<T> {
 
     /// Element-wise conversion to another float type.
     pub fn cast<U: Float>(&self) -> Tensor<U> {
-        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|&v| U::of(v.f64())).collect() }
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&v| U::of(v.f64())).collect(),
+        }
     }
 
     /// Rows `start..end` along the first axis.
@@ -95,7 +108,10 @@ impl<T: Float> Tensor<T> {
         let row: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        Tensor { shape, data: self.data[start * row..end * row].to_vec() }
+        Tensor {
+            shape,
+            data: self.data[start * row..end * row].to_vec(),
+        }
     }
 
     /// Largest absolute value (0 for an empty tensor).

@@ -5,19 +5,33 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn convnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_convnet")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_convnet"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A failed run: non-zero exit, one clear message, no panic.
 fn fails(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&o.stdout));
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
     err
 }
 
@@ -31,36 +45,78 @@ fn summary_of_lenet5() {
     assert!(out.contains("Total parameters: 61,706"), "{out}");
     assert!(out.contains("16×5×5") && out.contains("48,120"), "{out}");
     let out = ok(&convnet(&["summary", "--model", "resnet-small"]));
-    assert!(out.contains("2.body.0") && out.contains("residual"), "{out}");
+    assert!(
+        out.contains("2.body.0") && out.contains("residual"),
+        "{out}"
+    );
 }
 
 #[test]
 fn model_file_errors_name_the_layer_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("type = \"conv2d\"\nout_channels = 2\nkernel = 3\nstrid = 1", "layer 0 (conv2d): unknown key `strid`"),
+        (
+            "type = \"conv2d\"\nout_channels = 2\nkernel = 3\nstrid = 1",
+            "layer 0 (conv2d): unknown key `strid`",
+        ),
         ("type = \"convolution\"", "unknown layer type `convolution`"),
-        ("type = \"conv2d\"\nout_channels = 0\nkernel = 3", "layer 0 (conv2d): key `out_channels`"),
-        ("type = \"conv2d\"\nout_channels = 2\nkernel = -3", "key `kernel`"),
-        ("type = \"conv2d\"\nout_channels = 2", "missing required key `kernel`"),
-        ("type = \"conv2d\"\nout_channels = 2\nkernel = 9", "larger than the padded input"),
-        ("type = \"conv2d\"\nout_channels = 3\nkernel = 3\ngroups = 2", "groups = 2 must divide"),
-        ("type = \"maxpool2d\"\nkernel = 2\npadding = 2", "at most half the kernel"),
-        ("type = \"linear\"\nout_features = 3", "put a flatten layer before it"),
-        ("type = \"residual\"\nlayers = [{ type = \"conv2d\", out_channels = 3, kernel = 3 }]", "a residual body must keep the shape"),
-        ("type = \"residual\"\nlayers = [{ type = \"relu\", alpha = 1 }]", "layer 0.body.0 (relu): unknown key `alpha`"),
-        ("type = \"conv2d\"\nout_channels = 2\nkernel = 3\nstride = 2\npadding = \"same\"", "needs stride 1"),
+        (
+            "type = \"conv2d\"\nout_channels = 0\nkernel = 3",
+            "layer 0 (conv2d): key `out_channels`",
+        ),
+        (
+            "type = \"conv2d\"\nout_channels = 2\nkernel = -3",
+            "key `kernel`",
+        ),
+        (
+            "type = \"conv2d\"\nout_channels = 2",
+            "missing required key `kernel`",
+        ),
+        (
+            "type = \"conv2d\"\nout_channels = 2\nkernel = 9",
+            "larger than the padded input",
+        ),
+        (
+            "type = \"conv2d\"\nout_channels = 3\nkernel = 3\ngroups = 2",
+            "groups = 2 must divide",
+        ),
+        (
+            "type = \"maxpool2d\"\nkernel = 2\npadding = 2",
+            "at most half the kernel",
+        ),
+        (
+            "type = \"linear\"\nout_features = 3",
+            "put a flatten layer before it",
+        ),
+        (
+            "type = \"residual\"\nlayers = [{ type = \"conv2d\", out_channels = 3, kernel = 3 }]",
+            "a residual body must keep the shape",
+        ),
+        (
+            "type = \"residual\"\nlayers = [{ type = \"relu\", alpha = 1 }]",
+            "layer 0.body.0 (relu): unknown key `alpha`",
+        ),
+        (
+            "type = \"conv2d\"\nout_channels = 2\nkernel = 3\nstride = 2\npadding = \"same\"",
+            "needs stride 1",
+        ),
     ];
     for (i, (layer, want)) in cases.iter().enumerate() {
         let f = dir.path().join(format!("m{i}.toml"));
         std::fs::write(&f, format!("input = [2, 6, 6]\n[[layers]]\n{layer}\n")).unwrap();
         let err = fails(&convnet(&["summary", "--model", p(&f)]));
-        assert!(err.contains(&format!("m{i}.toml")) && err.contains(want), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("m{i}.toml")) && err.contains(want),
+            "case {i}: {err}"
+        );
     }
     let f = dir.path().join("syntax.toml");
     std::fs::write(&f, "input = [1, 2\n").unwrap();
     let err = fails(&convnet(&["summary", "--model", p(&f)]));
-    assert!(err.contains("syntax.toml") && err.contains("line 1"), "{err}");
+    assert!(
+        err.contains("syntax.toml") && err.contains("line 1"),
+        "{err}"
+    );
     let err = fails(&convnet(&["summary", "--model", "lenet7"]));
     assert!(err.contains("lenet7") && err.contains("presets"), "{err}");
 }
@@ -76,19 +132,45 @@ fn predict_matches_pytorch_and_reads_every_input_kind() {
     let out = dir.path().join("y.npy");
     let model = fixture("fwd_lenet5.toml");
     let weights = fixture("fwd_lenet5.safetensors");
-    let args = ["predict", "--model", p(&model), "--weights", p(&weights), "--input", p(&npy), "--output", p(&out)];
+    let args = [
+        "predict",
+        "--model",
+        p(&model),
+        "--weights",
+        p(&weights),
+        "--input",
+        p(&npy),
+        "--output",
+        p(&out),
+    ];
     ok(&convnet(&args));
     let y = convnet::data::npy::read_npy(&out).unwrap();
     assert_eq!(y.shape, [5, 10]);
-    let convnet::data::npy::NpyData::F32(yv) = y.data else { panic!("dtype") };
+    let convnet::data::npy::NpyData::F32(yv) = y.data else {
+        panic!("dtype")
+    };
     assert!(rel_err(&yv, io["y"].data()) <= 1e-5);
 
     // Without --output: one line per input with its top class and probability.
-    let text = ok(&convnet(&["predict", "--model", p(&model), "--weights", p(&weights), "--input", p(&npy)]));
+    let text = ok(&convnet(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--weights",
+        p(&weights),
+        "--input",
+        p(&npy),
+    ]));
     assert_eq!(text.lines().count(), 5);
     let row0 = &io["y"].data()[..10];
     let top = convnet::train::eval::argmax(row0);
-    assert!(text.lines().next().unwrap().contains(&format!("class {top} ")), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains(&format!("class {top} ")),
+        "{text}"
+    );
 
     // IDX and PNG: the same bytes give the same outputs.
     let bytes: Vec<u8> = (0..2 * 784).map(|i| ((i * 37) % 256) as u8).collect();
@@ -101,24 +183,76 @@ fn predict_matches_pytorch_and_reads_every_input_kind() {
     std::fs::write(&idx_path, idx).unwrap();
     let png1 = dir.path().join("a.png");
     let png2 = dir.path().join("b.png");
-    image::GrayImage::from_raw(28, 28, bytes[..784].to_vec()).unwrap().save(&png1).unwrap();
-    image::GrayImage::from_raw(28, 28, bytes[784..].to_vec()).unwrap().save(&png2).unwrap();
+    image::GrayImage::from_raw(28, 28, bytes[..784].to_vec())
+        .unwrap()
+        .save(&png1)
+        .unwrap();
+    image::GrayImage::from_raw(28, 28, bytes[784..].to_vec())
+        .unwrap()
+        .save(&png2)
+        .unwrap();
     let (o1, o2) = (dir.path().join("o1.npy"), dir.path().join("o2.npy"));
-    ok(&convnet(&["predict", "--model", p(&model), "--weights", p(&weights), "--input", p(&idx_path), "--output", p(&o1)]));
-    ok(&convnet(&["predict", "--model", p(&model), "--weights", p(&weights), "--input", p(&png1), p(&png2), "--output", p(&o2)]));
-    let (a, b) = (convnet::data::npy::read_npy(&o1).unwrap(), convnet::data::npy::read_npy(&o2).unwrap());
+    ok(&convnet(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--weights",
+        p(&weights),
+        "--input",
+        p(&idx_path),
+        "--output",
+        p(&o1),
+    ]));
+    ok(&convnet(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--weights",
+        p(&weights),
+        "--input",
+        p(&png1),
+        p(&png2),
+        "--output",
+        p(&o2),
+    ]));
+    let (a, b) = (
+        convnet::data::npy::read_npy(&o1).unwrap(),
+        convnet::data::npy::read_npy(&o2).unwrap(),
+    );
     assert_eq!(a.shape, [2, 10]);
     assert_eq!(a, b);
 
     // A size that does not match the model is a clear error.
     let small = dir.path().join("small.png");
     image::GrayImage::new(20, 20).save(&small).unwrap();
-    let err = fails(&convnet(&["predict", "--model", p(&model), "--weights", p(&weights), "--input", p(&small)]));
-    assert!(err.contains("small.png") && err.contains("1×28×28"), "{err}");
+    let err = fails(&convnet(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--weights",
+        p(&weights),
+        "--input",
+        p(&small),
+    ]));
+    assert!(
+        err.contains("small.png") && err.contains("1×28×28"),
+        "{err}"
+    );
     // Weights for another model: the tensor and both shapes are named.
     let other = fixture("fwd_convs.safetensors");
-    let err = fails(&convnet(&["predict", "--model", p(&model), "--weights", p(&other), "--input", p(&npy)]));
-    assert!(err.contains("fwd_convs.safetensors") && err.contains("tensor `0.weight`"), "{err}");
+    let err = fails(&convnet(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--weights",
+        p(&other),
+        "--input",
+        p(&npy),
+    ]));
+    assert!(
+        err.contains("fwd_convs.safetensors") && err.contains("tensor `0.weight`"),
+        "{err}"
+    );
 }
 
 fn metrics(run: &Path) -> Vec<Vec<f64>> {
@@ -134,42 +268,97 @@ fn metrics(run: &Path) -> Vec<Vec<f64>> {
 fn short_training_lowers_the_loss_and_the_run_is_usable() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    ok(&convnet(&["train", "--quiet", "--model", "lenet5", "--epochs", "3", "--out", p(&run)]));
+    ok(&convnet(&[
+        "train",
+        "--quiet",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "3",
+        "--out",
+        p(&run),
+    ]));
     let m = metrics(&run);
     assert_eq!(m.len(), 3);
     assert!(m[2][1] < m[0][1] && m[0][1] < 2.3, "train loss {m:?}");
     assert!(m[2][3] > 0.9, "test accuracy {m:?}");
     let text = ok(&convnet(&["eval", "--model", p(&run)]));
-    assert!(text.contains("accuracy: ") && text.contains("confusion matrix"), "{text}");
+    assert!(
+        text.contains("accuracy: ") && text.contains("confusion matrix"),
+        "{text}"
+    );
     // The accuracy eval prints is the last epoch's.
-    assert!(text.contains(&format!("{:.2}%", 100.0 * m[2][3])), "{text} vs {m:?}");
+    assert!(
+        text.contains(&format!("{:.2}%", 100.0 * m[2][3])),
+        "{text} vs {m:?}"
+    );
     // An existing run is not overwritten without --force.
-    let err = fails(&convnet(&["train", "--quiet", "--epochs", "1", "--out", p(&run)]));
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    let err = fails(&convnet(&[
+        "train",
+        "--quiet",
+        "--epochs",
+        "1",
+        "--out",
+        p(&run),
+    ]));
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
 }
 
 #[test]
 fn interrupted_and_resumed_run_ends_with_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
     let (full, cut) = (dir.path().join("full"), dir.path().join("cut"));
-    let common = ["train", "--quiet", "--model", "mlp", "--optimizer", "adam", "--lr", "0.001", "--schedule", "cosine", "--augment", "1", "--seed", "3"];
-    let with = |extra: &[&str]| -> Vec<String> { common.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let common = [
+        "train",
+        "--quiet",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+        "--schedule",
+        "cosine",
+        "--augment",
+        "1",
+        "--seed",
+        "3",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        common.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
     let args = with(&["--epochs", "4", "--out", p(&full)]);
-    ok(&Command::new(env!("CARGO_BIN_EXE_convnet")).args(&args).output().unwrap());
+    ok(&Command::new(env!("CARGO_BIN_EXE_convnet"))
+        .args(&args)
+        .output()
+        .unwrap());
 
     // Ctrl-C once the first epoch is on disk.
     let args = with(&["--epochs", "4", "--out", p(&cut)]);
-    let child = Command::new(env!("CARGO_BIN_EXE_convnet")).args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_convnet"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = std::time::Instant::now();
     while !cut.join("metrics.csv").exists() && t0.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let out = child.wait_with_output().unwrap();
     let done = metrics(&cut).len();
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("interrupted") && err.contains("--resume"), "{err}");
+        assert!(
+            err.contains("interrupted") && err.contains("--resume"),
+            "{err}"
+        );
         assert!(done >= 1 && done < 4, "{done}");
     }
     ok(&convnet(&["train", "--quiet", "--resume", p(&cut)]));
@@ -189,9 +378,15 @@ fn bad_options_are_clear_errors() {
         (vec!["train", "--batch-size", "0"], "batch size"),
         (vec!["train", "--lr", "-1"], "learning rate"),
         (vec!["train", "--lr", "NaN"], "learning rate"),
-        (vec!["train", "--optimizer", "rmsprop"], "unknown optimizer `rmsprop`"),
+        (
+            vec!["train", "--optimizer", "rmsprop"],
+            "unknown optimizer `rmsprop`",
+        ),
         (vec!["train", "--schedule", "linear"], "unknown schedule"),
-        (vec!["train", "--data", "/nonexistent/dir"], "/nonexistent/dir"),
+        (
+            vec!["train", "--data", "/nonexistent/dir"],
+            "/nonexistent/dir",
+        ),
     ] {
         let err = fails(&convnet(&args));
         assert!(err.contains(want), "{args:?}: {err}");

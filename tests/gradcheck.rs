@@ -20,12 +20,20 @@ fn check(spec_text: &str, n: usize, seed: u64) {
     let mut net = Network::<f64>::new(spec.clone(), Default::default(), seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let [c, h, w] = spec.input;
-    let x: Vec<f64> = (0..n * c * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let x: Vec<f64> = (0..n * c * h * w)
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
     let x = Tensor::from_vec(&[n, c, h, w], x).unwrap();
     let out = net.forward(x.clone(), true).unwrap();
     let r: Vec<f64> = (0..out.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let energy = |net: &mut Network<f64>, x: &Tensor<f64>| -> f64 {
-        net.forward(x.clone(), false).unwrap().data().iter().zip(&r).map(|(a, b)| a * b).sum()
+        net.forward(x.clone(), false)
+            .unwrap()
+            .data()
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| a * b)
+            .sum()
     };
     net.zero_grad();
     let dx = net.backward_with_input_grad(Tensor::from_vec(out.shape(), r.clone()).unwrap());
@@ -37,7 +45,12 @@ fn check(spec_text: &str, n: usize, seed: u64) {
         xp.data_mut()[i] += h;
         xm.data_mut()[i] -= h;
         let fd = (energy(&mut net, &xp) - energy(&mut net, &xm)) / (2.0 * h);
-        assert!(tol(dx.data()[i], fd), "{}: dx[{i}] {} vs {fd}", spec.name, dx.data()[i]);
+        assert!(
+            tol(dx.data()[i], fd),
+            "{}: dx[{i}] {} vs {fd}",
+            spec.name,
+            dx.data()[i]
+        );
     }
     // Parameter gradients.
     let params = net.named_params();
@@ -74,7 +87,10 @@ fn conv2d_every_option() {
         "out_channels = 6\nkernel = [2, 3]\ndilation = [2, 1]\nstride = [1, 2]\npadding = 1\ngroups = 2",
     ];
     for (i, c) in convs.iter().enumerate() {
-        let text = model("[2, 7, 8]", &format!("[[layers]]\ntype = \"conv2d\"\n{c}\n[[layers]]\ntype = \"flatten\"\n"));
+        let text = model(
+            "[2, 7, 8]",
+            &format!("[[layers]]\ntype = \"conv2d\"\n{c}\n[[layers]]\ntype = \"flatten\"\n"),
+        );
         check(&text, 3, i as u64);
     }
 }
@@ -83,16 +99,31 @@ fn conv2d_every_option() {
 fn pooling_every_option() {
     let pools = [
         ("maxpool2d", "kernel = 2"),
-        ("maxpool2d", "kernel = 3\nstride = 2\npadding = 1\nceil_mode = true"),
-        ("maxpool2d", "kernel = [2, 3]\nstride = [1, 2]\npadding = [1, 1]"),
+        (
+            "maxpool2d",
+            "kernel = 3\nstride = 2\npadding = 1\nceil_mode = true",
+        ),
+        (
+            "maxpool2d",
+            "kernel = [2, 3]\nstride = [1, 2]\npadding = [1, 1]",
+        ),
         ("avgpool2d", "kernel = 2"),
-        ("avgpool2d", "kernel = 3\nstride = 2\npadding = 1\nceil_mode = true"),
-        ("avgpool2d", "kernel = [2, 3]\nstride = [2, 1]\npadding = [1, 0]\nceil_mode = true"),
+        (
+            "avgpool2d",
+            "kernel = 3\nstride = 2\npadding = 1\nceil_mode = true",
+        ),
+        (
+            "avgpool2d",
+            "kernel = [2, 3]\nstride = [2, 1]\npadding = [1, 0]\nceil_mode = true",
+        ),
         ("subsample", "kernel = 2"),
         ("subsample", "kernel = [3, 1]\nstride = [2, 3]"),
     ];
     for (i, (t, o)) in pools.iter().enumerate() {
-        let text = model("[2, 7, 8]", &format!("[[layers]]\ntype = \"{t}\"\n{o}\n[[layers]]\ntype = \"flatten\"\n"));
+        let text = model(
+            "[2, 7, 8]",
+            &format!("[[layers]]\ntype = \"{t}\"\n{o}\n[[layers]]\ntype = \"flatten\"\n"),
+        );
         check(&text, 2, 10 + i as u64);
     }
 }
@@ -115,7 +146,12 @@ fn activations_linear_flatten_residual() {
 
 #[test]
 fn whole_networks() {
-    for f in ["fwd_convs.toml", "fwd_residual.toml", "fwd_pools.toml", "train_net.toml"] {
+    for f in [
+        "fwd_convs.toml",
+        "fwd_residual.toml",
+        "fwd_pools.toml",
+        "train_net.toml",
+    ] {
         let text = std::fs::read_to_string(common::fixture(f)).unwrap();
         check(&text, 2, 30);
     }
@@ -127,7 +163,11 @@ fn every_loss_through_a_network() {
     let spec = ModelSpec::parse(&text, "t").unwrap();
     let mut net = Network::<f64>::new(spec, Default::default(), 3);
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    let x = Tensor::from_vec(&[3, 2, 10, 10], (0..600).map(|_| rng.gen_range(-1.0..1.0)).collect()).unwrap();
+    let x = Tensor::from_vec(
+        &[3, 2, 10, 10],
+        (0..600).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+    )
+    .unwrap();
     let labels = [1usize, 4, 0];
     for kind in [LossKind::CrossEntropy, LossKind::Square, LossKind::Bce] {
         let out = net.forward(x.clone(), true).unwrap();
@@ -152,6 +192,9 @@ fn every_loss_through_a_network() {
         let em = e(-2.0 * h);
         e(h);
         let fd = (ep - em) / (2.0 * h);
-        assert!((g0 - fd).abs() <= 1e-6 * (1.0 + fd.abs()), "{kind:?}: {g0} vs {fd}");
+        assert!(
+            (g0 - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+            "{kind:?}: {g0} vs {fd}"
+        );
     }
 }

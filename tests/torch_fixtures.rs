@@ -11,7 +11,10 @@ use std::process::Command;
 #[test]
 fn forward_matches_pytorch_for_every_layer_option() {
     for name in ["convs", "residual", "pools", "lenet5"] {
-        let mut n = net(&format!("fwd_{name}.toml"), &format!("fwd_{name}.safetensors"));
+        let mut n = net(
+            &format!("fwd_{name}.toml"),
+            &format!("fwd_{name}.safetensors"),
+        );
         let io = tensors(&format!("fwd_{name}_io.safetensors"));
         let y = n.forward(io["x"].clone(), false).unwrap();
         assert_eq!(y.shape(), io["y"].shape(), "{name}");
@@ -28,7 +31,10 @@ fn weights_round_trip_under_pytorch_names() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(sorted, torch_names);
-    assert!(names.contains(&"2.body.2.weight".to_string()) && !names.contains(&"2.body.2.bias".to_string()));
+    assert!(
+        names.contains(&"2.body.2.weight".to_string())
+            && !names.contains(&"2.body.2.bias".to_string())
+    );
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("w.safetensors");
     n.save_weights(&p).unwrap();
@@ -39,20 +45,37 @@ fn weights_round_trip_under_pytorch_names() {
 fn case_config(case: &toml::Table) -> (OptimizerConfig, f64, LossKind) {
     let f = |k: &str| case.get(k).and_then(|v| v.as_float()).unwrap_or(0.0);
     let kind: OptimizerKind = case["optimizer"].as_str().unwrap().parse().unwrap();
-    let default_wd = if kind == OptimizerKind::AdamW { 0.01 } else { 0.0 };
+    let default_wd = if kind == OptimizerKind::AdamW {
+        0.01
+    } else {
+        0.0
+    };
     let cfg = OptimizerConfig {
         kind,
         momentum: f("momentum"),
-        nesterov: case.get("nesterov").and_then(|v| v.as_bool()).unwrap_or(false),
-        weight_decay: case.get("weight_decay").and_then(|v| v.as_float()).unwrap_or(default_wd),
+        nesterov: case
+            .get("nesterov")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        weight_decay: case
+            .get("weight_decay")
+            .and_then(|v| v.as_float())
+            .unwrap_or(default_wd),
         ..Default::default()
     };
-    (cfg, f("lr"), case["loss"].as_str().unwrap().parse().unwrap())
+    (
+        cfg,
+        f("lr"),
+        case["loss"].as_str().unwrap().parse().unwrap(),
+    )
 }
 
 #[test]
 fn k_training_steps_match_pytorch_for_every_optimizer_and_loss() {
-    let cases: toml::Table = std::fs::read_to_string(fixture("train_cases.toml")).unwrap().parse().unwrap();
+    let cases: toml::Table = std::fs::read_to_string(fixture("train_cases.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
     let data = tensors("train_data.safetensors");
     let (xs, ys) = (&data["x"], &data["y"]); // (steps, B, C, H, W), (steps, B)
     let (steps, b) = (xs.shape()[0], xs.shape()[1]);
@@ -71,16 +94,32 @@ fn k_training_steps_match_pytorch_for_every_optimizer_and_loss() {
             let mut shape = vec![b];
             shape.extend(&sample);
             let x = Tensor::from_vec(&shape, xs.data()[s * per..(s + 1) * per].to_vec()).unwrap();
-            let labels: Vec<usize> = ys.data()[s * b..(s + 1) * b].iter().map(|&v| v as usize).collect();
+            let labels: Vec<usize> = ys.data()[s * b..(s + 1) * b]
+                .iter()
+                .map(|&v| v as usize)
+                .collect();
             t.step(x, &labels, lr).unwrap();
         }
         let want = tensors(&format!("train_{name}.safetensors"));
         for (pname, got) in t.net.named_params() {
             let w0 = &init[&pname];
-            let du: Vec<f32> = got.data().iter().zip(w0.data()).map(|(a, b)| a - b).collect();
-            let dt: Vec<f32> = want[&pname].data().iter().zip(w0.data()).map(|(a, b)| a - b).collect();
+            let du: Vec<f32> = got
+                .data()
+                .iter()
+                .zip(w0.data())
+                .map(|(a, b)| a - b)
+                .collect();
+            let dt: Vec<f32> = want[&pname]
+                .data()
+                .iter()
+                .zip(w0.data())
+                .map(|(a, b)| a - b)
+                .collect();
             let e = rel_err(&du, &dt);
-            assert!(e <= 1e-4, "{name} {pname}: relative error of the update {e}");
+            assert!(
+                e <= 1e-4,
+                "{name} {pname}: relative error of the update {e}"
+            );
         }
     }
 }
@@ -90,8 +129,26 @@ fn cli_training_run_matches_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let status = Command::new(env!("CARGO_BIN_EXE_convnet"))
-        .args(["train", "--quiet", "--no-shuffle", "--epochs", "2", "--batch-size", "4", "--optimizer", "sgd"])
-        .args(["--lr", "0.05", "--momentum", "0.9", "--nesterov", "--weight-decay", "0.001"])
+        .args([
+            "train",
+            "--quiet",
+            "--no-shuffle",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--optimizer",
+            "sgd",
+        ])
+        .args([
+            "--lr",
+            "0.05",
+            "--momentum",
+            "0.9",
+            "--nesterov",
+            "--weight-decay",
+            "0.001",
+        ])
         .args(["--schedule", "step:1:0.5", "--augment", "0"])
         .arg("--model")
         .arg(fixture("fwd_lenet5.toml"))
@@ -103,18 +160,37 @@ fn cli_training_run_matches_pytorch() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let got = convnet::nn::weights::read_tensors(&out.join("model.safetensors")).unwrap();
     let init = tensors("cli_init.safetensors");
     let want = tensors("cli_final.safetensors");
     for (name, g) in &got {
-        let du: Vec<f32> = g.data().iter().zip(init[name].data()).map(|(a, b)| a - b).collect();
-        let dt: Vec<f32> = want[name].data().iter().zip(init[name].data()).map(|(a, b)| a - b).collect();
+        let du: Vec<f32> = g
+            .data()
+            .iter()
+            .zip(init[name].data())
+            .map(|(a, b)| a - b)
+            .collect();
+        let dt: Vec<f32> = want[name]
+            .data()
+            .iter()
+            .zip(init[name].data())
+            .map(|(a, b)| a - b)
+            .collect();
         let e = rel_err(&du, &dt);
         assert!(e <= 1e-4, "{name}: relative error of the update {e}");
     }
     // The run directory is complete and usable by predict.
-    for f in ["model.toml", "model.safetensors", "checkpoint.safetensors", "metrics.csv"] {
+    for f in [
+        "model.toml",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "metrics.csv",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
     let _: Network<f32> = net("fwd_lenet5.toml", "cli_init.safetensors");

@@ -1,7 +1,7 @@
 //! The code behind each subcommand: load inputs, call the library, print results.
 use super::model_arg::{load_model, ModelArg};
 use super::progress::Progress;
-use super::{Cli, Command, TrainArgs};
+use super::{Cli, Command, PlotCommand, TrainArgs};
 use crate::data::idx::read_idx_file;
 use crate::data::image::{is_image_path, read_image};
 use crate::data::npy::{read_npy, write_npy_f32, NpyData};
@@ -23,18 +23,139 @@ pub fn run(cli: Cli) -> Result<()> {
         if n == 0 {
             return Err(Error::invalid("--threads must be at least 1"));
         }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| Error::invalid(format!("--threads: {e}")))?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::invalid(format!("--threads: {e}")))?;
     }
     match cli.command {
         Command::Summary { model } => summary(&model),
-        Command::Predict { model, weights, input, output } => predict(&model, weights, &input, output.as_deref()),
+        Command::Predict {
+            model,
+            weights,
+            input,
+            output,
+        } => predict(&model, weights, &input, output.as_deref()),
         Command::Train(args) => train_cmd(args),
-        Command::Eval { model, weights, data } => eval_cmd(&model, weights, data.as_deref()),
+        Command::Eval {
+            model,
+            weights,
+            data,
+            plot,
+        } => eval_cmd(&model, weights, data.as_deref(), plot),
+        Command::Filter {
+            input,
+            kernels,
+            mode,
+            boundary,
+            fill_value,
+            method,
+            correlate,
+            stride,
+            output,
+        } => {
+            let a = super::signal::FilterArgs {
+                mode: mode.as_deref(),
+                boundary: &boundary,
+                fill_value,
+                method: &method,
+                correlate,
+                stride,
+            };
+            super::signal::filter_cmd(&input, &kernels, &a, &output)
+        }
+        Command::Pool {
+            input,
+            kind,
+            kernel,
+            stride,
+            output,
+        } => {
+            let kernel = parse_pair("--kernel", &kernel)?;
+            let stride = stride.map(|s| parse_pair("--stride", &s)).transpose()?;
+            super::signal::pool_cmd(&input, kind, kernel, stride, output.as_deref())
+        }
+        Command::Plot {
+            what:
+                PlotCommand::Activations {
+                    derivatives,
+                    output,
+                },
+        } => {
+            crate::plot::charts::save_activations(&output, derivatives)?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Plot {
+            what:
+                PlotCommand::Filters {
+                    model,
+                    weights,
+                    input,
+                    output,
+                },
+        } => {
+            let net = load_trained(&model, weights, "plot filters")?;
+            super::plots::plot_filters(&net, input.as_deref(), &output)
+        }
+        Command::Collapse {
+            model,
+            weights,
+            output,
+        } => collapse_cmd(&model, weights, &output),
     }
 }
 
+/// "3" → (3, 3); "2,3" or "2x3" → (2, 3).
+fn parse_pair(flag: &str, s: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        Error::invalid(format!(
+            "{flag}: expected N or H,W with positive integers, got `{s}`"
+        ))
+    };
+    let v: Vec<usize> = s
+        .split([',', 'x'])
+        .map(|p| p.trim().parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    match v[..] {
+        [n] if n > 0 => Ok((n, n)),
+        [h, w] if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(bad()),
+    }
+}
+
+fn collapse_cmd(model: &str, weights: Option<PathBuf>, output: &Path) -> Result<()> {
+    let net = load_trained(model, weights, "collapse")?;
+    let runs = crate::nn::collapse::collapsible_runs(net.spec());
+    if runs.is_empty() {
+        println!(
+            "nothing to collapse: no linear layers follow each other with only identity between"
+        );
+    }
+    let small = crate::nn::collapse::collapse(&net)?;
+    std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    crate::io::write_atomic(
+        &output.join("model.toml"),
+        small.spec().to_toml().as_bytes(),
+    )?;
+    small.save_weights(&output.join("model.safetensors"))?;
+    println!(
+        "collapsed {} run(s): {} → {} layers, {} → {} parameters; saved in {}",
+        runs.len(),
+        net.spec().layers.len(),
+        small.spec().layers.len(),
+        thousands(net.param_count()),
+        thousands(small.param_count()),
+        output.display()
+    );
+    Ok(())
+}
+
 fn shape_text(s: &[usize]) -> String {
-    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("×")
 }
 
 /// 61706 → "61,706".
@@ -55,22 +176,38 @@ fn summary(model: &str) -> Result<()> {
     let net = Network::<f32>::new(m.spec, Init::Pytorch, 0);
     let spec = net.spec();
     println!("Model: {}   input {}", spec.name, shape_text(&spec.input));
-    println!("{:<12} {:<10} {:>14} {:>10}", "index", "layer", "output shape", "params");
+    println!(
+        "{:<12} {:<10} {:>14} {:>10}",
+        "index", "layer", "output shape", "params"
+    );
     println!("{}", "-".repeat(49));
     for r in net.summary() {
         let depth = r.index.matches(".body.").count();
         let kind = format!("{}{}", "  ".repeat(depth), r.kind);
-        println!("{:<12} {:<10} {:>14} {:>10}", r.index, kind, shape_text(&r.output_shape), thousands(r.params));
+        println!(
+            "{:<12} {:<10} {:>14} {:>10}",
+            r.index,
+            kind,
+            shape_text(&r.output_shape),
+            thousands(r.params)
+        );
     }
     println!("{}", "-".repeat(49));
     println!("Total parameters: {}", thousands(net.param_count()));
+    for (a, b) in crate::nn::collapse::collapsible_runs(net.spec()) {
+        println!("note: layers {a}–{b} are linear maps in a row and collapse into one linear layer (convnet collapse)");
+    }
     Ok(())
 }
 
 /// A network with its weights: from --weights, else the run directory's.
 fn load_trained(model: &str, weights: Option<PathBuf>, what: &str) -> Result<Network<f32>> {
     let ModelArg { spec, run_weights } = load_model(model)?;
-    let w = weights.or(run_weights).ok_or_else(|| Error::invalid(format!("{what} needs weights: pass --weights FILE or a run directory as --model")))?;
+    let w = weights.or(run_weights).ok_or_else(|| {
+        Error::invalid(format!(
+            "{what} needs weights: pass --weights FILE or a run directory as --model"
+        ))
+    })?;
     let mut net = Network::<f32>::new(spec, Init::Pytorch, 0);
     net.load_weights(&w)?;
     Ok(net)
@@ -79,7 +216,12 @@ fn load_trained(model: &str, weights: Option<PathBuf>, what: &str) -> Result<Net
 /// Reads prediction inputs as (N, C, H, W) with a display name per sample.
 fn read_inputs(paths: &[PathBuf], input: [usize; 3]) -> Result<(Tensor<f32>, Vec<String>)> {
     let [c, h, w] = input;
-    let size_err = |p: &Path, got: String| Error::format(p, format!("inputs are {got} but the model takes {c}×{h}×{w} (C×H×W)"));
+    let size_err = |p: &Path, got: String| {
+        Error::format(
+            p,
+            format!("inputs are {got} but the model takes {c}×{h}×{w} (C×H×W)"),
+        )
+    };
     if paths.iter().all(|p| is_image_path(p)) {
         let mut data = Vec::with_capacity(paths.len() * c * h * w);
         for p in paths {
@@ -93,14 +235,24 @@ fn read_inputs(paths: &[PathBuf], input: [usize; 3]) -> Result<(Tensor<f32>, Vec
         return Ok((Tensor::from_vec(&[paths.len(), c, h, w], data)?, names));
     }
     let [p] = paths else {
-        return Err(Error::invalid("several --input files must all be PNG/JPEG images; give one .npy or IDX file alone"));
+        return Err(Error::invalid(
+            "several --input files must all be PNG/JPEG images; give one .npy or IDX file alone",
+        ));
     };
     let (data, n) = if p.extension().is_some_and(|e| e == "npy") {
         let a = read_npy(p)?;
         let data = match a.data {
             NpyData::F32(v) => v,
             NpyData::F64(v) => v.into_iter().map(|x| x as f32).collect(),
-            _ => return Err(Error::format(p, format!("dtype {} is not supported; predict takes float32 [N, C, H, W]", a.dtype_name()))),
+            _ => {
+                return Err(Error::format(
+                    p,
+                    format!(
+                        "dtype {} is not supported; predict takes float32 [N, C, H, W]",
+                        a.dtype_name()
+                    ),
+                ))
+            }
         };
         let n = match a.shape[..] {
             [n, ac, ah, aw] if [ac, ah, aw] == input => n,
@@ -120,7 +272,12 @@ fn read_inputs(paths: &[PathBuf], input: [usize; 3]) -> Result<(Tensor<f32>, Vec
     Ok((Tensor::from_vec(&[n, c, h, w], data)?, names))
 }
 
-fn predict(model: &str, weights: Option<PathBuf>, input: &[PathBuf], output: Option<&Path>) -> Result<()> {
+fn predict(
+    model: &str,
+    weights: Option<PathBuf>,
+    input: &[PathBuf],
+    output: Option<&Path>,
+) -> Result<()> {
     let mut net = load_trained(model, weights, "predict")?;
     let (x, names) = read_inputs(input, net.spec().input)?;
     let n = x.shape()[0];
@@ -128,7 +285,10 @@ fn predict(model: &str, weights: Option<PathBuf>, input: &[PathBuf], output: Opt
     let mut out = Vec::with_capacity(n * k); // (N, K)
     let batch = 500;
     for s in (0..n).step_by(batch) {
-        out.extend_from_slice(net.forward(x.slice_rows(s, (s + batch).min(n)), false)?.data());
+        out.extend_from_slice(
+            net.forward(x.slice_rows(s, (s + batch).min(n)), false)?
+                .data(),
+        );
     }
     match output {
         Some(path) => {
@@ -154,8 +314,16 @@ fn load_data(dir: Option<&Path>) -> Result<DataSplit> {
     }
 }
 
-fn parse_opt<X: std::str::FromStr<Err = String>>(flag: &str, v: &Option<String>) -> Result<Option<X>> {
-    v.as_deref().map(|s| s.parse().map_err(|e| Error::invalid(format!("--{flag}: {e}")))).transpose()
+fn parse_opt<X: std::str::FromStr<Err = String>>(
+    flag: &str,
+    v: &Option<String>,
+) -> Result<Option<X>> {
+    v.as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| Error::invalid(format!("--{flag}: {e}")))
+        })
+        .transpose()
 }
 
 /// The command line's training options as a recipe layered over the model's.
@@ -185,13 +353,21 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
     let (start, opts, paths, data) = if let Some(dir) = &a.resume {
-        let changed = cli != TrainRecipe { epochs: cli.epochs, ..TrainRecipe::default() } || a.seed != 0 || a.no_shuffle;
+        let changed =
+            cli != TrainRecipe {
+                epochs: cli.epochs,
+                ..TrainRecipe::default()
+            } || a.seed != 0
+                || a.no_shuffle;
         if changed {
             return Err(Error::invalid("--resume continues a run with its own options; only --epochs (and --data) may be given"));
         }
         let paths = RunPaths { dir: dir.clone() };
         if !paths.checkpoint().is_file() {
-            return Err(Error::invalid(format!("{}: holds no run to resume (no checkpoint.safetensors)", dir.display())));
+            return Err(Error::invalid(format!(
+                "{}: holds no run to resume (no checkpoint.safetensors)",
+                dir.display()
+            )));
         }
         let m = load_model(&dir.display().to_string())?;
         let (seed, shuffle) = read_run_meta(&paths.checkpoint())?;
@@ -203,24 +379,48 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         let net = Network::<f32>::new(m.spec, opts.init, opts.seed);
         let start = crate::train::trainer::resume(&paths, &opts, net)?;
         if start.epochs_done >= opts.epochs {
-            println!("{}: all {} epochs are done; pass --epochs N to train further", dir.display(), opts.epochs);
+            println!(
+                "{}: all {} epochs are done; pass --epochs N to train further",
+                dir.display(),
+                opts.epochs
+            );
             return Ok(());
         }
-        println!("resuming {} after epoch {} of {}", dir.display(), start.epochs_done, opts.epochs);
+        println!(
+            "resuming {} after epoch {} of {}",
+            dir.display(),
+            start.epochs_done,
+            opts.epochs
+        );
         (start, opts, paths, load_data(a.data.as_deref())?)
     } else {
         let m = load_model(&a.model)?;
         let opts = TrainOptions::resolve(&[&cli, &m.spec.train], a.seed, !a.no_shuffle)?;
         let data = load_data(a.data.as_deref())?;
-        let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string()));
-        if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) && !a.force {
-            return Err(Error::invalid(format!("{}: already exists; choose another --out or pass --force to overwrite", dir.display())));
+        let dir = a.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+        });
+        if dir.exists()
+            && std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+            && !a.force
+        {
+            return Err(Error::invalid(format!(
+                "{}: already exists; choose another --out or pass --force to overwrite",
+                dir.display()
+            )));
         }
         let mut net = Network::<f32>::new(m.spec, opts.init, opts.seed);
         if let Some(w) = &a.weights {
             net.load_weights(w)?;
         }
-        let src = a.data.as_ref().map_or("embedded MNIST subset".to_string(), |d| d.display().to_string());
+        let src = a
+            .data
+            .as_ref()
+            .map_or("embedded MNIST subset".to_string(), |d| {
+                d.display().to_string()
+            });
         println!(
             "training {} ({} parameters) on {} ({} train / {} test images) for {} epochs into {}",
             net.spec().name,
@@ -243,13 +443,26 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             opts.augment
         );
         let trainer = Trainer::new(net, Optimizer::new(opts.optimizer), opts.loss);
-        (Start { trainer, epochs_done: 0, history: Vec::new() }, opts, RunPaths { dir }, data)
+        (
+            Start {
+                trainer,
+                epochs_done: 0,
+                history: Vec::new(),
+            },
+            opts,
+            RunPaths { dir },
+            data,
+        )
     };
     let mut progress = Progress::new(a.quiet);
     let started = std::time::Instant::now();
     let t = train(start, &data, &opts, &paths, Some(stop), &mut progress)?;
     let _ = t;
-    println!("done in {:.1}s; run saved in {}", started.elapsed().as_secs_f64(), paths.dir.display());
+    println!(
+        "done in {:.1}s; run saved in {}",
+        started.elapsed().as_secs_f64(),
+        paths.dir.display()
+    );
     println!("  convnet eval --model {}", paths.dir.display());
     Ok(())
 }
@@ -257,14 +470,26 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 /// Seed and shuffle flag stored in a checkpoint's metadata.
 fn read_run_meta(ck: &Path) -> Result<(u64, bool)> {
     let bytes = std::fs::read(ck).map_err(|e| Error::io(ck, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(ck, format!("not a valid checkpoint: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(ck, format!("not a valid checkpoint: {e}")))?;
     let meta = meta.metadata().clone().unwrap_or_default();
-    let seed = meta.get("seed").and_then(|s| s.parse().ok()).ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `seed`"))?;
-    let shuffle = meta.get("shuffle").and_then(|s| s.parse().ok()).ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `shuffle`"))?;
+    let seed = meta
+        .get("seed")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `seed`"))?;
+    let shuffle = meta
+        .get("shuffle")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `shuffle`"))?;
     Ok((seed, shuffle))
 }
 
-fn eval_cmd(model: &str, weights: Option<PathBuf>, data: Option<&Path>) -> Result<()> {
+fn eval_cmd(
+    model: &str,
+    weights: Option<PathBuf>,
+    data: Option<&Path>,
+    plot: Option<PathBuf>,
+) -> Result<()> {
     let mut net = load_trained(model, weights, "eval")?;
     let split = load_data(data)?;
     let (set, which) = match &split.test {
@@ -274,10 +499,21 @@ fn eval_cmd(model: &str, weights: Option<PathBuf>, data: Option<&Path>) -> Resul
     set.check_fits(net.spec().input, net.output_len())?;
     let e = evaluate(&mut net, set, crate::loss::LossKind::CrossEntropy)?;
     println!("{which} set: {} images", set.len());
-    println!("accuracy: {:.2}%  (cross-entropy {:.4})", 100.0 * e.accuracy, e.loss);
+    println!(
+        "accuracy: {:.2}%  (cross-entropy {:.4})",
+        100.0 * e.accuracy,
+        e.loss
+    );
     println!("per-class accuracy:");
     for (c, a) in e.per_class_accuracy().iter().enumerate() {
-        println!("  {c:>3}: {}", if a.is_nan() { "   n/a".to_string() } else { format!("{:6.2}%", 100.0 * a) });
+        println!(
+            "  {c:>3}: {}",
+            if a.is_nan() {
+                "   n/a".to_string()
+            } else {
+                format!("{:6.2}%", 100.0 * a)
+            }
+        );
     }
     println!("confusion matrix (rows: true class, columns: predicted):");
     let k = e.confusion.len();
@@ -292,6 +528,15 @@ fn eval_cmd(model: &str, weights: Option<PathBuf>, data: Option<&Path>) -> Resul
             print!("{v:>5}");
         }
         println!();
+    }
+    let plot = plot.or_else(|| {
+        Path::new(model)
+            .is_dir()
+            .then(|| Path::new(model).join("confusion.png"))
+    });
+    if let Some(p) = plot {
+        crate::plot::charts::save_confusion(&p, &e.confusion)?;
+        println!("confusion matrix image: {}", p.display());
     }
     Ok(())
 }

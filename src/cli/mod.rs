@@ -1,7 +1,9 @@
 //! Command-line interface: argument definitions and the code behind each subcommand.
 mod commands;
 mod model_arg;
+mod plots;
 mod progress;
+mod signal;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -63,6 +65,96 @@ pub enum Command {
         /// Data directory (IDX or npy layout); default: the embedded digits.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Confusion-matrix image (default: confusion.png in the run directory).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Convolve or correlate an array or image with kernels, exactly as scipy.signal does.
+    Filter {
+        /// A .npy array (1-D or 2-D, float32 or float64) or a PNG/JPEG image (as grayscale in [0, 1]).
+        input: PathBuf,
+        /// A .npy file, an inline matrix ("1,0,-1;2,0,-2;1,0,-1") or a name: sobel-x, sobel-y,
+        /// laplacian, sharpen, box:N, gaussian:SIGMA, identity. Repeat for several responses.
+        #[arg(long = "kernel", required = true)]
+        kernels: Vec<String>,
+        /// full, same or valid (default: same for images, full for arrays, as scipy).
+        #[arg(long)]
+        mode: Option<String>,
+        /// fill, wrap or symm.
+        #[arg(long, default_value = "fill")]
+        boundary: String,
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        fill_value: f64,
+        /// auto, direct or fft.
+        #[arg(long, default_value = "auto")]
+        method: String,
+        /// Cross-correlation (no kernel flip), what deep nets call convolution.
+        #[arg(long)]
+        correlate: bool,
+        /// Keep every S-th response along each axis.
+        #[arg(long, default_value_t = 1)]
+        stride: usize,
+        /// .npy (the exact response of one kernel) or .png (the image beside each response).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Max pooling, average pooling or subsampling of a matrix or image.
+    Pool {
+        /// A 2-D .npy array or a PNG/JPEG image.
+        input: PathBuf,
+        #[arg(long, value_enum)]
+        kind: signal::PoolKind,
+        /// Window size: N or H,W.
+        #[arg(long)]
+        kernel: String,
+        /// Step: N or H,W (default: the window size).
+        #[arg(long)]
+        stride: Option<String>,
+        /// .npy or .png.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Figures: the activation functions, learned filters.
+    Plot {
+        #[command(subcommand)]
+        what: PlotCommand,
+    },
+    /// Merge consecutive linear layers (with only identity between) into one, and save the smaller model.
+    Collapse {
+        /// Run directory (or model file / preset with --weights).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Directory for the collapsed model.toml and model.safetensors.
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlotCommand {
+    /// Identity, sigmoid, tanh and ReLU in four panels.
+    Activations {
+        /// Add the derivative curves.
+        #[arg(long)]
+        derivatives: bool,
+        /// .png or .svg.
+        #[arg(long, default_value = "activations.png")]
+        output: PathBuf,
+    },
+    /// The first convolution layer's filters and their responses on one digit.
+    Filters {
+        /// Run directory (or model file / preset with --weights).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// An image to filter (default: the first embedded test digit).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value = "filters.png")]
+        output: PathBuf,
     },
 }
 

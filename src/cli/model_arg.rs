@@ -17,15 +17,27 @@ pub fn load_model(arg: &str) -> Result<ModelArg> {
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
         let spec = ModelSpec::parse(&text, &file.display().to_string())?;
         let w = path.join("model.safetensors");
-        return Ok(ModelArg { spec, run_weights: w.is_file().then_some(w) });
+        return Ok(ModelArg {
+            spec,
+            run_weights: w.is_file().then_some(w),
+        });
     }
     if path.is_file() {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        return Ok(ModelArg { spec: ModelSpec::parse(&text, arg)?, run_weights: None });
+        return Ok(ModelArg {
+            spec: ModelSpec::parse(&text, arg)?,
+            run_weights: None,
+        });
     }
     if let Some(text) = preset(arg) {
-        return Ok(ModelArg { spec: ModelSpec::parse(text, &format!("preset {arg}"))?, run_weights: None });
+        return Ok(ModelArg {
+            spec: ModelSpec::parse(text, &format!("preset {arg}"))?,
+            run_weights: None,
+        });
     }
     let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-    Err(Error::invalid(format!("{arg}: no such model file, run directory or preset (presets: {})", names.join(", "))))
+    Err(Error::invalid(format!(
+        "{arg}: no such model file, run directory or preset (presets: {})",
+        names.join(", ")
+    )))
 }

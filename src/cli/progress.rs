@@ -10,7 +10,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
-        Progress { bar: None, quiet, epochs: 0 }
+        Progress {
+            bar: None,
+            quiet,
+            epochs: 0,
+        }
     }
 }
 
@@ -21,9 +25,10 @@ impl Observer for Progress {
             return;
         }
         let bar = ProgressBar::new(batches as u64);
-        let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(format!("{epoch}/{epochs}"));
         self.bar = Some(bar);
@@ -38,7 +43,13 @@ impl Observer for Progress {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        let test = m.test.as_ref().map_or(String::new(), |t| format!("  test loss {:.4}  test acc {:.2}%", t.loss, 100.0 * t.accuracy));
+        let test = m.test.as_ref().map_or(String::new(), |t| {
+            format!(
+                "  test loss {:.4}  test acc {:.2}%",
+                t.loss,
+                100.0 * t.accuracy
+            )
+        });
         println!(
             "epoch {:>3}/{}  train loss {:.4}{test}  {:.1}s  {:.0} img/s",
             m.epoch, self.epochs, m.train_loss, m.seconds, m.images_per_second

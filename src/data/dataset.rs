@@ -31,7 +31,12 @@ pub struct DataSplit {
 
 impl Dataset {
     /// Checks that pixels and labels agree in count and that there is at least one image.
-    pub fn new(source: PathBuf, pixels: Pixels, sample_shape: [usize; 3], labels: Vec<u32>) -> Result<Dataset> {
+    pub fn new(
+        source: PathBuf,
+        pixels: Pixels,
+        sample_shape: [usize; 3],
+        labels: Vec<u32>,
+    ) -> Result<Dataset> {
         let per: usize = sample_shape.iter().product();
         let n_px = match &pixels {
             Pixels::U8(v) => v.len(),
@@ -41,9 +46,17 @@ impl Dataset {
             return Err(Error::format(&source, "the data set is empty"));
         }
         if per == 0 || n_px != labels.len() * per {
-            return Err(Error::format(&source, format!("{} images but {} labels", n_px / per.max(1), labels.len())));
+            return Err(Error::format(
+                &source,
+                format!("{} images but {} labels", n_px / per.max(1), labels.len()),
+            ));
         }
-        Ok(Dataset { source, pixels, sample_shape, labels })
+        Ok(Dataset {
+            source,
+            pixels,
+            sample_shape,
+            labels,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +71,10 @@ impl Dataset {
         let per: usize = self.sample_shape.iter().product();
         for (dst, &i) in out.chunks_exact_mut(per).zip(indices) {
             match &self.pixels {
-                Pixels::U8(v) => dst.iter_mut().zip(&v[i * per..(i + 1) * per]).for_each(|(d, &s)| *d = s as f32 / 255.0),
+                Pixels::U8(v) => dst
+                    .iter_mut()
+                    .zip(&v[i * per..(i + 1) * per])
+                    .for_each(|(d, &s)| *d = s as f32 / 255.0),
                 Pixels::F32(v) => dst.copy_from_slice(&v[i * per..(i + 1) * per]),
             }
         }
@@ -74,11 +90,22 @@ impl Dataset {
         if self.sample_shape != input {
             return Err(Error::format(
                 &self.source,
-                format!("images are {:?} (C, H, W) but the model takes {:?}", self.sample_shape, input),
+                format!(
+                    "images are {:?} (C, H, W) but the model takes {:?}",
+                    self.sample_shape, input
+                ),
             ));
         }
-        if let Some((i, &l)) = self.labels.iter().enumerate().find(|(_, &l)| l as usize >= outputs) {
-            return Err(Error::format(&self.source, format!("label {l} (sample {i}) is beyond the model's {outputs} outputs")));
+        if let Some((i, &l)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= outputs)
+        {
+            return Err(Error::format(
+                &self.source,
+                format!("label {l} (sample {i}) is beyond the model's {outputs} outputs"),
+            ));
         }
         Ok(())
     }
@@ -93,27 +120,51 @@ pub fn embedded() -> Result<DataSplit> {
     let src = PathBuf::from("<embedded mnist-5k>");
     let train = from_idx(parse_idx(TRAIN_X, &src)?, parse_idx(TRAIN_Y, &src)?, &src)?;
     let test = from_idx(parse_idx(TEST_X, &src)?, parse_idx(TEST_Y, &src)?, &src)?;
-    Ok(DataSplit { train, test: Some(test) })
+    Ok(DataSplit {
+        train,
+        test: Some(test),
+    })
 }
 
 fn from_idx(images: IdxArray, labels: IdxArray, source: &Path) -> Result<Dataset> {
     let shape = match images.dims[..] {
         [_, h, w] => [1, h, w],
         [_, c, h, w] => [c, h, w],
-        _ => return Err(Error::format(source, format!("IDX images must have 3 or 4 dimensions, got {:?}", images.dims))),
+        _ => {
+            return Err(Error::format(
+                source,
+                format!(
+                    "IDX images must have 3 or 4 dimensions, got {:?}",
+                    images.dims
+                ),
+            ))
+        }
     };
     if labels.dims.len() != 1 {
-        return Err(Error::format(source, format!("IDX labels must have 1 dimension, got {:?}", labels.dims)));
+        return Err(Error::format(
+            source,
+            format!("IDX labels must have 1 dimension, got {:?}", labels.dims),
+        ));
     }
     if images.dims[0] != labels.dims[0] {
-        return Err(Error::format(source, format!("{} images but {} labels", images.dims[0], labels.dims[0])));
+        return Err(Error::format(
+            source,
+            format!("{} images but {} labels", images.dims[0], labels.dims[0]),
+        ));
     }
-    Dataset::new(source.to_path_buf(), Pixels::U8(images.data), shape, labels.data.into_iter().map(u32::from).collect())
+    Dataset::new(
+        source.to_path_buf(),
+        Pixels::U8(images.data),
+        shape,
+        labels.data.into_iter().map(u32::from).collect(),
+    )
 }
 
 /// `dir/name` or `dir/name.gz`, whichever exists.
 fn find(dir: &Path, name: &str) -> Option<PathBuf> {
-    [dir.join(name), dir.join(format!("{name}.gz"))].into_iter().find(|p| p.is_file())
+    [dir.join(name), dir.join(format!("{name}.gz"))]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 fn load_idx_pair(images: &Path, labels: &Path) -> Result<Dataset> {
@@ -122,7 +173,12 @@ fn load_idx_pair(images: &Path, labels: &Path) -> Result<Dataset> {
     if x.dims.first() != y.dims.first() {
         return Err(Error::format(
             images,
-            format!("{} images but {} labels in {}", x.dims.first().unwrap_or(&0), y.dims.first().unwrap_or(&0), labels.display()),
+            format!(
+                "{} images but {} labels in {}",
+                x.dims.first().unwrap_or(&0),
+                y.dims.first().unwrap_or(&0),
+                labels.display()
+            ),
         ));
     }
     from_idx(x, y, images)
@@ -148,29 +204,66 @@ fn load_npy_pair(images: &Path, labels: &Path) -> Result<Dataset> {
     let labels_v: Vec<i64> = match (y.data, y.shape.len()) {
         (NpyData::U8(v), 1) => v.into_iter().map(i64::from).collect(),
         (NpyData::Int(v), 1) => v,
-        (_, _) => return Err(Error::format(labels, format!("labels must be a 1-D integer array, got shape {:?}", y.shape))),
+        (_, _) => {
+            return Err(Error::format(
+                labels,
+                format!(
+                    "labels must be a 1-D integer array, got shape {:?}",
+                    y.shape
+                ),
+            ))
+        }
     };
     if let Some(bad) = labels_v.iter().find(|&&l| l < 0 || l > u32::MAX as i64) {
-        return Err(Error::format(labels, format!("label {bad} is not a class index")));
+        return Err(Error::format(
+            labels,
+            format!("label {bad} is not a class index"),
+        ));
     }
     let n = x.shape[0];
     if n != labels_v.len() {
-        return Err(Error::format(images, format!("{n} images but {} labels in {}", labels_v.len(), labels.display())));
+        return Err(Error::format(
+            images,
+            format!(
+                "{n} images but {} labels in {}",
+                labels_v.len(),
+                labels.display()
+            ),
+        ));
     }
-    Dataset::new(images.to_path_buf(), pixels, shape, labels_v.into_iter().map(|l| l as u32).collect())
+    Dataset::new(
+        images.to_path_buf(),
+        pixels,
+        shape,
+        labels_v.into_iter().map(|l| l as u32).collect(),
+    )
 }
 
 /// Loads a directory in MNIST's IDX layout or in the npy layout (train_images.npy, ...).
 pub fn load_dir(dir: &Path) -> Result<DataSplit> {
     if !dir.is_dir() {
-        return Err(Error::format(dir, "not a directory (expected MNIST IDX files or train_images.npy / train_labels.npy)"));
+        return Err(Error::format(
+            dir,
+            "not a directory (expected MNIST IDX files or train_images.npy / train_labels.npy)",
+        ));
     }
-    if let (Some(x), Some(y)) = (find(dir, "train-images-idx3-ubyte"), find(dir, "train-labels-idx1-ubyte")) {
+    if let (Some(x), Some(y)) = (
+        find(dir, "train-images-idx3-ubyte"),
+        find(dir, "train-labels-idx1-ubyte"),
+    ) {
         let train = load_idx_pair(&x, &y)?;
-        let test = match (find(dir, "t10k-images-idx3-ubyte"), find(dir, "t10k-labels-idx1-ubyte")) {
+        let test = match (
+            find(dir, "t10k-images-idx3-ubyte"),
+            find(dir, "t10k-labels-idx1-ubyte"),
+        ) {
             (Some(x), Some(y)) => Some(load_idx_pair(&x, &y)?),
             (None, None) => None,
-            _ => return Err(Error::format(dir, "has only one of t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")),
+            _ => {
+                return Err(Error::format(
+                    dir,
+                    "has only one of t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte",
+                ))
+            }
         };
         return Ok(DataSplit { train, test });
     }
@@ -181,7 +274,12 @@ pub fn load_dir(dir: &Path) -> Result<DataSplit> {
         let test = match (tx.is_file(), ty.is_file()) {
             (true, true) => Some(load_npy_pair(&tx, &ty)?),
             (false, false) => None,
-            _ => return Err(Error::format(dir, "has only one of test_images.npy and test_labels.npy")),
+            _ => {
+                return Err(Error::format(
+                    dir,
+                    "has only one of test_images.npy and test_labels.npy",
+                ))
+            }
         };
         return Ok(DataSplit { train, test });
     }
@@ -204,7 +302,11 @@ mod tests {
         assert_eq!(d.train.sample_shape, [1, 28, 28]);
         // 500 of each class overall, as the subset was drawn.
         let mut counts = [0; 10];
-        d.train.labels.iter().chain(&test.labels).for_each(|&l| counts[l as usize] += 1);
+        d.train
+            .labels
+            .iter()
+            .chain(&test.labels)
+            .for_each(|&l| counts[l as usize] += 1);
         assert_eq!(counts, [500; 10]);
         let mut px = vec![0.0; 784];
         d.train.gather(&[0], &mut px);

@@ -29,33 +29,62 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
 fn parse_idx_stream(r: &mut dyn Read, path: &Path) -> Result<IdxArray> {
     let io = |e: std::io::Error| Error::format(path, format!("cannot read IDX data: {e}"));
     let mut magic = [0u8; 4];
-    r.read_exact(&mut magic).map_err(|_| Error::format(path, "too short for an IDX header"))?;
+    r.read_exact(&mut magic)
+        .map_err(|_| Error::format(path, "too short for an IDX header"))?;
     if magic[0] != 0 || magic[1] != 0 {
-        return Err(Error::format(path, format!("not an IDX file (magic bytes {:02x} {:02x} {:02x} {:02x})", magic[0], magic[1], magic[2], magic[3])));
+        return Err(Error::format(
+            path,
+            format!(
+                "not an IDX file (magic bytes {:02x} {:02x} {:02x} {:02x})",
+                magic[0], magic[1], magic[2], magic[3]
+            ),
+        ));
     }
     if magic[2] != 0x08 {
-        return Err(Error::format(path, format!("IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)", magic[2])));
+        return Err(Error::format(
+            path,
+            format!(
+                "IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
+                magic[2]
+            ),
+        ));
     }
     let nd = magic[3] as usize;
     if nd == 0 || nd > 4 {
-        return Err(Error::format(path, format!("IDX with {nd} dimensions is not supported (1 to 4)")));
+        return Err(Error::format(
+            path,
+            format!("IDX with {nd} dimensions is not supported (1 to 4)"),
+        ));
     }
     let mut dims = Vec::with_capacity(nd);
     for _ in 0..nd {
         let mut d = [0u8; 4];
-        r.read_exact(&mut d).map_err(|_| Error::format(path, "truncated IDX header"))?;
+        r.read_exact(&mut d)
+            .map_err(|_| Error::format(path, "truncated IDX header"))?;
         dims.push(u32::from_be_bytes(d) as usize);
     }
-    let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::format(path, format!("IDX dimensions {dims:?} overflow")))?;
+    let want = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::format(path, format!("IDX dimensions {dims:?} overflow")))?;
     // Read at most one byte more than claimed: memory grows with the data actually present,
     // never with what a (possibly hostile) header claims.
     let mut data = Vec::new();
     r.take(want as u64 + 1).read_to_end(&mut data).map_err(io)?;
     if data.len() < want {
-        return Err(Error::format(path, format!("truncated: the header claims {dims:?} = {want} bytes of data, the file holds {}", data.len())));
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: the header claims {dims:?} = {want} bytes of data, the file holds {}",
+                data.len()
+            ),
+        ));
     }
     if data.len() > want {
-        return Err(Error::format(path, format!("{dims:?} needs {want} bytes of data but the file holds more")));
+        return Err(Error::format(
+            path,
+            format!("{dims:?} needs {want} bytes of data but the file holds more"),
+        ));
     }
     Ok(IdxArray { dims, data })
 }
@@ -79,12 +108,22 @@ mod tests {
         let a = parse_idx(&idx(&[2, 2], &[1, 2, 3, 4]), p).unwrap();
         assert_eq!(a.dims, [2, 2]);
         assert_eq!(a.data, [1, 2, 3, 4]);
-        let e = parse_idx(&idx(&[2, 3], &[1, 2, 3, 4]), p).unwrap_err().to_string();
+        let e = parse_idx(&idx(&[2, 3], &[1, 2, 3, 4]), p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.idx") && e.contains("truncated"), "{e}");
-        assert!(parse_idx(&[1, 2, 8, 1], p).unwrap_err().to_string().contains("not an IDX"));
+        assert!(parse_idx(&[1, 2, 8, 1], p)
+            .unwrap_err()
+            .to_string()
+            .contains("not an IDX"));
         // A hostile header claiming 4e9 × 4e9 elements is refused without allocating.
-        let e = parse_idx(&idx(&[u32::MAX, u32::MAX, 1000], &[]), p).unwrap_err().to_string();
+        let e = parse_idx(&idx(&[u32::MAX, u32::MAX, 1000], &[]), p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("overflow") || e.contains("truncated"), "{e}");
-        assert!(parse_idx(&idx(&[60000, 28, 28], &[0; 10]), p).unwrap_err().to_string().contains("truncated"));
+        assert!(parse_idx(&idx(&[60000, 28, 28], &[0; 10]), p)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 }

@@ -12,7 +12,12 @@ pub fn read_image(path: &Path, channels: usize) -> Result<(Vec<f32>, usize, usiz
         .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let data = match channels {
-        1 => img.to_luma8().into_raw().into_iter().map(|v| v as f32 / 255.0).collect(),
+        1 => img
+            .to_luma8()
+            .into_raw()
+            .into_iter()
+            .map(|v| v as f32 / 255.0)
+            .collect(),
         3 => {
             let rgb = img.to_rgb8().into_raw();
             let mut planar = vec![0.0f32; 3 * h * w]; // (3, H, W) from interleaved (H, W, 3)
@@ -23,7 +28,12 @@ pub fn read_image(path: &Path, channels: usize) -> Result<(Vec<f32>, usize, usiz
             }
             planar
         }
-        c => return Err(Error::invalid(format!("{}: images can feed models with 1 or 3 input channels, not {c}", path.display()))),
+        c => {
+            return Err(Error::invalid(format!(
+                "{}: images can feed models with 1 or 3 input channels, not {c}",
+                path.display()
+            )))
+        }
     };
     Ok((data, h, w))
 }
@@ -31,7 +41,10 @@ pub fn read_image(path: &Path, channels: usize) -> Result<(Vec<f32>, usize, usiz
 /// True when the path names a PNG or JPEG by its extension.
 pub fn is_image_path(path: &Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
         Some("png" | "jpg" | "jpeg")
     )
 }

@@ -36,16 +36,22 @@ impl NpyArray {
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::format(path, m);
-    let file = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid npy file: {e}")))?;
+    let file =
+        npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid npy file: {e}")))?;
     if file.order() == Order::Fortran {
-        return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
+        return Err(bad(
+            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into(),
+        ));
     }
     let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
     let DType::Plain(ts) = file.dtype() else {
         return Err(bad("structured dtypes are not supported".into()));
     };
     let (kind, size) = (ts.type_char(), ts.size_field() as usize);
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
     // Refuse a header that claims more than the file holds before anything is allocated.
     if n.checked_mul(size).is_none_or(|b| b > bytes.len()) {
         return Err(bad(format!("truncated: shape {shape:?} of {size}-byte elements needs more than the {} bytes in the file", bytes.len())));
@@ -55,17 +61,55 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         (TypeChar::Float, 4) => NpyData::F32(file.into_vec().map_err(read)?),
         (TypeChar::Float, 8) => NpyData::F64(file.into_vec().map_err(read)?),
         (TypeChar::Uint, 1) => NpyData::U8(file.into_vec().map_err(read)?),
-        (TypeChar::Int, 1) => NpyData::Int(file.into_vec::<i8>().map_err(read)?.into_iter().map(i64::from).collect()),
-        (TypeChar::Int, 2) => NpyData::Int(file.into_vec::<i16>().map_err(read)?.into_iter().map(i64::from).collect()),
-        (TypeChar::Int, 4) => NpyData::Int(file.into_vec::<i32>().map_err(read)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Int, 1) => NpyData::Int(
+            file.into_vec::<i8>()
+                .map_err(read)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
+        (TypeChar::Int, 2) => NpyData::Int(
+            file.into_vec::<i16>()
+                .map_err(read)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
+        (TypeChar::Int, 4) => NpyData::Int(
+            file.into_vec::<i32>()
+                .map_err(read)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
         (TypeChar::Int, 8) => NpyData::Int(file.into_vec::<i64>().map_err(read)?),
-        (TypeChar::Uint, 2) => NpyData::Int(file.into_vec::<u16>().map_err(read)?.into_iter().map(i64::from).collect()),
-        (TypeChar::Uint, 4) => NpyData::Int(file.into_vec::<u32>().map_err(read)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Uint, 2) => NpyData::Int(
+            file.into_vec::<u16>()
+                .map_err(read)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
+        (TypeChar::Uint, 4) => NpyData::Int(
+            file.into_vec::<u32>()
+                .map_err(read)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
         (TypeChar::Uint, 8) => {
             let v = file.into_vec::<u64>().map_err(read)?;
-            NpyData::Int(v.into_iter().map(|x| i64::try_from(x).unwrap_or(i64::MAX)).collect())
+            NpyData::Int(
+                v.into_iter()
+                    .map(|x| i64::try_from(x).unwrap_or(i64::MAX))
+                    .collect(),
+            )
         }
-        _ => return Err(bad(format!("dtype {ts} is not supported (float32, float64 or integers)"))),
+        _ => {
+            return Err(bad(format!(
+                "dtype {ts} is not supported (float32, float64 or integers)"
+            )))
+        }
     };
     let len = match &data {
         NpyData::F32(v) => v.len(),
@@ -74,7 +118,9 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         NpyData::Int(v) => v.len(),
     };
     if len != n {
-        return Err(bad(format!("holds {len} elements, its shape {shape:?} says {n}")));
+        return Err(bad(format!(
+            "holds {len} elements, its shape {shape:?} says {n}"
+        )));
     }
     Ok(NpyArray { shape, data })
 }
@@ -82,7 +128,11 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
 fn encode<T: npyz::AutoSerialize + Copy>(shape: &[usize], data: &[T]) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd()?;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(&mut buf)
+        .begin_nd()?;
     w.extend(data.iter().copied())?;
     w.finish()?;
     Ok(buf)

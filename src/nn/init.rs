@@ -39,7 +39,9 @@ impl FromStr for Init {
             "pytorch" => Ok(Init::Pytorch),
             "kaiming" => Ok(Init::Kaiming),
             "xavier" => Ok(Init::Xavier),
-            _ => Err(format!("unknown initialisation `{s}` (known: pytorch, kaiming, xavier)")),
+            _ => Err(format!(
+                "unknown initialisation `{s}` (known: pytorch, kaiming, xavier)"
+            )),
         }
     }
 }

@@ -20,8 +20,19 @@ pub struct Param<T> {
 impl<T: Float> Param<T> {
     fn uniform(shape: &[usize], bound: f64, rng: &mut ChaCha8Rng) -> Self {
         let n = shape.iter().product();
-        let data = (0..n).map(|_| if bound > 0.0 { T::of(rng.gen_range(-bound..bound)) } else { T::zero() }).collect();
-        Param { value: Tensor::from_vec(shape, data).expect("length is the shape's product"), grad: Tensor::zeros(shape) }
+        let data = (0..n)
+            .map(|_| {
+                if bound > 0.0 {
+                    T::of(rng.gen_range(-bound..bound))
+                } else {
+                    T::zero()
+                }
+            })
+            .collect();
+        Param {
+            value: Tensor::from_vec(shape, data).expect("length is the shape's product"),
+            grad: Tensor::zeros(shape),
+        }
     }
 }
 
@@ -52,8 +63,8 @@ fn par_for(m: usize, k: usize, n: usize) -> Par {
 
 pub struct Conv2d<T> {
     geom: Conv2dGeometry,
-    weight: Param<T>,       // (C_out, C_in/groups, kh, kw)
-    bias: Option<Param<T>>, // (C_out)
+    weight: Param<T>,         // (C_out, C_in/groups, kh, kw)
+    bias: Option<Param<T>>,   // (C_out)
     input: Option<Tensor<T>>, // (N, C_in, H, W), cached for dW
 }
 
@@ -62,7 +73,14 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         let g = &self.geom;
         let n = x.shape()[0];
         let mut y = Tensor::zeros(&[n, g.out_channels, g.out_h, g.out_w]);
-        conv2d_forward(g, n, x.data(), self.weight.value.data(), self.bias.as_ref().map(|b| b.value.data()), y.data_mut());
+        conv2d_forward(
+            g,
+            n,
+            x.data(),
+            self.weight.value.data(),
+            self.bias.as_ref().map(|b| b.value.data()),
+            y.data_mut(),
+        );
         self.input = train.then_some(x);
         y
     }
@@ -99,8 +117,8 @@ impl<T: Float> Layer<T> for Conv2d<T> {
 pub struct Linear<T> {
     in_features: usize,
     out_features: usize,
-    weight: Param<T>,       // (out, in)
-    bias: Option<Param<T>>, // (out)
+    weight: Param<T>,         // (out, in)
+    bias: Option<Param<T>>,   // (out)
     input: Option<Tensor<T>>, // (N, in)
 }
 
@@ -109,9 +127,22 @@ impl<T: Float> Layer<T> for Linear<T> {
         let (n, i, o) = (x.shape()[0], self.in_features, self.out_features);
         let mut y = Tensor::zeros(&[n, o]); // (N, out)
         if let Some(b) = &self.bias {
-            y.data_mut().chunks_mut(o).for_each(|r| r.copy_from_slice(b.value.data()));
+            y.data_mut()
+                .chunks_mut(o)
+                .for_each(|r| r.copy_from_slice(b.value.data()));
         }
-        matmul(y.data_mut(), x.data(), Trans::No, self.weight.value.data(), Trans::Yes, n, i, o, self.bias.is_some(), par_for(n, i, o));
+        matmul(
+            y.data_mut(),
+            x.data(),
+            Trans::No,
+            self.weight.value.data(),
+            Trans::Yes,
+            n,
+            i,
+            o,
+            self.bias.is_some(),
+            par_for(n, i, o),
+        );
         self.input = train.then_some(x);
         y
     }
@@ -119,7 +150,18 @@ impl<T: Float> Layer<T> for Linear<T> {
         let x = self.input.take().expect(NO_CACHE);
         let (n, i, o) = (x.shape()[0], self.in_features, self.out_features);
         // dW (out, in) += dYᵀ (out, N) · X (N, in)
-        matmul(self.weight.grad.data_mut(), dy.data(), Trans::Yes, x.data(), Trans::No, o, n, i, true, par_for(o, n, i));
+        matmul(
+            self.weight.grad.data_mut(),
+            dy.data(),
+            Trans::Yes,
+            x.data(),
+            Trans::No,
+            o,
+            n,
+            i,
+            true,
+            par_for(o, n, i),
+        );
         if let Some(b) = &mut self.bias {
             for (j, g) in b.grad.data_mut().iter_mut().enumerate() {
                 *g += T::of((0..n).map(|s| dy.data()[s * o + j].f64()).sum::<f64>());
@@ -127,7 +169,18 @@ impl<T: Float> Layer<T> for Linear<T> {
         }
         need_dx.then(|| {
             let mut dx = Tensor::zeros(x.shape()); // (N, in) = dY (N, out) · W (out, in)
-            matmul(dx.data_mut(), dy.data(), Trans::No, self.weight.value.data(), Trans::No, n, o, i, false, par_for(n, o, i));
+            matmul(
+                dx.data_mut(),
+                dy.data(),
+                Trans::No,
+                self.weight.value.data(),
+                Trans::No,
+                n,
+                o,
+                i,
+                false,
+                par_for(n, o, i),
+            );
             dx
         })
     }
@@ -240,7 +293,10 @@ impl<T: Float> Layer<T> for Residual<T> {
         for l in &mut self.body {
             h = l.forward(h, train);
         }
-        h.data_mut().iter_mut().zip(x.data()).for_each(|(a, &b)| *a += b);
+        h.data_mut()
+            .iter_mut()
+            .zip(x.data())
+            .for_each(|(a, &b)| *a += b);
         h
     }
     fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
@@ -250,7 +306,10 @@ impl<T: Float> Layer<T> for Residual<T> {
             d = l.backward(d, true).expect("need_dx was true");
         }
         need_dx.then(|| {
-            d.data_mut().iter_mut().zip(dy.data()).for_each(|(a, &b)| *a += b);
+            d.data_mut()
+                .iter_mut()
+                .zip(dy.data())
+                .for_each(|(a, &b)| *a += b);
             d
         })
     }
@@ -268,23 +327,44 @@ impl<T: Float> Layer<T> for Residual<T> {
 
 /// Builds the layer for `spec` on inputs of sample shape `input` (already shape-checked),
 /// drawing its parameters with `init`.
-pub fn build_layer<T: Float>(spec: &LayerSpec, input: &[usize], init: Init, rng: &mut ChaCha8Rng) -> Box<dyn Layer<T>> {
+pub fn build_layer<T: Float>(
+    spec: &LayerSpec,
+    input: &[usize],
+    init: Init,
+    rng: &mut ChaCha8Rng,
+) -> Box<dyn Layer<T>> {
     let chw = || [input[0], input[1], input[2]];
     match spec {
         LayerSpec::Conv2d(c) => {
-            let geom = Conv2dGeometry::new(chw(), c.out_channels, c.config()).expect("shape-checked spec");
+            let geom =
+                Conv2dGeometry::new(chw(), c.out_channels, c.config()).expect("shape-checked spec");
             let fan_in = geom.k_per_group();
             let fan_out = c.out_channels * c.kernel.0 * c.kernel.1;
             let (wb, bb) = init.bounds(fan_in, fan_out);
-            let weight = Param::uniform(&[c.out_channels, input[0] / c.groups, c.kernel.0, c.kernel.1], wb, rng);
+            let weight = Param::uniform(
+                &[c.out_channels, input[0] / c.groups, c.kernel.0, c.kernel.1],
+                wb,
+                rng,
+            );
             let bias = c.bias.then(|| Param::uniform(&[c.out_channels], bb, rng));
-            Box::new(Conv2d { geom, weight, bias, input: None })
+            Box::new(Conv2d {
+                geom,
+                weight,
+                bias,
+                input: None,
+            })
         }
         LayerSpec::Linear(l) => {
             let (wb, bb) = init.bounds(input[0], l.out_features);
             let weight = Param::uniform(&[l.out_features, input[0]], wb, rng);
             let bias = l.bias.then(|| Param::uniform(&[l.out_features], bb, rng));
-            Box::new(Linear { in_features: input[0], out_features: l.out_features, weight, bias, input: None })
+            Box::new(Linear {
+                in_features: input[0],
+                out_features: l.out_features,
+                weight,
+                bias,
+                input: None,
+            })
         }
         LayerSpec::MaxPool2d(p) | LayerSpec::AvgPool2d(p) | LayerSpec::Subsample(p) => {
             let kind = match spec {
@@ -293,10 +373,21 @@ pub fn build_layer<T: Float>(spec: &LayerSpec, input: &[usize], init: Init, rng:
                 _ => PoolKind::Subsample,
             };
             let geom = Pool2dGeometry::new(chw(), p.config()).expect("shape-checked spec");
-            Box::new(Pool { kind, geom, argmax: Vec::new(), batch: 0, _t: std::marker::PhantomData })
+            Box::new(Pool {
+                kind,
+                geom,
+                argmax: Vec::new(),
+                batch: 0,
+                _t: std::marker::PhantomData,
+            })
         }
-        LayerSpec::Activation(a) => Box::new(Act { act: *a, output: None }),
-        LayerSpec::Flatten => Box::new(Flatten { in_shape: Vec::new() }),
+        LayerSpec::Activation(a) => Box::new(Act {
+            act: *a,
+            output: None,
+        }),
+        LayerSpec::Flatten => Box::new(Flatten {
+            in_shape: Vec::new(),
+        }),
         LayerSpec::Residual(body) => {
             let mut s = input.to_vec();
             let mut layers = Vec::with_capacity(body.len());

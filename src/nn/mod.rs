@@ -1,4 +1,5 @@
 //! Layers, networks, model files, presets and weight files.
+pub mod collapse;
 pub mod init;
 pub mod layers;
 pub mod network;

@@ -31,7 +31,9 @@ impl<T: Float> Network<T> {
         let mut layers = Vec::with_capacity(spec.layers.len());
         for l in &spec.layers {
             layers.push(build_layer(l, &shape, init, &mut rng));
-            shape = l.output_shape(&shape).expect("ModelSpec is shape-checked when parsed");
+            shape = l
+                .output_shape(&shape)
+                .expect("ModelSpec is shape-checked when parsed");
         }
         Network { spec, layers }
     }
@@ -52,7 +54,11 @@ impl<T: Float> Network<T> {
         let s = x.shape();
         if s.len() != 4 || s[1..] != [c, h, w] {
             let n = s.first().copied().unwrap_or(0);
-            return Err(Error::Shape { what: format!("input of model `{}`", self.spec.name), expected: vec![n, c, h, w], got: s.to_vec() });
+            return Err(Error::Shape {
+                what: format!("input of model `{}`", self.spec.name),
+                expected: vec![n, c, h, w],
+                got: s.to_vec(),
+            });
         }
         let mut h = x;
         for l in &mut self.layers {
@@ -120,7 +126,10 @@ impl<T: Float> Network<T> {
     }
 
     /// Replaces parameter values by name; every parameter must be given with its exact shape.
-    pub fn set_params(&mut self, mut values: std::collections::HashMap<String, Tensor<T>>) -> Result<()> {
+    pub fn set_params(
+        &mut self,
+        mut values: std::collections::HashMap<String, Tensor<T>>,
+    ) -> Result<()> {
         let mut err = None;
         self.visit_params_mut(&mut |name, p| {
             if err.is_some() {
@@ -129,7 +138,11 @@ impl<T: Float> Network<T> {
             match values.remove(&name) {
                 Some(v) if v.shape() == p.value.shape() => p.value = v,
                 Some(v) => {
-                    err = Some(Error::Shape { what: format!("parameter `{name}`"), expected: p.value.shape().to_vec(), got: v.shape().to_vec() })
+                    err = Some(Error::Shape {
+                        what: format!("parameter `{name}`"),
+                        expected: p.value.shape().to_vec(),
+                        got: v.shape().to_vec(),
+                    })
                 }
                 None => err = Some(Error::invalid(format!("parameter `{name}` is missing"))),
             }
@@ -146,7 +159,11 @@ impl<T: Float> Network<T> {
     /// The same network in another float type (parameters converted, caches dropped).
     pub fn cast<U: Float>(&self) -> Network<U> {
         let mut net = Network::<U>::new(self.spec.clone(), Init::Pytorch, 0);
-        let values = self.named_params().into_iter().map(|(k, v)| (k, v.cast::<U>())).collect();
+        let values = self
+            .named_params()
+            .into_iter()
+            .map(|(k, v)| (k, v.cast::<U>()))
+            .collect();
         net.set_params(values).expect("same spec, same parameters");
         net
     }
@@ -159,7 +176,12 @@ impl<T: Float> Network<T> {
             for (i, l) in layers.iter().enumerate() {
                 let index = format!("{prefix}{i}");
                 let out = l.output_shape(&s).expect("shape-checked spec");
-                rows.push(SummaryRow { index: index.clone(), kind: l.type_name(), output_shape: out.clone(), params: l.param_count(&s) });
+                rows.push(SummaryRow {
+                    index: index.clone(),
+                    kind: l.type_name(),
+                    output_shape: out.clone(),
+                    params: l.param_count(&s),
+                });
                 if let LayerSpec::Residual(body) = l {
                     walk(body, &format!("{index}.body."), &s, rows);
                 }

@@ -129,7 +129,11 @@ out_features = 10
 "#;
 
 /// (name, model file text) of every preset.
-pub const PRESETS: [(&str, &str); 3] = [("lenet5", LENET5), ("mlp", MLP), ("resnet-small", RESNET_SMALL)];
+pub const PRESETS: [(&str, &str); 3] = [
+    ("lenet5", LENET5),
+    ("mlp", MLP),
+    ("resnet-small", RESNET_SMALL),
+];
 
 /// The model file text of a preset, if `name` is one.
 pub fn preset(name: &str) -> Option<&'static str> {

@@ -44,7 +44,14 @@ impl Conv2dSpec {
                 ((t, l), (b, r))
             }
         };
-        Conv2dConfig { kernel: self.kernel, stride: self.stride, dilation: self.dilation, pad_begin, pad_end, groups: self.groups }
+        Conv2dConfig {
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            pad_begin,
+            pad_end,
+            groups: self.groups,
+        }
     }
 }
 
@@ -58,7 +65,12 @@ pub struct PoolSpec {
 
 impl PoolSpec {
     pub fn config(&self) -> Pool2dConfig {
-        Pool2dConfig { kernel: self.kernel, stride: self.stride, padding: self.padding, ceil_mode: self.ceil_mode }
+        Pool2dConfig {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            ceil_mode: self.ceil_mode,
+        }
     }
 }
 
@@ -117,17 +129,23 @@ impl LayerSpec {
             LayerSpec::Flatten => Ok(vec![input.iter().product()]),
             LayerSpec::Linear(l) => {
                 if input.len() != 1 {
-                    return Err(format!("needs a flat input, got {input:?}; put a flatten layer before it"));
+                    return Err(format!(
+                        "needs a flat input, got {input:?}; put a flatten layer before it"
+                    ));
                 }
                 Ok(vec![l.out_features])
             }
             LayerSpec::Residual(body) => {
                 let mut s = input.to_vec();
                 for (j, l) in body.iter().enumerate() {
-                    s = l.output_shape(&s).map_err(|e| format!("body layer {j} ({}): {e}", l.type_name()))?;
+                    s = l
+                        .output_shape(&s)
+                        .map_err(|e| format!("body layer {j} ({}): {e}", l.type_name()))?;
                 }
                 if s != input {
-                    return Err(format!("the body maps {input:?} to {s:?}; a residual body must keep the shape"));
+                    return Err(format!(
+                        "the body maps {input:?} to {s:?}; a residual body must keep the shape"
+                    ));
                 }
                 Ok(s)
             }
@@ -141,7 +159,9 @@ impl LayerSpec {
                 let k = input[0] / c.groups * c.kernel.0 * c.kernel.1;
                 c.out_channels * k + if c.bias { c.out_channels } else { 0 }
             }
-            LayerSpec::Linear(l) => l.out_features * input[0] + if l.bias { l.out_features } else { 0 },
+            LayerSpec::Linear(l) => {
+                l.out_features * input[0] + if l.bias { l.out_features } else { 0 }
+            }
             LayerSpec::Residual(body) => {
                 let mut s = input.to_vec();
                 let mut n = 0;
@@ -176,7 +196,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Model { source_name: self.source.to_string(), layer: Some(format!("layer {} ({})", self.path, self.kind)), msg: msg.into() }
+        Error::Model {
+            source_name: self.source.to_string(),
+            layer: Some(format!("layer {} ({})", self.path, self.kind)),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -196,7 +220,9 @@ impl<'a> Fields<'a, '_> {
     fn positive(&self, key: &str, v: &Value) -> Result<usize> {
         match v.as_integer() {
             Some(i) if i > 0 => Ok(i as usize),
-            _ => Err(self.ctx.err(format!("key `{key}` must be a positive integer, got {v}"))),
+            _ => Err(self
+                .ctx
+                .err(format!("key `{key}` must be a positive integer, got {v}"))),
         }
     }
 
@@ -208,15 +234,23 @@ impl<'a> Fields<'a, '_> {
     }
 
     /// An int or an [h, w] pair of positive ints.
-    fn pair(&mut self, key: &'static str, default: Option<(usize, usize)>) -> Result<(usize, usize)> {
+    fn pair(
+        &mut self,
+        key: &'static str,
+        default: Option<(usize, usize)>,
+    ) -> Result<(usize, usize)> {
         match self.get(key) {
             None => default.ok_or_else(|| self.ctx.err(format!("missing required key `{key}`"))),
-            Some(Value::Array(a)) if a.len() == 2 => Ok((self.positive(key, &a[0])?, self.positive(key, &a[1])?)),
+            Some(Value::Array(a)) if a.len() == 2 => {
+                Ok((self.positive(key, &a[0])?, self.positive(key, &a[1])?))
+            }
             Some(v @ Value::Integer(_)) => {
                 let n = self.positive(key, v)?;
                 Ok((n, n))
             }
-            Some(v) => Err(self.ctx.err(format!("key `{key}` must be a positive integer or an [h, w] pair, got {v}"))),
+            Some(v) => Err(self.ctx.err(format!(
+                "key `{key}` must be a positive integer or an [h, w] pair, got {v}"
+            ))),
         }
     }
 
@@ -224,7 +258,9 @@ impl<'a> Fields<'a, '_> {
     fn pair0(&mut self, key: &'static str) -> Result<(usize, usize)> {
         let nonneg = |v: &Value| match v.as_integer() {
             Some(i) if i >= 0 => Ok(i as usize),
-            _ => Err(self.ctx.err(format!("key `{key}` must be a non-negative integer or an [h, w] pair, got {v}"))),
+            _ => Err(self.ctx.err(format!(
+                "key `{key}` must be a non-negative integer or an [h, w] pair, got {v}"
+            ))),
         };
         match self.get(key) {
             None => Ok((0, 0)),
@@ -233,7 +269,9 @@ impl<'a> Fields<'a, '_> {
                 let n = nonneg(v)?;
                 Ok((n, n))
             }
-            Some(v) => Err(self.ctx.err(format!("key `{key}` must be a non-negative integer or an [h, w] pair, got {v}"))),
+            Some(v) => Err(self.ctx.err(format!(
+                "key `{key}` must be a non-negative integer or an [h, w] pair, got {v}"
+            ))),
         }
     }
 
@@ -241,7 +279,9 @@ impl<'a> Fields<'a, '_> {
         match self.get(key) {
             None => Ok(default),
             Some(Value::Boolean(b)) => Ok(*b),
-            Some(v) => Err(self.ctx.err(format!("key `{key}` must be true or false, got {v}"))),
+            Some(v) => Err(self
+                .ctx
+                .err(format!("key `{key}` must be true or false, got {v}"))),
         }
     }
 
@@ -249,7 +289,11 @@ impl<'a> Fields<'a, '_> {
         for k in self.table.keys() {
             if k != "type" && !self.used.contains(k.as_str()) {
                 let known: Vec<&str> = self.used.iter().copied().collect();
-                let hint = if known.is_empty() { "it takes no options".to_string() } else { format!("known keys: {}", known.join(", ")) };
+                let hint = if known.is_empty() {
+                    "it takes no options".to_string()
+                } else {
+                    format!("known keys: {}", known.join(", "))
+                };
                 return Err(self.ctx.err(format!("unknown key `{k}` ({hint})")));
             }
         }
@@ -262,25 +306,54 @@ const LAYER_TYPES: &str = "conv2d, maxpool2d, avgpool2d, subsample, relu, sigmoi
 fn parse_pool(f: &mut Fields, padded: bool) -> Result<PoolSpec> {
     let kernel = f.pair("kernel", None)?;
     let stride = f.pair("stride", Some(kernel))?;
-    let (padding, ceil_mode) = if padded { (f.pair0("padding")?, f.bool("ceil_mode", false)?) } else { ((0, 0), false) };
-    Ok(PoolSpec { kernel, stride, padding, ceil_mode })
+    let (padding, ceil_mode) = if padded {
+        (f.pair0("padding")?, f.bool("ceil_mode", false)?)
+    } else {
+        ((0, 0), false)
+    };
+    Ok(PoolSpec {
+        kernel,
+        stride,
+        padding,
+        ceil_mode,
+    })
 }
 
 fn parse_layer(v: &Value, source: &str, path: String) -> Result<LayerSpec> {
     let Some(table) = v.as_table() else {
-        return Err(Error::Model { source_name: source.into(), layer: Some(format!("layer {path}")), msg: "must be a table".into() });
+        return Err(Error::Model {
+            source_name: source.into(),
+            layer: Some(format!("layer {path}")),
+            msg: "must be a table".into(),
+        });
     };
     let kind = match table.get("type") {
         Some(Value::String(s)) => s.clone(),
         Some(v) => {
-            return Err(Error::Model { source_name: source.into(), layer: Some(format!("layer {path}")), msg: format!("`type` must be a string, got {v}") })
+            return Err(Error::Model {
+                source_name: source.into(),
+                layer: Some(format!("layer {path}")),
+                msg: format!("`type` must be a string, got {v}"),
+            })
         }
         None => {
-            return Err(Error::Model { source_name: source.into(), layer: Some(format!("layer {path}")), msg: "missing required key `type`".into() })
+            return Err(Error::Model {
+                source_name: source.into(),
+                layer: Some(format!("layer {path}")),
+                msg: "missing required key `type`".into(),
+            })
         }
     };
-    let ctx = Ctx { source, path: path.clone(), kind: kind.clone() };
-    let mut f = Fields { table, used: BTreeSet::new(), ctx: &ctx };
+    let ctx = Ctx {
+        source,
+        path: path.clone(),
+        kind: kind.clone(),
+    };
+    let mut f = Fields {
+        table,
+        used: BTreeSet::new(),
+        ctx: &ctx,
+    };
     let spec = match kind.as_str() {
         "conv2d" => {
             let out_channels = f.required_usize("out_channels")?;
@@ -289,7 +362,9 @@ fn parse_layer(v: &Value, source: &str, path: String) -> Result<LayerSpec> {
             let padding = match f.get("padding") {
                 Some(Value::String(s)) if s == "same" => Padding::Same,
                 Some(Value::String(s)) if s == "valid" => Padding::Valid,
-                Some(Value::String(s)) => return Err(ctx.err(format!("key `padding` must be an integer, [h, w], \"same\" or \"valid\", got \"{s}\""))),
+                Some(Value::String(s)) => return Err(ctx.err(format!(
+                    "key `padding` must be an integer, [h, w], \"same\" or \"valid\", got \"{s}\""
+                ))),
                 Some(_) => {
                     f.used.remove("padding");
                     let (h, w) = f.pair0("padding")?;
@@ -306,7 +381,15 @@ fn parse_layer(v: &Value, source: &str, path: String) -> Result<LayerSpec> {
             if padding == Padding::Same && stride != (1, 1) {
                 return Err(ctx.err("padding = \"same\" needs stride 1 (as in PyTorch)"));
             }
-            LayerSpec::Conv2d(Conv2dSpec { out_channels, kernel, stride, padding, dilation, groups, bias })
+            LayerSpec::Conv2d(Conv2dSpec {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+                bias,
+            })
         }
         "maxpool2d" => LayerSpec::MaxPool2d(parse_pool(&mut f, true)?),
         "avgpool2d" => LayerSpec::AvgPool2d(parse_pool(&mut f, true)?),
@@ -324,13 +407,23 @@ fn parse_layer(v: &Value, source: &str, path: String) -> Result<LayerSpec> {
         "residual" => {
             let body = match f.get("layers") {
                 Some(Value::Array(a)) if !a.is_empty() => a,
-                Some(_) => return Err(ctx.err("key `layers` must be a non-empty array of layer tables")),
+                Some(_) => {
+                    return Err(ctx.err("key `layers` must be a non-empty array of layer tables"))
+                }
                 None => return Err(ctx.err("missing required key `layers`")),
             };
-            let body = body.iter().enumerate().map(|(j, l)| parse_layer(l, source, format!("{path}.body.{j}"))).collect::<Result<Vec<_>>>()?;
+            let body = body
+                .iter()
+                .enumerate()
+                .map(|(j, l)| parse_layer(l, source, format!("{path}.body.{j}")))
+                .collect::<Result<Vec<_>>>()?;
             LayerSpec::Residual(body)
         }
-        other => return Err(ctx.err(format!("unknown layer type `{other}` (known: {LAYER_TYPES})"))),
+        other => {
+            return Err(ctx.err(format!(
+                "unknown layer type `{other}` (known: {LAYER_TYPES})"
+            )))
+        }
     };
     f.finish()?;
     Ok(spec)
@@ -339,11 +432,19 @@ fn parse_layer(v: &Value, source: &str, path: String) -> Result<LayerSpec> {
 impl ModelSpec {
     /// Parses and shape-checks a model file's text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<ModelSpec> {
-        let top_err = |msg: String| Error::Model { source_name: source.into(), layer: None, msg };
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| top_err(e.to_string().trim_end().to_string()))?;
+        let top_err = |msg: String| Error::Model {
+            source_name: source.into(),
+            layer: None,
+            msg,
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| top_err(e.to_string().trim_end().to_string()))?;
         for k in table.keys() {
             if !["name", "input", "layers", "train"].contains(&k.as_str()) {
-                return Err(top_err(format!("unknown top-level key `{k}` (known: name, input, layers, train)")));
+                return Err(top_err(format!(
+                    "unknown top-level key `{k}` (known: name, input, layers, train)"
+                )));
             }
         }
         let name = match table.get("name") {
@@ -362,21 +463,44 @@ impl ModelSpec {
                 }
                 dims
             }
-            Some(v) => return Err(top_err(format!("key `input` must be [channels, height, width], got {v}"))),
-            None => return Err(top_err("missing required key `input` = [channels, height, width]".into())),
+            Some(v) => {
+                return Err(top_err(format!(
+                    "key `input` must be [channels, height, width], got {v}"
+                )))
+            }
+            None => {
+                return Err(top_err(
+                    "missing required key `input` = [channels, height, width]".into(),
+                ))
+            }
         };
         let layers = match table.get("layers") {
             Some(Value::Array(a)) if !a.is_empty() => a,
-            Some(_) => return Err(top_err("`layers` must be a non-empty array of [[layers]] tables".into())),
+            Some(_) => {
+                return Err(top_err(
+                    "`layers` must be a non-empty array of [[layers]] tables".into(),
+                ))
+            }
             None => return Err(top_err("missing [[layers]]".into())),
         };
-        let layers = layers.iter().enumerate().map(|(i, l)| parse_layer(l, source, i.to_string())).collect::<Result<Vec<_>>>()?;
+        let layers = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| parse_layer(l, source, i.to_string()))
+            .collect::<Result<Vec<_>>>()?;
         let train = match table.get("train") {
             None => TrainRecipe::default(),
-            Some(Value::Table(t)) => TrainRecipe::from_table(t).map_err(|e| top_err(format!("[train]: {e}")))?,
+            Some(Value::Table(t)) => {
+                TrainRecipe::from_table(t).map_err(|e| top_err(format!("[train]: {e}")))?
+            }
             Some(v) => return Err(top_err(format!("`train` must be a table, got {v}"))),
         };
-        let spec = ModelSpec { name, input, layers, train };
+        let spec = ModelSpec {
+            name,
+            input,
+            layers,
+            train,
+        };
         spec.shapes().map_err(|(i, msg)| Error::Model {
             source_name: source.into(),
             layer: Some(format!("layer {i} ({})", spec.layers[i].type_name())),
@@ -401,12 +525,21 @@ impl ModelSpec {
 
     /// Length of the network's output vector (its last layer must be flat).
     pub fn output_len(&self) -> usize {
-        self.shapes().ok().and_then(|s| s.last().map(|l| l.iter().product())).unwrap_or(0)
+        self.shapes()
+            .ok()
+            .and_then(|s| s.last().map(|l| l.iter().product()))
+            .unwrap_or(0)
     }
 
     /// Canonical TOML text that parses back to an equal spec.
     pub fn to_toml(&self) -> String {
-        let mut s = format!("name = {}\ninput = [{}, {}, {}]\n", Value::String(self.name.clone()), self.input[0], self.input[1], self.input[2]);
+        let mut s = format!(
+            "name = {}\ninput = [{}, {}, {}]\n",
+            Value::String(self.name.clone()),
+            self.input[0],
+            self.input[1],
+            self.input[2]
+        );
         for l in &self.layers {
             s.push_str("\n[[layers]]\n");
             for (k, v) in layer_fields(l, true) {
@@ -468,9 +601,22 @@ fn layer_fields(l: &LayerSpec, multiline: bool) -> Vec<(&'static str, String)> {
         LayerSpec::Residual(body) => {
             let items: Vec<String> = body
                 .iter()
-                .map(|b| format!("{{ {} }}", layer_fields(b, false).iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ")))
+                .map(|b| {
+                    format!(
+                        "{{ {} }}",
+                        layer_fields(b, false)
+                            .iter()
+                            .map(|(k, v)| format!("{k} = {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
                 .collect();
-            let text = if multiline { format!("[\n  {},\n]", items.join(",\n  ")) } else { format!("[{}]", items.join(", ")) };
+            let text = if multiline {
+                format!("[\n  {},\n]", items.join(",\n  "))
+            } else {
+                format!("[{}]", items.join(", "))
+            };
             f.push(("layers", text));
         }
         LayerSpec::Activation(_) | LayerSpec::Flatten => {}

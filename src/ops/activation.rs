@@ -11,7 +11,12 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub const ALL: [Activation; 4] = [Activation::Identity, Activation::Sigmoid, Activation::Tanh, Activation::Relu];
+    pub const ALL: [Activation; 4] = [
+        Activation::Identity,
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Relu,
+    ];
 
     /// The name used in model files.
     pub fn name(self) -> &'static str {
@@ -78,7 +83,9 @@ pub fn forward_inplace<T: Float>(act: Activation, x: &mut [T]) {
 /// d ← d · f'(z) in place, with y = f(z) from the forward pass.
 pub fn backward_inplace<T: Float>(act: Activation, y: &[T], d: &mut [T]) {
     if act != Activation::Identity {
-        d.iter_mut().zip(y).for_each(|(d, &y)| *d *= act.derivative(y));
+        d.iter_mut()
+            .zip(y)
+            .for_each(|(d, &y)| *d *= act.derivative(y));
     }
 }
 

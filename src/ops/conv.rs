@@ -24,7 +24,14 @@ pub struct Conv2dConfig {
 
 impl Default for Conv2dConfig {
     fn default() -> Self {
-        Conv2dConfig { kernel: (3, 3), stride: (1, 1), dilation: (1, 1), pad_begin: (0, 0), pad_end: (0, 0), groups: 1 }
+        Conv2dConfig {
+            kernel: (3, 3),
+            stride: (1, 1),
+            dilation: (1, 1),
+            pad_begin: (0, 0),
+            pad_end: (0, 0),
+            groups: 1,
+        }
     }
 }
 
@@ -51,10 +58,30 @@ impl Conv2dGeometry {
             ));
         }
         let (kh, kw) = cfg.kernel;
-        let out_h = conv_output_size(h, cfg.pad_begin.0 + cfg.pad_end.0, kh, cfg.stride.0, cfg.dilation.0);
-        let out_w = conv_output_size(w, cfg.pad_begin.1 + cfg.pad_end.1, kw, cfg.stride.1, cfg.dilation.1);
+        let out_h = conv_output_size(
+            h,
+            cfg.pad_begin.0 + cfg.pad_end.0,
+            kh,
+            cfg.stride.0,
+            cfg.dilation.0,
+        );
+        let out_w = conv_output_size(
+            w,
+            cfg.pad_begin.1 + cfg.pad_end.1,
+            kw,
+            cfg.stride.1,
+            cfg.dilation.1,
+        );
         match (out_h, out_w) {
-            (Some(out_h), Some(out_w)) => Ok(Conv2dGeometry { in_channels: c, in_h: h, in_w: w, out_channels, out_h, out_w, cfg }),
+            (Some(out_h), Some(out_w)) => Ok(Conv2dGeometry {
+                in_channels: c,
+                in_h: h,
+                in_w: w,
+                out_channels,
+                out_h,
+                out_w,
+                cfg,
+            }),
             _ => Err(format!(
                 "the kernel {kh}×{kw} (dilation {}×{}) is larger than the padded input {}×{}",
                 cfg.dilation.0,
@@ -88,8 +115,16 @@ impl Conv2dGeometry {
 /// Output positions `o` in `0..out` whose input index `o·s + off − pad` lies in `0..n`.
 fn valid_range(n: usize, out: usize, s: usize, off: usize, pad: usize) -> (usize, usize) {
     // o·s + off ≥ pad  and  o·s + off < n + pad
-    let lo = if off >= pad { 0 } else { (pad - off).div_ceil(s) };
-    let hi = if n + pad > off { (n + pad - off).div_ceil(s) } else { 0 };
+    let lo = if off >= pad {
+        0
+    } else {
+        (pad - off).div_ceil(s)
+    };
+    let hi = if n + pad > off {
+        (n + pad - off).div_ceil(s)
+    } else {
+        0
+    };
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
@@ -163,7 +198,14 @@ fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T]) {
 
 /// y = conv(x, w) + b for a batch of `n` samples.
 /// x: (N, C_in, H, W), w: (C_out, C_in/groups, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
-pub fn conv2d_forward<T: Float>(g: &Conv2dGeometry, n: usize, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+pub fn conv2d_forward<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
     let groups = g.cfg.groups;
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
     let in_group = g.in_len() / groups;
@@ -178,7 +220,18 @@ pub fn conv2d_forward<T: Float>(g: &Conv2dGeometry, n: usize, x: &[T], w: &[T], 
                 for gi in 0..groups {
                     im2col(g, &xs[gi * in_group..(gi + 1) * in_group], cols);
                     let yg = &mut ys[gi * opg * plane..(gi + 1) * opg * plane];
-                    matmul(yg, &w[gi * opg * kpg..(gi + 1) * opg * kpg], Trans::No, cols, Trans::No, opg, kpg, plane, false, par);
+                    matmul(
+                        yg,
+                        &w[gi * opg * kpg..(gi + 1) * opg * kpg],
+                        Trans::No,
+                        cols,
+                        Trans::No,
+                        opg,
+                        kpg,
+                        plane,
+                        false,
+                        par,
+                    );
                 }
                 if let Some(b) = b {
                     for (yc, &bc) in ys.chunks_mut(plane).zip(b) {
@@ -228,11 +281,33 @@ pub fn conv2d_backward<T: Float>(
                 im2col(g, &xs[gi * in_group..(gi + 1) * in_group], &mut cols);
                 // dW_g += dY_g (opg × plane) · colsᵀ (plane × kpg)
                 let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
-                matmul(pdw_g, dyg, Trans::No, &cols, Trans::Yes, opg, plane, kpg, true, par);
+                matmul(
+                    pdw_g,
+                    dyg,
+                    Trans::No,
+                    &cols,
+                    Trans::Yes,
+                    opg,
+                    plane,
+                    kpg,
+                    true,
+                    par,
+                );
                 if let Some(dxs) = dxs.as_deref_mut() {
                     // dcols = W_gᵀ (kpg × opg) · dY_g (opg × plane)
                     let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
-                    matmul(&mut dcols, wg, Trans::Yes, dyg, Trans::No, kpg, opg, plane, false, par);
+                    matmul(
+                        &mut dcols,
+                        wg,
+                        Trans::Yes,
+                        dyg,
+                        Trans::No,
+                        kpg,
+                        opg,
+                        plane,
+                        false,
+                        par,
+                    );
                     col2im(g, &dcols, &mut dxs[gi * in_group..(gi + 1) * in_group]);
                 }
             }
@@ -245,8 +320,15 @@ pub fn conv2d_backward<T: Float>(
     };
 
     let partials: Vec<(Vec<T>, Vec<T>)> = match dx {
-        Some(dx) => dx[..n * in_len].par_chunks_mut(GRAD_CHUNK * in_len).enumerate().map(|(ci, d)| work(ci, Some(d))).collect(),
-        None => (0..chunks).into_par_iter().map(|ci| work(ci, None)).collect(),
+        Some(dx) => dx[..n * in_len]
+            .par_chunks_mut(GRAD_CHUNK * in_len)
+            .enumerate()
+            .map(|(ci, d)| work(ci, Some(d)))
+            .collect(),
+        None => (0..chunks)
+            .into_par_iter()
+            .map(|ci| work(ci, None))
+            .collect(),
     };
     // Reduce in chunk order: bit-identical whatever the thread count.
     let mut db = db;
@@ -264,7 +346,14 @@ fn tap(o: usize, k: usize, s: usize, d: usize, pad: usize, n: usize) -> Option<u
 }
 
 /// Reference forward by the defining sum, h[i,j] = Σ x[i·s+k·d−p, j·s+l·d−p]·w[k,l] + b.
-pub fn conv2d_forward_naive<T: Float>(g: &Conv2dGeometry, n: usize, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+pub fn conv2d_forward_naive<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
     let c = &g.cfg;
     let (cg, opg) = (g.in_channels / c.groups, g.out_channels / c.groups);
     for s in 0..n {
@@ -276,9 +365,17 @@ pub fn conv2d_forward_naive<T: Float>(g: &Conv2dGeometry, n: usize, x: &[T], w: 
                     for icl in 0..cg {
                         let ic = gi * cg + icl;
                         for ki in 0..c.kernel.0 {
-                            let Some(ih) = tap(i, ki, c.stride.0, c.dilation.0, c.pad_begin.0, g.in_h) else { continue };
+                            let Some(ih) =
+                                tap(i, ki, c.stride.0, c.dilation.0, c.pad_begin.0, g.in_h)
+                            else {
+                                continue;
+                            };
                             for kj in 0..c.kernel.1 {
-                                let Some(iw) = tap(j, kj, c.stride.1, c.dilation.1, c.pad_begin.1, g.in_w) else { continue };
+                                let Some(iw) =
+                                    tap(j, kj, c.stride.1, c.dilation.1, c.pad_begin.1, g.in_w)
+                                else {
+                                    continue;
+                                };
                                 let xv = x[((s * g.in_channels + ic) * g.in_h + ih) * g.in_w + iw];
                                 let wv = w[((oc * cg + icl) * c.kernel.0 + ki) * c.kernel.1 + kj];
                                 acc += xv.f64() * wv.f64();
@@ -317,9 +414,17 @@ pub fn conv2d_backward_naive<T: Float>(
                     for icl in 0..cg {
                         let ic = gi * cg + icl;
                         for ki in 0..c.kernel.0 {
-                            let Some(ih) = tap(i, ki, c.stride.0, c.dilation.0, c.pad_begin.0, g.in_h) else { continue };
+                            let Some(ih) =
+                                tap(i, ki, c.stride.0, c.dilation.0, c.pad_begin.0, g.in_h)
+                            else {
+                                continue;
+                            };
                             for kj in 0..c.kernel.1 {
-                                let Some(iw) = tap(j, kj, c.stride.1, c.dilation.1, c.pad_begin.1, g.in_w) else { continue };
+                                let Some(iw) =
+                                    tap(j, kj, c.stride.1, c.dilation.1, c.pad_begin.1, g.in_w)
+                                else {
+                                    continue;
+                                };
                                 let xi = ((s * g.in_channels + ic) * g.in_h + ih) * g.in_w + iw;
                                 let wi = ((oc * cg + icl) * c.kernel.0 + ki) * c.kernel.1 + kj;
                                 dw[wi] += d * x[xi];
@@ -346,7 +451,10 @@ mod tests {
     fn lecture_5x5_input_2x2_filter_gives_4x4() {
         let x: Vec<f64> = (0..25).map(|v| v as f64).collect();
         let w = vec![1.0, 0.0, 0.0, -1.0];
-        let cfg = Conv2dConfig { kernel: (2, 2), ..Default::default() };
+        let cfg = Conv2dConfig {
+            kernel: (2, 2),
+            ..Default::default()
+        };
         let g = Conv2dGeometry::new([1, 5, 5], 1, cfg).unwrap();
         assert_eq!((g.out_h, g.out_w), (4, 4));
         let mut y = vec![0.0; 16];
@@ -368,7 +476,14 @@ mod tests {
             (2, 10, 11, 2, (3, 5), (3, 2), (2, 2), (3, 1), (0, 4), 1),
         ];
         for (ci, h, w, co, k, s, d, pb, pe, groups) in cases {
-            let cfg = Conv2dConfig { kernel: k, stride: s, dilation: d, pad_begin: pb, pad_end: pe, groups };
+            let cfg = Conv2dConfig {
+                kernel: k,
+                stride: s,
+                dilation: d,
+                pad_begin: pb,
+                pad_end: pe,
+                groups,
+            };
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
             for n in [1, 5] {
                 let x = rand_vec(&mut rng, n * g.in_len());
@@ -377,15 +492,33 @@ mod tests {
                 let (mut y1, mut y2) = (vec![0.0; n * g.out_len()], vec![0.0; n * g.out_len()]);
                 conv2d_forward(&g, n, &x, &wt, Some(&b), &mut y1);
                 conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut y2);
-                assert!(y1.iter().zip(&y2).all(|(a, b)| (a - b).abs() < 1e-12), "forward {cfg:?}");
+                assert!(
+                    y1.iter().zip(&y2).all(|(a, b)| (a - b).abs() < 1e-12),
+                    "forward {cfg:?}"
+                );
 
                 let dy = rand_vec(&mut rng, n * g.out_len());
-                let (mut dx1, mut dw1, mut db1) = (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
-                let (mut dx2, mut dw2, mut db2) = (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
-                conv2d_backward(&g, n, &x, &wt, &dy, Some(&mut dx1), &mut dw1, Some(&mut db1));
+                let (mut dx1, mut dw1, mut db1) =
+                    (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                let (mut dx2, mut dw2, mut db2) =
+                    (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                conv2d_backward(
+                    &g,
+                    n,
+                    &x,
+                    &wt,
+                    &dy,
+                    Some(&mut dx1),
+                    &mut dw1,
+                    Some(&mut db1),
+                );
                 conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
-                let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
-                assert!(close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2), "backward {cfg:?}");
+                let close =
+                    |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
+                assert!(
+                    close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
+                    "backward {cfg:?}"
+                );
             }
         }
     }

@@ -1,9 +1,9 @@
 //! Full linear convolution of 2-D arrays by real FFT (`realfft`/`rustfft`), zero-padded to
 //! 2·3·5·7-smooth sizes: O(N log N) instead of the direct O(N·K).
 use super::signal::SignalFloat;
+use rayon::prelude::*;
 use realfft::num_complex::Complex;
 use realfft::RealFftPlanner;
-use rayon::prelude::*;
 use rustfft::FftPlanner;
 
 /// Smallest n' ≥ n whose only prime factors are 2, 3, 5 and 7 (fast for the FFT).
@@ -25,9 +25,17 @@ pub fn next_fast_len(n: usize) -> usize {
 
 /// C = x ∗ k (full linear convolution) for row-major x (xr × xc) and k (kr × kc);
 /// returns (xr + kr − 1) × (xc + kc − 1) values.
-pub fn fft_convolve_full<T: SignalFloat>(x: &[T], (xr, xc): (usize, usize), k: &[T], (kr, kc): (usize, usize)) -> Vec<T> {
+pub fn fft_convolve_full<T: SignalFloat>(
+    x: &[T],
+    (xr, xc): (usize, usize),
+    k: &[T],
+    (kr, kc): (usize, usize),
+) -> Vec<T> {
     let (fr, fc) = (xr + kr - 1, xc + kc - 1);
-    let (pr, pc) = (if fr == 1 { 1 } else { next_fast_len(fr) }, next_fast_len(fc));
+    let (pr, pc) = (
+        if fr == 1 { 1 } else { next_fast_len(fr) },
+        next_fast_len(fc),
+    );
     let hc = pc / 2 + 1; // complex columns of a real row transform
     let r2c = RealFftPlanner::<T>::new().plan_fft_forward(pc);
     let c2r = RealFftPlanner::<T>::new().plan_fft_inverse(pc);
@@ -43,7 +51,8 @@ pub fn fft_convolve_full<T: SignalFloat>(x: &[T], (xr, xc): (usize, usize), k: &
             |(buf, scratch), (i, out)| {
                 buf.fill(T::zero());
                 buf[..ac].copy_from_slice(&a[i * ac..(i + 1) * ac]);
-                r2c.process_with_scratch(buf, out, scratch).expect("buffer sizes match the plan");
+                r2c.process_with_scratch(buf, out, scratch)
+                    .expect("buffer sizes match the plan");
             },
         );
         let mut t = vec![Complex::new(T::zero(), T::zero()); hc * pr]; // (hc, pr)
@@ -66,7 +75,13 @@ pub fn fft_convolve_full<T: SignalFloat>(x: &[T], (xr, xc): (usize, usize), k: &
     }
     let mut out = vec![T::zero(); fr * fc];
     out.par_chunks_mut(fc).enumerate().for_each_init(
-        || (vec![Complex::new(T::zero(), T::zero()); hc], vec![T::zero(); pc], c2r.make_scratch_vec()),
+        || {
+            (
+                vec![Complex::new(T::zero(), T::zero()); hc],
+                vec![T::zero(); pc],
+                c2r.make_scratch_vec(),
+            )
+        },
         |(row, buf, scratch), (i, o)| {
             for j in 0..hc {
                 row[j] = prod[j * pr + i];
@@ -76,7 +91,8 @@ pub fn fft_convolve_full<T: SignalFloat>(x: &[T], (xr, xc): (usize, usize), k: &
             if pc % 2 == 0 {
                 row[hc - 1].im = T::zero();
             }
-            c2r.process_with_scratch(row, buf, scratch).expect("buffer sizes match the plan");
+            c2r.process_with_scratch(row, buf, scratch)
+                .expect("buffer sizes match the plan");
             o.copy_from_slice(&buf[..fc]);
         },
     );
@@ -100,6 +116,9 @@ mod tests {
         // [1 2 3] ∗ [1 1] = [1 3 5 3]
         let c = fft_convolve_full(&[1.0f64, 2.0, 3.0], (1, 3), &[1.0, 1.0], (1, 2));
         let want = [1.0, 3.0, 5.0, 3.0];
-        assert!(c.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{c:?}");
+        assert!(
+            c.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12),
+            "{c:?}"
+        );
     }
 }

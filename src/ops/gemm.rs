@@ -41,7 +41,10 @@ pub fn matmul<T: Float>(
     accumulate: bool,
     par: Par,
 ) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul: operand too short");
+    assert!(
+        c.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "matmul: operand too short"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -97,8 +100,20 @@ pub fn matmul_naive<T: Float>(
     n: usize,
     accumulate: bool,
 ) {
-    let at = |i: usize, p: usize| if ta == Trans::No { a[i * k + p] } else { a[p * m + i] };
-    let bt = |p: usize, j: usize| if tb == Trans::No { b[p * n + j] } else { b[j * k + p] };
+    let at = |i: usize, p: usize| {
+        if ta == Trans::No {
+            a[i * k + p]
+        } else {
+            a[p * m + i]
+        }
+    };
+    let bt = |p: usize, j: usize| {
+        if tb == Trans::No {
+            b[p * n + j]
+        } else {
+            b[j * k + p]
+        }
+    };
     for i in 0..m {
         for j in 0..n {
             let mut s = if accumulate { c[i * n + j].f64() } else { 0.0 };

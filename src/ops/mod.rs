@@ -3,6 +3,7 @@ pub mod activation;
 pub mod conv;
 pub mod fft;
 pub mod gemm;
+pub mod kernels;
 pub mod pool;
 pub mod shape;
 pub mod signal;

@@ -15,7 +15,12 @@ pub struct Pool2dConfig {
 
 impl Default for Pool2dConfig {
     fn default() -> Self {
-        Pool2dConfig { kernel: (2, 2), stride: (2, 2), padding: (0, 0), ceil_mode: false }
+        Pool2dConfig {
+            kernel: (2, 2),
+            stride: (2, 2),
+            padding: (0, 0),
+            ceil_mode: false,
+        }
     }
 }
 
@@ -44,7 +49,14 @@ impl Pool2dGeometry {
         let oh = pool_output_size(h, cfg.padding.0, kh, cfg.stride.0, cfg.ceil_mode);
         let ow = pool_output_size(w, cfg.padding.1, kw, cfg.stride.1, cfg.ceil_mode);
         match (oh, ow) {
-            (Some(out_h), Some(out_w)) => Ok(Pool2dGeometry { channels: c, in_h: h, in_w: w, out_h, out_w, cfg }),
+            (Some(out_h), Some(out_w)) => Ok(Pool2dGeometry {
+                channels: c,
+                in_h: h,
+                in_w: w,
+                out_h,
+                out_w,
+                cfg,
+            }),
             _ => Err(format!(
                 "the window {kh}×{kw} is larger than the padded input {}×{}",
                 h + 2 * cfg.padding.0,
@@ -61,7 +73,11 @@ impl Pool2dGeometry {
 
     /// Window of output (i, j): rows/cols clipped to the input, and the average's divisor
     /// (the window clipped to the padded input: padded zeros count, overhang does not).
-    fn window(&self, i: usize, j: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>, usize) {
+    fn window(
+        &self,
+        i: usize,
+        j: usize,
+    ) -> (std::ops::Range<usize>, std::ops::Range<usize>, usize) {
         let c = &self.cfg;
         let axis = |o: usize, k: usize, s: usize, p: usize, n: usize| {
             let start = (o * s) as isize - p as isize;
@@ -79,101 +95,120 @@ impl Pool2dGeometry {
 /// NaN wins, as in PyTorch.
 pub fn maxpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], argmax: &mut [u32]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
-    y.par_chunks_mut(op).zip(argmax.par_chunks_mut(op)).zip(x.par_chunks(ip)).for_each(|((yp, ap), xp)| {
-        for i in 0..g.out_h {
-            for j in 0..g.out_w {
-                let (rows, cols, _) = g.window(i, j);
-                let mut best = T::neg_infinity();
-                let mut at = rows.start * g.in_w + cols.start;
-                'win: for r in rows {
-                    for c in cols.clone() {
-                        let v = xp[r * g.in_w + c];
-                        if v > best || v.is_nan() {
-                            best = v;
-                            at = r * g.in_w + c;
-                            if v.is_nan() {
-                                break 'win;
+    y.par_chunks_mut(op)
+        .zip(argmax.par_chunks_mut(op))
+        .zip(x.par_chunks(ip))
+        .for_each(|((yp, ap), xp)| {
+            for i in 0..g.out_h {
+                for j in 0..g.out_w {
+                    let (rows, cols, _) = g.window(i, j);
+                    let mut best = T::neg_infinity();
+                    let mut at = rows.start * g.in_w + cols.start;
+                    'win: for r in rows {
+                        for c in cols.clone() {
+                            let v = xp[r * g.in_w + c];
+                            if v > best || v.is_nan() {
+                                best = v;
+                                at = r * g.in_w + c;
+                                if v.is_nan() {
+                                    break 'win;
+                                }
                             }
                         }
                     }
+                    yp[i * g.out_w + j] = best;
+                    ap[i * g.out_w + j] = at as u32;
                 }
-                yp[i * g.out_w + j] = best;
-                ap[i * g.out_w + j] = at as u32;
             }
-        }
-    });
+        });
 }
 
 /// dx = scatter of dy to the recorded winners (dx is overwritten).
 pub fn maxpool2d_backward<T: Float>(g: &Pool2dGeometry, dy: &[T], argmax: &[u32], dx: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
-    dx.par_chunks_mut(ip).zip(dy.par_chunks(op)).zip(argmax.par_chunks(op)).for_each(|((dxp, dyp), ap)| {
-        dxp.fill(T::zero());
-        for (&d, &a) in dyp.iter().zip(ap) {
-            dxp[a as usize] += d;
-        }
-    });
+    dx.par_chunks_mut(ip)
+        .zip(dy.par_chunks(op))
+        .zip(argmax.par_chunks(op))
+        .for_each(|((dxp, dyp), ap)| {
+            dxp.fill(T::zero());
+            for (&d, &a) in dyp.iter().zip(ap) {
+                dxp[a as usize] += d;
+            }
+        });
 }
 
 /// Average pooling; the divisor counts padded zeros but not a ceil_mode overhang.
 pub fn avgpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
-    y.par_chunks_mut(op).zip(x.par_chunks(ip)).for_each(|(yp, xp)| {
-        for i in 0..g.out_h {
-            for j in 0..g.out_w {
-                let (rows, cols, count) = g.window(i, j);
-                let mut s = T::zero();
-                for r in rows {
-                    s += xp[r * g.in_w + cols.start..r * g.in_w + cols.end].iter().copied().sum::<T>();
+    y.par_chunks_mut(op)
+        .zip(x.par_chunks(ip))
+        .for_each(|(yp, xp)| {
+            for i in 0..g.out_h {
+                for j in 0..g.out_w {
+                    let (rows, cols, count) = g.window(i, j);
+                    let mut s = T::zero();
+                    for r in rows {
+                        s += xp[r * g.in_w + cols.start..r * g.in_w + cols.end]
+                            .iter()
+                            .copied()
+                            .sum::<T>();
+                    }
+                    yp[i * g.out_w + j] = s / T::of(count as f64);
                 }
-                yp[i * g.out_w + j] = s / T::of(count as f64);
             }
-        }
-    });
+        });
 }
 
 /// dx = each dy spread evenly over its window (dx is overwritten).
 pub fn avgpool2d_backward<T: Float>(g: &Pool2dGeometry, dy: &[T], dx: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
-    dx.par_chunks_mut(ip).zip(dy.par_chunks(op)).for_each(|(dxp, dyp)| {
-        dxp.fill(T::zero());
-        for i in 0..g.out_h {
-            for j in 0..g.out_w {
-                let (rows, cols, count) = g.window(i, j);
-                let d = dyp[i * g.out_w + j] / T::of(count as f64);
-                for r in rows {
-                    dxp[r * g.in_w + cols.start..r * g.in_w + cols.end].iter_mut().for_each(|v| *v += d);
+    dx.par_chunks_mut(ip)
+        .zip(dy.par_chunks(op))
+        .for_each(|(dxp, dyp)| {
+            dxp.fill(T::zero());
+            for i in 0..g.out_h {
+                for j in 0..g.out_w {
+                    let (rows, cols, count) = g.window(i, j);
+                    let d = dyp[i * g.out_w + j] / T::of(count as f64);
+                    for r in rows {
+                        dxp[r * g.in_w + cols.start..r * g.in_w + cols.end]
+                            .iter_mut()
+                            .for_each(|v| *v += d);
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// Subsampling h[i,j] = x[i·s, j·s] (the lecture's third pooling; kernel only sets the output size).
 pub fn subsample_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
     let (sh, sw) = g.cfg.stride;
-    y.par_chunks_mut(op).zip(x.par_chunks(ip)).for_each(|(yp, xp)| {
-        for i in 0..g.out_h {
-            for j in 0..g.out_w {
-                yp[i * g.out_w + j] = xp[i * sh * g.in_w + j * sw];
+    y.par_chunks_mut(op)
+        .zip(x.par_chunks(ip))
+        .for_each(|(yp, xp)| {
+            for i in 0..g.out_h {
+                for j in 0..g.out_w {
+                    yp[i * g.out_w + j] = xp[i * sh * g.in_w + j * sw];
+                }
             }
-        }
-    });
+        });
 }
 
 /// dx[i·s, j·s] = dy[i, j], zero elsewhere.
 pub fn subsample_backward<T: Float>(g: &Pool2dGeometry, dy: &[T], dx: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
     let (sh, sw) = g.cfg.stride;
-    dx.par_chunks_mut(ip).zip(dy.par_chunks(op)).for_each(|(dxp, dyp)| {
-        dxp.fill(T::zero());
-        for i in 0..g.out_h {
-            for j in 0..g.out_w {
-                dxp[i * sh * g.in_w + j * sw] += dyp[i * g.out_w + j];
+    dx.par_chunks_mut(ip)
+        .zip(dy.par_chunks(op))
+        .for_each(|(dxp, dyp)| {
+            dxp.fill(T::zero());
+            for i in 0..g.out_h {
+                for j in 0..g.out_w {
+                    dxp[i * sh * g.in_w + j * sw] += dyp[i * g.out_w + j];
+                }
             }
-        }
-    });
+        });
 }
 
 /// Reference pooling by enumerating every window cell with explicit −∞/0 padding, one plane.
@@ -194,7 +229,11 @@ pub fn pool2d_naive(g: &Pool2dGeometry, x: &[f64], max: bool) -> Vec<f64> {
                     }
                     count += 1;
                     let inside = pr >= ph && pr < g.in_h + ph && pc >= pw && pc < g.in_w + pw;
-                    let v = if inside { x[(pr - ph) * g.in_w + (pc - pw)] } else { 0.0 };
+                    let v = if inside {
+                        x[(pr - ph) * g.in_w + (pc - pw)]
+                    } else {
+                        0.0
+                    };
                     if inside {
                         best = best.max(v);
                     }
@@ -212,7 +251,9 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    const LECTURE: [f64; 16] = [21., 8., 8., 12., 12., 19., 9., 7., 8., 10., 4., 3., 18., 12., 9., 10.];
+    const LECTURE: [f64; 16] = [
+        21., 8., 8., 12., 12., 19., 9., 7., 8., 10., 4., 3., 18., 12., 9., 10.,
+    ];
 
     #[test]
     fn lecture_4x4_example() {
@@ -236,7 +277,12 @@ mod tests {
             (7, 7, (3, 2), (3, 2), (1, 0), false),
             (5, 5, (2, 2), (2, 2), (1, 1), true),
         ] {
-            let cfg = Pool2dConfig { kernel: k, stride: s, padding: p, ceil_mode: ceil };
+            let cfg = Pool2dConfig {
+                kernel: k,
+                stride: s,
+                padding: p,
+                ceil_mode: ceil,
+            };
             let g = Pool2dGeometry::new([1, h, w], cfg).unwrap();
             let x: Vec<f64> = (0..h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let (mut y, mut a) = (vec![0.0; g.out_plane()], vec![0u32; g.out_plane()]);
@@ -244,13 +290,21 @@ mod tests {
             assert_eq!(y, pool2d_naive(&g, &x, true), "max {cfg:?}");
             avgpool2d_forward(&g, &x, &mut y);
             let r = pool2d_naive(&g, &x, false);
-            assert!(y.iter().zip(&r).all(|(a, b)| (a - b).abs() < 1e-12), "avg {cfg:?}");
+            assert!(
+                y.iter().zip(&r).all(|(a, b)| (a - b).abs() < 1e-12),
+                "avg {cfg:?}"
+            );
         }
     }
 
     #[test]
     fn oversized_padding_is_rejected() {
-        let cfg = Pool2dConfig { kernel: (2, 2), stride: (2, 2), padding: (2, 2), ceil_mode: false };
+        let cfg = Pool2dConfig {
+            kernel: (2, 2),
+            stride: (2, 2),
+            padding: (2, 2),
+            ceil_mode: false,
+        };
         assert!(Pool2dGeometry::new([1, 4, 4], cfg).is_err());
     }
 }

@@ -2,7 +2,13 @@
 
 /// Output extent of a convolution: ⌊(n + pad_total − d·(k−1) − 1)/s⌋ + 1,
 /// or `None` when the dilated kernel does not fit in the padded input.
-pub fn conv_output_size(n: usize, pad_total: usize, kernel: usize, stride: usize, dilation: usize) -> Option<usize> {
+pub fn conv_output_size(
+    n: usize,
+    pad_total: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> Option<usize> {
     let span = dilation * (kernel - 1) + 1;
     let padded = n + pad_total;
     if stride == 0 || padded < span {
@@ -14,13 +20,23 @@ pub fn conv_output_size(n: usize, pad_total: usize, kernel: usize, stride: usize
 /// Output extent of a pooling window (padding `pad` on both sides), PyTorch's
 /// `pooling_output_shape`: with `ceil_mode` a last window that would start inside
 /// the right padding is dropped.
-pub fn pool_output_size(n: usize, pad: usize, kernel: usize, stride: usize, ceil_mode: bool) -> Option<usize> {
+pub fn pool_output_size(
+    n: usize,
+    pad: usize,
+    kernel: usize,
+    stride: usize,
+    ceil_mode: bool,
+) -> Option<usize> {
     let padded = n + 2 * pad;
     if stride == 0 || padded < kernel {
         return None;
     }
     let span = padded - kernel;
-    let mut out = if ceil_mode { span.div_ceil(stride) + 1 } else { span / stride + 1 };
+    let mut out = if ceil_mode {
+        span.div_ceil(stride) + 1
+    } else {
+        span / stride + 1
+    };
     if ceil_mode && (out - 1) * stride >= n + pad {
         out -= 1;
     }

@@ -189,7 +189,11 @@ fn reversed<T: Float>(data: &[T]) -> Vec<T> {
 /// scipy.signal computes it: `convolve2d`/`correlate2d` for 2-D arrays, `convolve`/`correlate`
 /// for 1-D arrays with zero fill (1-D arrays with another boundary follow `convolve2d` on a
 /// 1×N array, the only scipy function that takes a boundary).
-pub fn filter<T: SignalFloat>(x: &Tensor<T>, kernel: &Tensor<T>, cfg: &FilterConfig) -> Result<Tensor<T>> {
+pub fn filter<T: SignalFloat>(
+    x: &Tensor<T>,
+    kernel: &Tensor<T>,
+    cfg: &FilterConfig,
+) -> Result<Tensor<T>> {
     let nd = x.shape().len();
     if !(nd == 1 || nd == 2) || kernel.shape().len() != nd {
         return Err(Error::invalid(format!(
@@ -203,10 +207,16 @@ pub fn filter<T: SignalFloat>(x: &Tensor<T>, kernel: &Tensor<T>, cfg: &FilterCon
     }
     if let Boundary::Fill(v) = cfg.boundary {
         if !v.is_finite() {
-            return Err(Error::invalid(format!("fill value must be finite, got {v}")));
+            return Err(Error::invalid(format!(
+                "fill value must be finite, got {v}"
+            )));
         }
     }
-    let flavor = if nd == 1 && cfg.boundary == Boundary::Fill(0.0) { Flavor::OneD } else { Flavor::TwoD };
+    let flavor = if nd == 1 && cfg.boundary == Boundary::Fill(0.0) {
+        Flavor::OneD
+    } else {
+        Flavor::TwoD
+    };
     let (xr, xc) = dims2(x);
     let (kr, kc) = dims2(kernel);
     let shape_out = |r: usize, c: usize| if nd == 1 { vec![c] } else { vec![r, c] };
@@ -229,20 +239,34 @@ pub fn filter<T: SignalFloat>(x: &Tensor<T>, kernel: &Tensor<T>, cfg: &FilterCon
     }
 
     let method = match cfg.method {
-        Method::Auto if cfg.boundary == Boundary::Fill(0.0) && fft_is_faster(x.shape(), kernel.shape(), cfg.mode) => Method::Fft,
+        Method::Auto
+            if cfg.boundary == Boundary::Fill(0.0)
+                && fft_is_faster(x.shape(), kernel.shape(), cfg.mode) =>
+        {
+            Method::Fft
+        }
         Method::Auto => Method::Direct,
         m => m,
     };
     if method == Method::Fft && cfg.boundary != Boundary::Fill(0.0) {
-        return Err(Error::invalid("the FFT method applies only with boundary fill and fill value 0; use --method direct"));
+        return Err(Error::invalid(
+            "the FFT method applies only with boundary fill and fill value 0; use --method direct",
+        ));
     }
-    let (off_r, off_c) = (offset(cfg.mode, kr, cfg.correlate, flavor), offset(cfg.mode, kc, cfg.correlate, flavor));
+    let (off_r, off_c) = (
+        offset(cfg.mode, kr, cfg.correlate, flavor),
+        offset(cfg.mode, kc, cfg.correlate, flavor),
+    );
     let (or, oc) = (out_len(cfg.mode, xr, kr), out_len(cfg.mode, xc, kc));
     let out = match method {
         Method::Fft => {
             // Linear convolution C = x ∗ kv (kv = kernel, or flipped kernel for correlation);
             // out[m] = C[m + K − 1 − off] per axis.
-            let kv: Vec<T> = if cfg.correlate { reversed(kernel.data()) } else { kernel.data().to_vec() };
+            let kv: Vec<T> = if cfg.correlate {
+                reversed(kernel.data())
+            } else {
+                kernel.data().to_vec()
+            };
             let full = fft_convolve_full(x.data(), (xr, xc), &kv, (kr, kc));
             let (fr, fc) = (xr + kr - 1, xc + kc - 1);
             debug_assert_eq!(full.len(), fr * fc);
@@ -254,8 +278,20 @@ pub fn filter<T: SignalFloat>(x: &Tensor<T>, kernel: &Tensor<T>, cfg: &FilterCon
             out
         }
         _ => {
-            let kcorr: Vec<T> = if cfg.correlate { kernel.data().to_vec() } else { reversed(kernel.data()) };
-            correlate_direct(x.data(), (xr, xc), &kcorr, (kr, kc), (or, oc), (off_r, off_c), cfg.boundary)
+            let kcorr: Vec<T> = if cfg.correlate {
+                kernel.data().to_vec()
+            } else {
+                reversed(kernel.data())
+            };
+            correlate_direct(
+                x.data(),
+                (xr, xc),
+                &kcorr,
+                (kr, kc),
+                (or, oc),
+                (off_r, off_c),
+                cfg.boundary,
+            )
         }
     };
     Tensor::from_vec(&shape_out(or, oc), out)
@@ -279,7 +315,9 @@ fn correlate_direct<T: SignalFloat>(
         _ => T::zero(),
     };
     let mut p = vec![fill; pr * pc]; // (out_r + K_r − 1, out_c + K_c − 1)
-    let cols: Vec<Option<usize>> = (0..pc).map(|j| extend(j as isize - off_c as isize, xc, b)).collect();
+    let cols: Vec<Option<usize>> = (0..pc)
+        .map(|j| extend(j as isize - off_c as isize, xc, b))
+        .collect();
     p.par_chunks_mut(pc).enumerate().for_each(|(i, row)| {
         if let Some(si) = extend(i as isize - off_r as isize, xr, b) {
             let src = &x[si * xc..(si + 1) * xc];
@@ -307,7 +345,14 @@ fn correlate_direct<T: SignalFloat>(
 
 /// The reference: the defining double sum with scipy's index arithmetic written out
 /// (boundary handled per access), in f64.
-pub fn filter_naive(x: &[f64], (xr, xc): (usize, usize), k: &[f64], (kr, kc): (usize, usize), cfg: &FilterConfig, two_d: bool) -> Vec<f64> {
+pub fn filter_naive(
+    x: &[f64],
+    (xr, xc): (usize, usize),
+    k: &[f64],
+    (kr, kc): (usize, usize),
+    cfg: &FilterConfig,
+    two_d: bool,
+) -> Vec<f64> {
     let flavor = if two_d { Flavor::TwoD } else { Flavor::OneD };
     let (or, oc) = (out_len(cfg.mode, xr, kr), out_len(cfg.mode, xc, kc));
     let mut out = vec![0.0; or * oc];
@@ -318,11 +363,24 @@ pub fn filter_naive(x: &[f64], (xr, xc): (usize, usize), k: &[f64], (kr, kc): (u
                 for l in 0..kc {
                     // Convolution: X[m' − j] with m' = m − off + K − 1 (offset of the flipped form).
                     let (i0, i1, w) = if cfg.correlate {
-                        let (o0, o1) = (offset(cfg.mode, kr, true, flavor), offset(cfg.mode, kc, true, flavor));
-                        (m as isize - o0 as isize + j as isize, n as isize - o1 as isize + l as isize, k[j * kc + l])
+                        let (o0, o1) = (
+                            offset(cfg.mode, kr, true, flavor),
+                            offset(cfg.mode, kc, true, flavor),
+                        );
+                        (
+                            m as isize - o0 as isize + j as isize,
+                            n as isize - o1 as isize + l as isize,
+                            k[j * kc + l],
+                        )
                     } else {
-                        let (o0, o1) = (offset(cfg.mode, kr, false, flavor), offset(cfg.mode, kc, false, flavor));
-                        let (c0, c1) = (m as isize - o0 as isize + (kr - 1) as isize, n as isize - o1 as isize + (kc - 1) as isize);
+                        let (o0, o1) = (
+                            offset(cfg.mode, kr, false, flavor),
+                            offset(cfg.mode, kc, false, flavor),
+                        );
+                        let (c0, c1) = (
+                            m as isize - o0 as isize + (kr - 1) as isize,
+                            n as isize - o1 as isize + (kc - 1) as isize,
+                        );
                         (c0 - j as isize, c1 - l as isize, k[j * kc + l])
                     };
                     let v = match (extend(i0, xr, cfg.boundary), extend(i1, xc, cfg.boundary)) {
@@ -350,34 +408,74 @@ mod tests {
     fn lecture_5x5_with_2x2() {
         let x = Tensor::from_vec(&[5, 5], (0..25).map(|v| v as f64).collect()).unwrap();
         let k = Tensor::from_vec(&[2, 2], vec![1.0, 0.0, 0.0, -1.0]).unwrap();
-        let cfg = FilterConfig { mode: Mode::Valid, correlate: true, ..Default::default() };
+        let cfg = FilterConfig {
+            mode: Mode::Valid,
+            correlate: true,
+            ..Default::default()
+        };
         let y = filter(&x, &k, &cfg).unwrap();
         assert_eq!(y.shape(), [4, 4]);
         assert!(y.data().iter().all(|&v| v == -6.0));
         // Convolution flips the kernel: x[i+1, j+1] − x[i, j] = +6.
-        let y = filter(&x, &k, &FilterConfig { mode: Mode::Valid, ..Default::default() }).unwrap();
+        let y = filter(
+            &x,
+            &k,
+            &FilterConfig {
+                mode: Mode::Valid,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(y.data().iter().all(|&v| v == 6.0));
     }
 
     #[test]
     fn direct_and_fft_match_the_naive_sum() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        for &(xs, ks) in &[((7, 9), (2, 2)), ((6, 5), (3, 4)), ((8, 8), (1, 3)), ((1, 9), (1, 4)), ((5, 6), (5, 6))] {
+        for &(xs, ks) in &[
+            ((7, 9), (2, 2)),
+            ((6, 5), (3, 4)),
+            ((8, 8), (1, 3)),
+            ((1, 9), (1, 4)),
+            ((5, 6), (5, 6)),
+        ] {
             let x: Vec<f64> = (0..xs.0 * xs.1).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let k: Vec<f64> = (0..ks.0 * ks.1).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let xt = Tensor::from_vec(&[xs.0, xs.1], x.clone()).unwrap();
             let kt = Tensor::from_vec(&[ks.0, ks.1], k.clone()).unwrap();
             for mode in [Mode::Full, Mode::Same, Mode::Valid] {
                 for correlate in [false, true] {
-                    for boundary in [Boundary::Fill(0.0), Boundary::Fill(1.5), Boundary::Wrap, Boundary::Symm] {
-                        let mut cfg = FilterConfig { mode, boundary, method: Method::Direct, correlate };
+                    for boundary in [
+                        Boundary::Fill(0.0),
+                        Boundary::Fill(1.5),
+                        Boundary::Wrap,
+                        Boundary::Symm,
+                    ] {
+                        let mut cfg = FilterConfig {
+                            mode,
+                            boundary,
+                            method: Method::Direct,
+                            correlate,
+                        };
                         let want = filter_naive(&x, xs, &k, ks, &cfg, true);
                         let got = filter(&xt, &kt, &cfg).unwrap();
-                        assert!(got.data().iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{xs:?} {ks:?} {cfg:?}");
+                        assert!(
+                            got.data()
+                                .iter()
+                                .zip(&want)
+                                .all(|(a, b)| (a - b).abs() < 1e-12),
+                            "{xs:?} {ks:?} {cfg:?}"
+                        );
                         if boundary == Boundary::Fill(0.0) {
                             cfg.method = Method::Fft;
                             let got = filter(&xt, &kt, &cfg).unwrap();
-                            assert!(got.data().iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "fft {xs:?} {ks:?} {cfg:?}");
+                            assert!(
+                                got.data()
+                                    .iter()
+                                    .zip(&want)
+                                    .all(|(a, b)| (a - b).abs() < 1e-12),
+                                "fft {xs:?} {ks:?} {cfg:?}"
+                            );
                         }
                     }
                 }
@@ -388,8 +486,15 @@ mod tests {
     #[test]
     fn fft_with_another_boundary_is_an_error() {
         let x = Tensor::<f64>::zeros(&[4, 4]);
-        let cfg = FilterConfig { boundary: Boundary::Wrap, method: Method::Fft, ..Default::default() };
-        assert!(filter(&x, &x, &cfg).unwrap_err().to_string().contains("FFT"));
+        let cfg = FilterConfig {
+            boundary: Boundary::Wrap,
+            method: Method::Fft,
+            ..Default::default()
+        };
+        assert!(filter(&x, &x, &cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("FFT"));
     }
 
     #[test]

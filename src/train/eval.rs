@@ -20,13 +20,19 @@ pub struct Evaluation {
 impl Evaluation {
     /// Accuracy within each true class (NaN for a class with no samples).
     pub fn per_class_accuracy(&self) -> Vec<f64> {
-        self.confusion.iter().enumerate().map(|(c, row)| row[c] as f64 / row.iter().sum::<usize>() as f64).collect()
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| row[c] as f64 / row.iter().sum::<usize>() as f64)
+            .collect()
     }
 }
 
 /// Index of the largest value (first on ties).
 pub fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
 }
 
 /// Runs the whole set through the network (no caching) and scores it.
@@ -52,5 +58,9 @@ pub fn evaluate(net: &mut Network<f32>, data: &Dataset, kind: LossKind) -> Resul
         }
     }
     let n = data.len().max(1) as f64;
-    Ok(Evaluation { loss: total_loss / n, accuracy: correct as f64 / n, confusion })
+    Ok(Evaluation {
+        loss: total_loss / n,
+        accuracy: correct as f64 / n,
+        confusion,
+    })
 }

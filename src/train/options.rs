@@ -52,7 +52,11 @@ impl TrainOptions {
         let d = TrainOptions::default();
         let kind = pick!(optimizer, OptimizerKind::Sgd);
         // AdamW's decoupled decay defaults to 0.01, as PyTorch's.
-        let wd_default = if kind == OptimizerKind::AdamW { 0.01 } else { 0.0 };
+        let wd_default = if kind == OptimizerKind::AdamW {
+            0.01
+        } else {
+            0.0
+        };
         let opts = TrainOptions {
             epochs: pick!(epochs, d.epochs),
             batch_size: pick!(batch_size, d.batch_size),
@@ -86,7 +90,10 @@ impl TrainOptions {
             return bad("batch size must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("learning rate must be a positive finite number, got {}", self.lr));
+            return bad(format!(
+                "learning rate must be a positive finite number, got {}",
+                self.lr
+            ));
         }
         if !(o.momentum.is_finite() && (0.0..1.0).contains(&o.momentum)) {
             return bad(format!("momentum must be in [0, 1), got {}", o.momentum));
@@ -95,7 +102,10 @@ impl TrainOptions {
             return bad("nesterov needs the sgd optimizer with a momentum above 0".into());
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return bad(format!("weight decay must be a non-negative finite number, got {}", o.weight_decay));
+            return bad(format!(
+                "weight decay must be a non-negative finite number, got {}",
+                o.weight_decay
+            ));
         }
         Ok(())
     }

@@ -30,7 +30,9 @@ fn float(k: &str, v: &Value) -> Result<f64, String> {
         _ => return Err(format!("`{k}` must be a number, got {v}")),
     };
     if !x.is_finite() || x < 0.0 {
-        return Err(format!("`{k}` must be a finite non-negative number, got {v}"));
+        return Err(format!(
+            "`{k}` must be a finite non-negative number, got {v}"
+        ));
     }
     Ok(x)
 }
@@ -43,7 +45,9 @@ fn count(k: &str, v: &Value, min: i64) -> Result<usize, String> {
 }
 
 fn parsed<X: std::str::FromStr<Err = String>>(k: &str, v: &Value) -> Result<X, String> {
-    v.as_str().ok_or_else(|| format!("`{k}` must be a string, got {v}"))?.parse()
+    v.as_str()
+        .ok_or_else(|| format!("`{k}` must be a string, got {v}"))?
+        .parse()
 }
 
 impl TrainRecipe {
@@ -61,7 +65,12 @@ impl TrainRecipe {
                     r.lr = Some(x);
                 }
                 "momentum" => r.momentum = Some(float(k, v)?),
-                "nesterov" => r.nesterov = Some(v.as_bool().ok_or_else(|| format!("`nesterov` must be true or false, got {v}"))?),
+                "nesterov" => {
+                    r.nesterov = Some(
+                        v.as_bool()
+                            .ok_or_else(|| format!("`nesterov` must be true or false, got {v}"))?,
+                    )
+                }
                 "weight_decay" => r.weight_decay = Some(float(k, v)?),
                 "schedule" => r.schedule = Some(parsed(k, v)?),
                 "epochs" => r.epochs = Some(count(k, v, 1)?),

@@ -29,7 +29,12 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(net: Network<f32>, opt: Optimizer<f32>, loss: LossKind) -> Self {
-        Trainer { net, opt, loss, grad: Vec::new() }
+        Trainer {
+            net,
+            opt,
+            loss,
+            grad: Vec::new(),
+        }
     }
 
     /// Forward, loss, backward and one optimizer update on the batch x (B, C, H, W).
@@ -43,7 +48,8 @@ impl Trainer {
             return Ok(l);
         }
         self.net.zero_grad();
-        self.net.backward(Tensor::from_vec(out.shape(), self.grad.clone())?);
+        self.net
+            .backward(Tensor::from_vec(out.shape(), self.grad.clone())?);
         self.opt.step(&mut self.net, lr);
         Ok(l)
     }
@@ -89,6 +95,9 @@ impl RunPaths {
     pub fn metrics(&self) -> PathBuf {
         self.dir.join("metrics.csv")
     }
+    pub fn curves(&self) -> PathBuf {
+        self.dir.join("curves.png")
+    }
 }
 
 /// Where a run starts: fresh, or after `epochs_done` epochs of an earlier run.
@@ -118,7 +127,8 @@ fn augment(x: &mut [f32], shape: [usize; 3], a: usize, rng: &mut ChaCha8Rng) {
                 for col in 0..w as isize {
                     let sc = col - dx;
                     if sc >= 0 && sc < w as isize {
-                        tmp[(r * w as isize + col) as usize] = plane[(sr * w as isize + sc) as usize];
+                        tmp[(r * w as isize + col) as usize] =
+                            plane[(sr * w as isize + sc) as usize];
                     }
                 }
             }
@@ -168,20 +178,36 @@ fn run_epoch(
         let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i] as usize).collect();
         let l = t.step(Tensor::from_vec(&[chunk.len(), c, h, w], x)?, &labels, lr)?;
         if !l.is_finite() {
-            return Err(Error::NonFinite { epoch: epoch + 1, batch: b + 1, value: l });
+            return Err(Error::NonFinite {
+                epoch: epoch + 1,
+                batch: b + 1,
+                value: l,
+            });
         }
         sum += l * chunk.len() as f64;
         seen += chunk.len();
-        obs.batch(b + 1, sum / seen as f64, seen as f64 / started.elapsed().as_secs_f64().max(1e-9));
+        obs.batch(
+            b + 1,
+            sum / seen as f64,
+            seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        );
     }
-    Ok((sum / seen.max(1) as f64, seen as f64 / started.elapsed().as_secs_f64().max(1e-9)))
+    Ok((
+        sum / seen.max(1) as f64,
+        seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+    ))
 }
 
 fn metrics_csv(history: &[EpochMetrics]) -> String {
     let mut s = String::from("epoch,train_loss,test_loss,test_accuracy,seconds\n");
     for m in history {
-        let (tl, ta) = m.test.as_ref().map_or((String::new(), String::new()), |e| (format!("{:.6}", e.loss), format!("{:.4}", e.accuracy)));
-        s.push_str(&format!("{},{:.6},{tl},{ta},{:.3}\n", m.epoch, m.train_loss, m.seconds));
+        let (tl, ta) = m.test.as_ref().map_or((String::new(), String::new()), |e| {
+            (format!("{:.6}", e.loss), format!("{:.4}", e.accuracy))
+        });
+        s.push_str(&format!(
+            "{},{:.6},{tl},{ta},{:.3}\n",
+            m.epoch, m.train_loss, m.seconds
+        ));
     }
     s
 }
@@ -191,20 +217,48 @@ fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        let bad = || Error::format(path, format!("line {}: expected epoch,train_loss,test_loss,test_accuracy,seconds", i + 1));
+        let bad = || {
+            Error::format(
+                path,
+                format!(
+                    "line {}: expected epoch,train_loss,test_loss,test_accuracy,seconds",
+                    i + 1
+                ),
+            )
+        };
         if f.len() != 5 {
             return Err(bad());
         }
         let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
-        let test = if f[2].is_empty() { None } else { Some(Evaluation { loss: num(f[2])?, accuracy: num(f[3])?, confusion: Vec::new() }) };
-        out.push(EpochMetrics { epoch: f[0].parse().map_err(|_| bad())?, train_loss: num(f[1])?, test, seconds: num(f[4])?, images_per_second: 0.0 });
+        let test = if f[2].is_empty() {
+            None
+        } else {
+            Some(Evaluation {
+                loss: num(f[2])?,
+                accuracy: num(f[3])?,
+                confusion: Vec::new(),
+            })
+        };
+        out.push(EpochMetrics {
+            epoch: f[0].parse().map_err(|_| bad())?,
+            train_loss: num(f[1])?,
+            test,
+            seconds: num(f[4])?,
+            images_per_second: 0.0,
+        });
     }
     Ok(out)
 }
 
 /// Writes weights, optimizer state and metrics after `epochs_done` epochs. The checkpoint
 /// (weights + optimizer state + epoch) is one file, so it is always self-consistent.
-fn save_epoch(paths: &RunPaths, t: &Trainer, opts: &TrainOptions, epochs_done: usize, history: &[EpochMetrics]) -> Result<()> {
+fn save_epoch(
+    paths: &RunPaths,
+    t: &Trainer,
+    opts: &TrainOptions,
+    epochs_done: usize,
+    history: &[EpochMetrics],
+) -> Result<()> {
     let params = t.net.named_params();
     let mut tensors = params.clone();
     for (i, (name, _)) in params.iter().enumerate() {
@@ -223,7 +277,23 @@ fn save_epoch(paths: &RunPaths, t: &Trainer, opts: &TrainOptions, epochs_done: u
     ]);
     write_tensors(&paths.checkpoint(), &tensors, Some(meta))?;
     t.net.save_weights(&paths.weights())?;
-    write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())
+    write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())?;
+    let test = |f: fn(&Evaluation) -> f64| {
+        history
+            .iter()
+            .filter_map(|m| m.test.as_ref().map(f))
+            .collect::<Vec<f64>>()
+    };
+    let train_loss: Vec<f64> = history.iter().map(|m| m.train_loss).collect();
+    let (test_loss, test_accuracy) = (test(|e| e.loss), test(|e| e.accuracy));
+    crate::plot::charts::save_curves(
+        &paths.curves(),
+        &crate::plot::charts::Curves {
+            train_loss: &train_loss,
+            test_loss: &test_loss,
+            test_accuracy: &test_accuracy,
+        },
+    )
 }
 
 /// Trains from `start` to `opts.epochs`, saving into `paths` after every epoch.
@@ -250,8 +320,18 @@ pub fn train(
     for epoch in start.epochs_done..opts.epochs {
         let begun = Instant::now();
         let (train_loss, ips) = run_epoch(t, &data.train, opts, epoch, stop.as_deref(), obs)?;
-        let test = data.test.as_ref().map(|d| evaluate(&mut t.net, d, opts.loss)).transpose()?;
-        let m = EpochMetrics { epoch: epoch + 1, train_loss, test, seconds: begun.elapsed().as_secs_f64(), images_per_second: ips };
+        let test = data
+            .test
+            .as_ref()
+            .map(|d| evaluate(&mut t.net, d, opts.loss))
+            .transpose()?;
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss,
+            test,
+            seconds: begun.elapsed().as_secs_f64(),
+            images_per_second: ips,
+        };
         start.history.push(m.clone());
         save_epoch(paths, t, opts, epoch + 1, &start.history)?;
         obs.epoch_end(&m);
@@ -263,9 +343,14 @@ pub fn train(
 pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Result<Start> {
     let ck = paths.checkpoint();
     let bytes = std::fs::read(&ck).map_err(|e| Error::io(&ck, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(&ck, format!("not a valid checkpoint: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(&ck, format!("not a valid checkpoint: {e}")))?;
     let meta = meta.metadata().clone().unwrap_or_default();
-    let get = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| Error::format(&ck, format!("checkpoint metadata lacks `{k}`")));
+    let get = |k: &str| {
+        meta.get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Error::format(&ck, format!("checkpoint metadata lacks `{k}`")))
+    };
     let epochs_done = get("epochs_done")? as usize;
     let steps = get("steps")?;
     let mut tensors = read_tensors(&ck)?;
@@ -275,7 +360,11 @@ pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Resul
     let mut params = HashMap::new();
     let (mut s1, mut s2) = (Vec::new(), Vec::new());
     for n in &names {
-        let missing = || Error::Weights { path: ck.clone(), tensor: n.clone(), msg: "missing".into() };
+        let missing = || Error::Weights {
+            path: ck.clone(),
+            tensor: n.clone(),
+            msg: "missing".into(),
+        };
         params.insert(n.clone(), tensors.remove(n).ok_or_else(missing)?);
         if let Some(t) = tensors.remove(&format!("state1.{n}")) {
             s1.push(t);
@@ -284,14 +373,23 @@ pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Resul
             s2.push(t);
         }
     }
-    net.set_params(params).map_err(|e| Error::format(&ck, e.to_string()))?;
+    net.set_params(params)
+        .map_err(|e| Error::format(&ck, e.to_string()))?;
     let mut opt = Optimizer::new(opts.optimizer);
     opt.steps = steps;
     opt.state1 = s1;
     opt.state2 = s2;
-    let history = if paths.metrics().is_file() { parse_metrics(&paths.metrics())? } else { Vec::new() };
+    let history = if paths.metrics().is_file() {
+        parse_metrics(&paths.metrics())?
+    } else {
+        Vec::new()
+    };
     let history = history.into_iter().take(epochs_done).collect();
-    Ok(Start { trainer: Trainer::new(net, opt, opts.loss), epochs_done, history })
+    Ok(Start {
+        trainer: Trainer::new(net, opt, opts.loss),
+        epochs_done,
+        history,
+    })
 }
 
 #[cfg(test)]
@@ -317,7 +415,11 @@ mod tests {
         let h = vec![EpochMetrics {
             epoch: 1,
             train_loss: 0.5,
-            test: Some(Evaluation { loss: 0.25, accuracy: 0.9, confusion: vec![] }),
+            test: Some(Evaluation {
+                loss: 0.25,
+                accuracy: 0.9,
+                confusion: vec![],
+            }),
             seconds: 1.5,
             images_per_second: 0.0,
         }];

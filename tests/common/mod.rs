@@ -6,12 +6,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/torch")
+        .join(name)
 }
 
 pub fn spec(name: &str) -> ModelSpec {
     let p = fixture(name);
-    ModelSpec::parse(&std::fs::read_to_string(&p).unwrap(), &p.display().to_string()).unwrap()
+    ModelSpec::parse(
+        &std::fs::read_to_string(&p).unwrap(),
+        &p.display().to_string(),
+    )
+    .unwrap()
 }
 
 pub fn tensors(name: &str) -> BTreeMap<String, Tensor<f32>> {
@@ -28,6 +34,12 @@ pub fn net(model: &str, weights: &str) -> Network<f32> {
 /// max |a − b| / max |b|.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
-    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs())) / scale
+    let scale = b
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-30);
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
+        / scale
 }
