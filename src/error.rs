@@ -55,7 +55,11 @@ pub enum Error {
     },
 
     /// Training was stopped by the user (Ctrl-C) after the given completed epoch.
-    #[error("interrupted; the run keeps its last completed epoch ({epochs_done}) and continues with --resume")]
+    #[error("{}", if *epochs_done == 0 {
+        "interrupted before the first epoch completed; nothing was saved".to_string()
+    } else {
+        format!("interrupted; the run keeps its last completed epoch ({epochs_done}) and continues with --resume")
+    })]
     Interrupted { epochs_done: usize },
 }
 

@@ -456,8 +456,13 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     };
     let mut progress = Progress::new(a.quiet);
     let started = std::time::Instant::now();
-    let t = train(start, &data, &opts, &paths, Some(stop), &mut progress)?;
-    let _ = t;
+    if let Err(e) = train(start, &data, &opts, &paths, Some(stop), &mut progress) {
+        if !paths.checkpoint().exists() {
+            // Nothing completed: leave no empty run directory behind (fails harmlessly if not empty).
+            let _ = std::fs::remove_dir(&paths.dir);
+        }
+        return Err(e);
+    }
     println!(
         "done in {:.1}s; run saved in {}",
         started.elapsed().as_secs_f64(),

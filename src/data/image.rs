@@ -4,8 +4,18 @@ use std::path::Path;
 
 /// Decodes an image into (C, H, W) floats in [0, 1]: grayscale when `channels` is 1, RGB when 3.
 pub fn read_image(path: &Path, channels: usize) -> Result<(Vec<f32>, usize, usize)> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_image(&bytes, path, channels)
+}
+
+/// Decodes PNG/JPEG bytes (format guessed from the content) like [`read_image`]. The decoder's
+/// default limits refuse images whose header claims more than 512 MiB.
+pub fn decode_image(
+    bytes: &[u8],
+    path: &Path,
+    channels: usize,
+) -> Result<(Vec<f32>, usize, usize)> {
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?
         .decode()

@@ -35,6 +35,11 @@ impl NpyArray {
 /// Reads an npy file; Fortran order, structured and non-numeric dtypes are errors.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_npy(&bytes, path)
+}
+
+/// Parses npy bytes; `path` names the source in errors.
+pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     let bad = |m: String| Error::format(path, m);
     let file =
         npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid npy file: {e}")))?;

@@ -10,6 +10,17 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use toml::Value;
 
+/// Largest value of any size key (kernel, stride, channels, ...).
+pub const MAX_SIZE: usize = 1 << 20;
+/// Largest number of parameters, and of activations per sample, a model may have
+/// (2²⁸ float32 = 1 GiB): a hostile model file is refused before anything is allocated.
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
+/// Product of dimensions, or None on overflow.
+fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
 /// Convolution padding as written in a model file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Padding {
@@ -126,7 +137,9 @@ impl LayerSpec {
                 Ok(vec![g.channels, g.out_h, g.out_w])
             }
             LayerSpec::Activation(_) => Ok(input.to_vec()),
-            LayerSpec::Flatten => Ok(vec![input.iter().product()]),
+            LayerSpec::Flatten => Ok(vec![
+                elements(input).ok_or("the input is too large to flatten")?
+            ]),
             LayerSpec::Linear(l) => {
                 if input.len() != 1 {
                     return Err(format!(
@@ -141,6 +154,9 @@ impl LayerSpec {
                     s = l
                         .output_shape(&s)
                         .map_err(|e| format!("body layer {j} ({}): {e}", l.type_name()))?;
+                    if elements(&s).is_none_or(|n| n == 0 || n > MAX_ELEMENTS) {
+                        return Err(format!("body layer {j} ({}): the output shape {s:?} is empty or has more than {MAX_ELEMENTS} elements", l.type_name()));
+                    }
                 }
                 if s != input {
                     return Err(format!(
@@ -257,7 +273,7 @@ impl<'a> Fields<'a, '_> {
     /// Like [`Fields::pair`] but zero is allowed (padding).
     fn pair0(&mut self, key: &'static str) -> Result<(usize, usize)> {
         let nonneg = |v: &Value| match v.as_integer() {
-            Some(i) if i >= 0 => Ok(i as usize),
+            Some(i) if i >= 0 && i as u64 <= MAX_SIZE as u64 => Ok(i as usize),
             _ => Err(self.ctx.err(format!(
                 "key `{key}` must be a non-negative integer or an [h, w] pair, got {v}"
             ))),
@@ -362,9 +378,11 @@ fn parse_layer(v: &Value, source: &str, path: String) -> Result<LayerSpec> {
             let padding = match f.get("padding") {
                 Some(Value::String(s)) if s == "same" => Padding::Same,
                 Some(Value::String(s)) if s == "valid" => Padding::Valid,
-                Some(Value::String(s)) => return Err(ctx.err(format!(
+                Some(Value::String(s)) => {
+                    return Err(ctx.err(format!(
                     "key `padding` must be an integer, [h, w], \"same\" or \"valid\", got \"{s}\""
-                ))),
+                )))
+                }
                 Some(_) => {
                     f.used.remove("padding");
                     let (h, w) = f.pair0("padding")?;
@@ -457,7 +475,7 @@ impl ModelSpec {
                 let mut dims = [0usize; 3];
                 for (d, v) in dims.iter_mut().zip(a) {
                     *d = match v.as_integer() {
-                        Some(i) if i > 0 => i as usize,
+                        Some(i) if i > 0 && i as u64 <= MAX_SIZE as u64 => i as usize,
                         _ => return Err(top_err(format!("key `input` must be [channels, height, width] of positive integers, got {v}"))),
                     };
                 }
@@ -509,14 +527,29 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Output shape of every top-level layer, or the index of the first that does not fit.
+    /// Output shape of every top-level layer, or the index of the first that does not fit
+    /// (an empty output, or more than [`MAX_ELEMENTS`] activations or parameters).
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>, (usize, String)> {
         let mut s = self.input.to_vec();
         let mut out = Vec::with_capacity(self.layers.len());
+        let mut params = 0usize;
         for (i, l) in self.layers.iter().enumerate() {
+            params = params.saturating_add(l.param_count(&s));
+            if params > MAX_ELEMENTS {
+                return Err((
+                    i,
+                    format!("the model would have more than {MAX_ELEMENTS} parameters"),
+                ));
+            }
             s = l.output_shape(&s).map_err(|e| (i, e))?;
             if s.iter().any(|&d| d == 0) {
                 return Err((i, format!("the output shape {s:?} is empty")));
+            }
+            if elements(&s).is_none_or(|n| n > MAX_ELEMENTS) {
+                return Err((
+                    i,
+                    format!("the output shape {s:?} has more than {MAX_ELEMENTS} elements"),
+                ));
             }
             out.push(s.clone());
         }

@@ -10,7 +10,12 @@ use std::path::Path;
 /// Reads every tensor of a safetensors file as float32, keyed by name.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor<f32>>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_tensors(&bytes, path)
+}
+
+/// Parses safetensors bytes (float32 tensors only); `path` names the source in errors.
+pub fn parse_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tensor<f32>>> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {

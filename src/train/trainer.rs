@@ -98,6 +98,17 @@ impl RunPaths {
     pub fn curves(&self) -> PathBuf {
         self.dir.join("curves.png")
     }
+    /// Every file a run writes (for --force to clear an old run).
+    pub fn all(&self) -> Vec<PathBuf> {
+        vec![
+            self.model(),
+            self.weights(),
+            self.checkpoint(),
+            self.metrics(),
+            self.curves(),
+            self.dir.join("confusion.png"),
+        ]
+    }
 }
 
 /// Where a run starts: fresh, or after `epochs_done` epochs of an earlier run.
@@ -250,8 +261,9 @@ fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     Ok(out)
 }
 
-/// Writes weights, optimizer state and metrics after `epochs_done` epochs. The checkpoint
-/// (weights + optimizer state + epoch) is one file, so it is always self-consistent.
+/// Writes the model file, weights, optimizer state, metrics and curves after `epochs_done`
+/// epochs. The checkpoint (weights + optimizer state + epoch) is one file, so it is always
+/// self-consistent; nothing is written before the first epoch completes.
 fn save_epoch(
     paths: &RunPaths,
     t: &Trainer,
@@ -259,6 +271,10 @@ fn save_epoch(
     epochs_done: usize,
     history: &[EpochMetrics],
 ) -> Result<()> {
+    // The run's model file carries the resolved options, so --resume needs nothing else.
+    let mut spec = t.net.spec().clone();
+    spec.train = opts.to_recipe();
+    write_atomic(&paths.model(), spec.to_toml().as_bytes())?;
     let params = t.net.named_params();
     let mut tensors = params.clone();
     for (i, (name, _)) in params.iter().enumerate() {
@@ -311,11 +327,7 @@ pub fn train(
     if let Some(t) = &data.test {
         t.check_fits(input, outputs)?;
     }
-    // The run's model file carries the resolved options, so --resume needs nothing else.
-    let mut spec = start.trainer.net.spec().clone();
-    spec.train = opts.to_recipe();
     std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
-    write_atomic(&paths.model(), spec.to_toml().as_bytes())?;
     let t = &mut start.trainer;
     for epoch in start.epochs_done..opts.epochs {
         let begun = Instant::now();
