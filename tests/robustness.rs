@@ -290,37 +290,29 @@ fn weight_and_image_errors() {
         convnet::nn::weights::write_tensors(&p, &list, None).unwrap();
         p
     };
+    let predict_err = |w: &Path| {
+        fails_with(
+            &convnet(&[
+                "predict",
+                "--model",
+                s(&model),
+                "--weights",
+                s(w),
+                "--input",
+                s(&x),
+            ]),
+            1,
+        )
+    };
     let missing = write("missing.safetensors", &tensors);
-    let err = fails_with(
-        &convnet(&[
-            "predict",
-            "--model",
-            s(&model),
-            "--weights",
-            s(&missing),
-            "--input",
-            s(&x),
-        ]),
-        1,
-    );
+    let err = predict_err(&missing);
     assert!(
         err.contains("`0.weight`") && err.contains("missing") && err.contains("[6, 1, 5, 5]"),
         "{err}"
     );
     tensors.insert("0.weight".into(), w0.clone().reshape(&[6, 25]).unwrap());
     let misshaped = write("misshaped.safetensors", &tensors);
-    let err = fails_with(
-        &convnet(&[
-            "predict",
-            "--model",
-            s(&model),
-            "--weights",
-            s(&misshaped),
-            "--input",
-            s(&x),
-        ]),
-        1,
-    );
+    let err = predict_err(&misshaped);
     assert!(
         err.contains("`0.weight`") && err.contains("[6, 25]") && err.contains("[6, 1, 5, 5]"),
         "{err}"
@@ -328,18 +320,7 @@ fn weight_and_image_errors() {
     tensors.insert("0.weight".into(), w0);
     tensors.insert("99.weight".into(), convnet::Tensor::zeros(&[2]));
     let extra = write("extra.safetensors", &tensors);
-    let err = fails_with(
-        &convnet(&[
-            "predict",
-            "--model",
-            s(&model),
-            "--weights",
-            s(&extra),
-            "--input",
-            s(&x),
-        ]),
-        1,
-    );
+    let err = predict_err(&extra);
     assert!(
         err.contains("`99.weight`") && err.contains("not a parameter"),
         "{err}"
@@ -353,18 +334,7 @@ fn weight_and_image_errors() {
         safetensors::serialize(vec![("0.bias", view)], &None).unwrap(),
     )
     .unwrap();
-    let err = fails_with(
-        &convnet(&[
-            "predict",
-            "--model",
-            s(&model),
-            "--weights",
-            s(&f64_file),
-            "--input",
-            s(&x),
-        ]),
-        1,
-    );
+    let err = predict_err(&f64_file);
     assert!(err.contains("`0.bias`") && err.contains("F64"), "{err}");
     // A corrupt image.
     let corrupt = root.join("corrupt.png");

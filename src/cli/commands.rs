@@ -370,12 +370,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             )));
         }
         let m = load_model(&dir.display().to_string())?;
-        let (seed, shuffle) = read_run_meta(&paths.checkpoint())?;
+        let meta = crate::train::trainer::read_checkpoint_meta(&paths.checkpoint())?;
         let mut recipe = m.spec.train.clone();
         if let Some(e) = cli.epochs {
             recipe.epochs = Some(e);
         }
-        let opts = TrainOptions::resolve(&[&recipe], seed, shuffle)?;
+        let opts = TrainOptions::resolve(&[&recipe], meta.seed, meta.shuffle)?;
         let net = Network::<f32>::new(m.spec, opts.init, opts.seed);
         let start = crate::train::trainer::resume(&paths, &opts, net)?;
         if start.epochs_done >= opts.epochs {
@@ -470,23 +470,6 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     );
     println!("  convnet eval --model {}", paths.dir.display());
     Ok(())
-}
-
-/// Seed and shuffle flag stored in a checkpoint's metadata.
-fn read_run_meta(ck: &Path) -> Result<(u64, bool)> {
-    let bytes = std::fs::read(ck).map_err(|e| Error::io(ck, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::format(ck, format!("not a valid checkpoint: {e}")))?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    let seed = meta
-        .get("seed")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `seed`"))?;
-    let shuffle = meta
-        .get("shuffle")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::format(ck, "checkpoint metadata lacks `shuffle`"))?;
-    Ok((seed, shuffle))
 }
 
 fn eval_cmd(

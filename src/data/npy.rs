@@ -38,9 +38,183 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     parse_npy(&bytes, path)
 }
 
+/// The header dictionary of an npy file, as numpy writes it:
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
+#[derive(Debug, PartialEq)]
+struct Header {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<u64>,
+}
+
+/// Checks the header with a small strict parser before npyz sees it: npyz parses the header as
+/// a general Python literal with a backtracking grammar that a crafted header of a few hundred
+/// bytes can keep busy for minutes (found by fuzzing).
+fn check_header(bytes: &[u8]) -> Result<Header, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not an npy file (no \\x93NUMPY magic)".into());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("npy format version {v} is not supported")),
+    };
+    if len > 65536 || start + len > bytes.len() {
+        return Err(format!("header length {len} is out of range"));
+    }
+    let text = std::str::from_utf8(&bytes[start..start + len])
+        .map_err(|_| "header is not text".to_string())?;
+    let mut p = HeaderParser {
+        s: text.trim_end().as_bytes(),
+        i: 0,
+    };
+    p.header()
+}
+
+struct HeaderParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl HeaderParser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+    fn eat(&mut self, c: u8) -> bool {
+        self.ws();
+        if self.s.get(self.i) == Some(&c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, c: u8) -> Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!(
+                "malformed header: expected `{}` at byte {}",
+                c as char, self.i
+            ))
+        }
+    }
+    fn string(&mut self) -> Result<String, String> {
+        self.ws();
+        let q = *self
+            .s
+            .get(self.i)
+            .ok_or("malformed header: unexpected end")?;
+        if q != b'\'' && q != b'"' {
+            return Err(format!(
+                "malformed header: expected a string at byte {}",
+                self.i
+            ));
+        }
+        let start = self.i + 1;
+        let end = self.s[start..]
+            .iter()
+            .position(|&c| c == q)
+            .ok_or("malformed header: unterminated string")?
+            + start;
+        self.i = end + 1;
+        Ok(String::from_utf8_lossy(&self.s[start..end]).into_owned())
+    }
+    fn word(&mut self) -> &[u8] {
+        self.ws();
+        let start = self.i;
+        while self.i < self.s.len() && self.s[self.i].is_ascii_alphanumeric() {
+            self.i += 1;
+        }
+        &self.s[start..self.i]
+    }
+    fn shape(&mut self) -> Result<Vec<u64>, String> {
+        self.expect(b'(')?;
+        let mut dims = Vec::new();
+        loop {
+            if self.eat(b')') {
+                return Ok(dims);
+            }
+            let w = self.word();
+            let d = std::str::from_utf8(w)
+                .ok()
+                .and_then(|w| w.trim_end_matches('L').parse::<u64>().ok())
+                .ok_or("malformed header: bad shape")?;
+            dims.push(d);
+            if dims.len() > 32 {
+                return Err("malformed header: more than 32 dimensions".into());
+            }
+            if !self.eat(b',') {
+                self.expect(b')')?;
+                return Ok(dims);
+            }
+        }
+    }
+    fn header(&mut self) -> Result<Header, String> {
+        self.expect(b'{')?;
+        let (mut descr, mut fortran, mut shape) = (None, None, None);
+        loop {
+            if self.eat(b'}') {
+                break;
+            }
+            let key = self.string()?;
+            self.expect(b':')?;
+            match key.as_str() {
+                "descr" => descr = Some(self.string()?),
+                "fortran_order" => {
+                    fortran = Some(match self.word() {
+                        b"True" => true,
+                        b"False" => false,
+                        _ => {
+                            return Err(
+                                "malformed header: fortran_order must be True or False".into()
+                            )
+                        }
+                    })
+                }
+                "shape" => shape = Some(self.shape()?),
+                k => return Err(format!("unexpected header key `{k}`")),
+            }
+            if !self.eat(b',') {
+                self.expect(b'}')?;
+                break;
+            }
+        }
+        self.ws();
+        if self.i != self.s.len() {
+            return Err("malformed header: text after the dictionary".into());
+        }
+        match (descr, fortran, shape) {
+            (Some(descr), Some(fortran_order), Some(shape)) => Ok(Header {
+                descr,
+                fortran_order,
+                shape,
+            }),
+            _ => Err("header lacks descr, fortran_order or shape".into()),
+        }
+    }
+}
+
 /// Parses npy bytes; `path` names the source in errors.
 pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     let bad = |m: String| Error::format(path, m);
+    let header = check_header(bytes).map_err(|m| bad(format!("not a valid npy file: {m}")))?;
+    if header.descr.len() > 8
+        || !header
+            .descr
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"<>|=".contains(&c))
+    {
+        return Err(bad(format!(
+            "dtype {} is not supported (float32, float64 or integers)",
+            header.descr
+        )));
+    }
     let file =
         npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid npy file: {e}")))?;
     if file.order() == Order::Fortran {
@@ -156,6 +330,51 @@ pub fn write_npy_f64(path: &Path, shape: &[usize], data: &[f64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A version-1 npy preamble followed by `header`.
+    fn with_header(header: &str) -> Vec<u8> {
+        let mut v = b"\x93NUMPY\x01\x00".to_vec();
+        v.extend((header.len() as u16).to_le_bytes());
+        v.extend(header.as_bytes());
+        v
+    }
+
+    #[test]
+    fn strict_header() {
+        let h = check_header(&with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }      \n",
+        ))
+        .unwrap();
+        assert_eq!(
+            h,
+            Header {
+                descr: "<f4".into(),
+                fortran_order: false,
+                shape: vec![2, 3]
+            }
+        );
+        let h = check_header(&with_header(
+            "{\"shape\": (), \"descr\": \"|u1\", \"fortran_order\": True}\n",
+        ))
+        .unwrap();
+        assert_eq!((h.shape, h.fortran_order), (Vec::<u64>::new(), true));
+        assert_eq!(
+            check_header(&with_header(
+                "{'descr': '<i8', 'fortran_order': False, 'shape': (7,), }"
+            ))
+            .unwrap()
+            .shape,
+            [7]
+        );
+        for bad in [
+            "{'descr': 1e999999}",
+            "{'descr': '<f4', 'x': ((((((}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)} extra",
+            "{'descr': '<f4'",
+        ] {
+            assert!(check_header(&with_header(bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn round_trip_and_truncation() {

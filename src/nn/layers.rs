@@ -50,6 +50,31 @@ pub trait Layer<T: Float>: Send {
     fn visit_params_mut(&mut self, _prefix: &str, _f: ParamVisitorMut<T>) {}
 }
 
+/// Visits `{prefix}weight` and, if present, `{prefix}bias` (PyTorch's names).
+fn visit_weight_bias<T: Float>(
+    prefix: &str,
+    w: &Param<T>,
+    b: Option<&Param<T>>,
+    f: ParamVisitor<T>,
+) {
+    f(format!("{prefix}weight"), w);
+    if let Some(b) = b {
+        f(format!("{prefix}bias"), b);
+    }
+}
+
+fn visit_weight_bias_mut<T: Float>(
+    prefix: &str,
+    w: &mut Param<T>,
+    b: Option<&mut Param<T>>,
+    f: ParamVisitorMut<T>,
+) {
+    f(format!("{prefix}weight"), w);
+    if let Some(b) = b {
+        f(format!("{prefix}bias"), b);
+    }
+}
+
 const NO_CACHE: &str = "backward called without a training forward pass";
 
 /// Lets a GEMM use the thread pool only when it is big enough to pay for it.
@@ -101,16 +126,10 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         dx
     }
     fn visit_params(&self, prefix: &str, f: ParamVisitor<T>) {
-        f(format!("{prefix}weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(format!("{prefix}bias"), b);
-        }
+        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
     }
     fn visit_params_mut(&mut self, prefix: &str, f: ParamVisitorMut<T>) {
-        f(format!("{prefix}weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(format!("{prefix}bias"), b);
-        }
+        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
     }
 }
 
@@ -185,16 +204,10 @@ impl<T: Float> Layer<T> for Linear<T> {
         })
     }
     fn visit_params(&self, prefix: &str, f: ParamVisitor<T>) {
-        f(format!("{prefix}weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(format!("{prefix}bias"), b);
-        }
+        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
     }
     fn visit_params_mut(&mut self, prefix: &str, f: ParamVisitorMut<T>) {
-        f(format!("{prefix}weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(format!("{prefix}bias"), b);
-        }
+        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
     }
 }
 

@@ -5,9 +5,13 @@ use super::shape::conv_output_size;
 use crate::tensor::Float;
 use rayon::prelude::*;
 
-/// Samples per partial weight gradient in the backward pass. Fixed (not tied to the thread
-/// count) so that the reduction order, and hence the result, is the same on any machine.
-const GRAD_CHUNK: usize = 4;
+/// Samples unfolded side by side into one column matrix, so that one GEMM covers them all
+/// (per-sample GEMMs on LeNet-sized planes are dominated by packing overhead). A function of
+/// the geometry only, never of the thread count: the backward pass reduces weight gradients
+/// chunk by chunk in this order, so results are bit-identical on any machine.
+fn samples_per_chunk(g: &Conv2dGeometry) -> usize {
+    (4096 / (g.out_h * g.out_w).max(1)).clamp(1, 16)
+}
 
 /// Options of a convolution, candle-style: `Conv2dConfig { stride: (2, 2), ..Default::default() }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,8 +132,9 @@ fn valid_range(n: usize, out: usize, s: usize, off: usize, pad: usize) -> (usize
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
-/// Unfolds one group of one sample into columns: x (C_g, H, W) → cols (C_g·kh·kw, H_out·W_out).
-fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T]) {
+/// Unfolds one group of one sample into columns: x (C_g, H, W) → cols (C_g·kh·kw, H_out·W_out),
+/// row r starting at `cols[r·ld]` (ld ≥ H_out·W_out lets samples sit side by side).
+fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T], ld: usize) {
     let c = &g.cfg;
     let (kh, kw) = c.kernel;
     let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
@@ -141,7 +146,7 @@ fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T]) {
             let (r_lo, r_hi) = valid_range(h, oh, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
             for kj in 0..kw {
                 let row = (ch * kh + ki) * kw + kj;
-                let dst = &mut cols[row * plane..(row + 1) * plane];
+                let dst = &mut cols[row * ld..row * ld + plane];
                 let (c_lo, c_hi) = valid_range(w, ow, c.stride.1, kj * c.dilation.1, c.pad_begin.1);
                 for o_r in 0..oh {
                     let d = &mut dst[o_r * ow..(o_r + 1) * ow];
@@ -168,7 +173,7 @@ fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T]) {
 }
 
 /// Folds columns back, adding: the adjoint of [`im2col`], cols → dx (C_g, H, W).
-fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T]) {
+fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T], ld: usize) {
     let c = &g.cfg;
     let (kh, kw) = c.kernel;
     let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
@@ -180,7 +185,7 @@ fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T]) {
             let (r_lo, r_hi) = valid_range(h, oh, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
             for kj in 0..kw {
                 let row = (ch * kh + ki) * kw + kj;
-                let src = &cols[row * plane..(row + 1) * plane];
+                let src = &cols[row * ld..row * ld + plane];
                 let (c_lo, c_hi) = valid_range(w, ow, c.stride.1, kj * c.dilation.1, c.pad_begin.1);
                 for o_r in r_lo..r_hi {
                     let ih = o_r * c.stride.0 + ki * c.dilation.0 - c.pad_begin.0;
@@ -208,34 +213,62 @@ pub fn conv2d_forward<T: Float>(
 ) {
     let groups = g.cfg.groups;
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
-    let in_group = g.in_len() / groups;
-    // One sample cannot be split over the batch, so let the GEMM use the threads instead.
-    let par = if n == 1 { Par::Rayon } else { Par::Seq };
-    y[..n * g.out_len()]
-        .par_chunks_mut(g.out_len())
-        .zip(x[..n * g.in_len()].par_chunks(g.in_len()))
+    let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
+    let chunk = samples_per_chunk(g);
+    // Too few chunks to keep every thread busy: let the GEMM use the threads instead.
+    let par = if n.div_ceil(chunk) < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
+        Par::Rayon
+    } else {
+        Par::Seq
+    };
+    y[..n * out_len]
+        .par_chunks_mut(chunk * out_len)
+        .zip(x[..n * in_len].par_chunks(chunk * in_len))
         .for_each_init(
-            || vec![T::zero(); kpg * plane], // (C_in/groups·kh·kw, H_out·W_out)
-            |cols, (ys, xs)| {
+            || {
+                (
+                    vec![T::zero(); kpg * chunk * plane],
+                    vec![T::zero(); opg * chunk * plane],
+                )
+            },
+            |(cols, tmp), (ys, xs)| {
+                let s = ys.len() / out_len;
+                let ld = s * plane;
                 for gi in 0..groups {
-                    im2col(g, &xs[gi * in_group..(gi + 1) * in_group], cols);
-                    let yg = &mut ys[gi * opg * plane..(gi + 1) * opg * plane];
+                    // cols (kpg, s·plane): the chunk's samples side by side.
+                    for si in 0..s {
+                        im2col(
+                            g,
+                            &xs[si * in_len + gi * in_group..si * in_len + (gi + 1) * in_group],
+                            &mut cols[si * plane..],
+                            ld,
+                        );
+                    }
+                    // tmp (opg, s·plane) = W_g (opg, kpg) · cols
                     matmul(
-                        yg,
+                        &mut tmp[..opg * ld],
                         &w[gi * opg * kpg..(gi + 1) * opg * kpg],
                         Trans::No,
-                        cols,
+                        &cols[..kpg * ld],
                         Trans::No,
                         opg,
                         kpg,
-                        plane,
+                        ld,
                         false,
                         par,
                     );
-                }
-                if let Some(b) = b {
-                    for (yc, &bc) in ys.chunks_mut(plane).zip(b) {
-                        yc.iter_mut().for_each(|v| *v += bc);
+                    for si in 0..s {
+                        for oc in 0..opg {
+                            let dst = &mut ys[si * out_len + (gi * opg + oc) * plane..][..plane];
+                            let src = &tmp[oc * ld + si * plane..][..plane];
+                            match b {
+                                Some(b) => {
+                                    let bc = b[gi * opg + oc];
+                                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bc);
+                                }
+                                None => dst.copy_from_slice(src),
+                            }
+                        }
                     }
                 }
             },
@@ -258,62 +291,88 @@ pub fn conv2d_backward<T: Float>(
     let groups = g.cfg.groups;
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
     let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
-    let chunks = n.div_ceil(GRAD_CHUNK);
-    let par = if n == 1 { Par::Rayon } else { Par::Seq };
+    let chunk = samples_per_chunk(g);
+    let chunks = n.div_ceil(chunk);
+    let par = if chunks < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
+        Par::Rayon
+    } else {
+        Par::Seq
+    };
 
     // One chunk of samples: fills its dx rows, returns its partial (dw, db).
     let work = |ci: usize, mut dxc: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
+        let s0 = ci * chunk;
+        let s = chunk.min(n - s0);
+        let ld = s * plane;
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
         let mut pdb = vec![T::zero(); g.out_channels]; // (C_out)
-        let mut cols = vec![T::zero(); kpg * plane]; // (C_in/groups·kh·kw, H_out·W_out)
-        let mut dcols = vec![T::zero(); if dxc.is_some() { kpg * plane } else { 0 }];
-        for s in ci * GRAD_CHUNK..((ci + 1) * GRAD_CHUNK).min(n) {
-            let xs = &x[s * in_len..(s + 1) * in_len];
-            let dys = &dy[s * out_len..(s + 1) * out_len];
-            let mut dxs = dxc.as_deref_mut().map(|d| {
-                let local = s - ci * GRAD_CHUNK;
-                let d = &mut d[local * in_len..(local + 1) * in_len];
-                d.fill(T::zero());
-                d
-            });
-            for gi in 0..groups {
-                let dyg = &dys[gi * opg * plane..(gi + 1) * opg * plane];
-                im2col(g, &xs[gi * in_group..(gi + 1) * in_group], &mut cols);
-                // dW_g += dY_g (opg × plane) · colsᵀ (plane × kpg)
-                let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
-                matmul(
-                    pdw_g,
-                    dyg,
-                    Trans::No,
-                    &cols,
-                    Trans::Yes,
-                    opg,
-                    plane,
-                    kpg,
-                    true,
-                    par,
+        let mut cols = vec![T::zero(); kpg * ld]; // (C_in/groups·kh·kw, s·plane)
+        let mut dyc = vec![T::zero(); opg * ld]; // (opg, s·plane)
+        let mut dcols = vec![T::zero(); if dxc.is_some() { kpg * ld } else { 0 }];
+        if let Some(d) = dxc.as_deref_mut() {
+            d.fill(T::zero());
+        }
+        for gi in 0..groups {
+            for si in 0..s {
+                let xs = &x[(s0 + si) * in_len..(s0 + si + 1) * in_len];
+                im2col(
+                    g,
+                    &xs[gi * in_group..(gi + 1) * in_group],
+                    &mut cols[si * plane..],
+                    ld,
                 );
-                if let Some(dxs) = dxs.as_deref_mut() {
-                    // dcols = W_gᵀ (kpg × opg) · dY_g (opg × plane)
-                    let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
-                    matmul(
-                        &mut dcols,
-                        wg,
-                        Trans::Yes,
-                        dyg,
-                        Trans::No,
-                        kpg,
-                        opg,
-                        plane,
-                        false,
-                        par,
+                for oc in 0..opg {
+                    dyc[oc * ld + si * plane..][..plane].copy_from_slice(
+                        &dy[(s0 + si) * out_len + (gi * opg + oc) * plane..][..plane],
                     );
-                    col2im(g, &dcols, &mut dxs[gi * in_group..(gi + 1) * in_group]);
                 }
             }
-            for (c, dyc) in dys.chunks(plane).enumerate() {
+            // dW_g += dY_g (opg × s·plane) · colsᵀ (s·plane × kpg)
+            let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
+            matmul(
+                pdw_g,
+                &dyc,
+                Trans::No,
+                &cols,
+                Trans::Yes,
+                opg,
+                ld,
+                kpg,
+                true,
+                par,
+            );
+            for oc in 0..opg {
                 // Summed in f64: a long f32 running sum loses digits that Adam then amplifies.
-                pdb[c] += T::of(dyc.iter().map(|v| v.f64()).sum::<f64>());
+                pdb[gi * opg + oc] += T::of(
+                    dyc[oc * ld..(oc + 1) * ld]
+                        .iter()
+                        .map(|v| v.f64())
+                        .sum::<f64>(),
+                );
+            }
+            if let Some(d) = dxc.as_deref_mut() {
+                // dcols = W_gᵀ (kpg × opg) · dY_g (opg × s·plane)
+                let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
+                matmul(
+                    &mut dcols,
+                    wg,
+                    Trans::Yes,
+                    &dyc,
+                    Trans::No,
+                    kpg,
+                    opg,
+                    ld,
+                    false,
+                    par,
+                );
+                for si in 0..s {
+                    col2im(
+                        g,
+                        &dcols[si * plane..],
+                        &mut d[si * in_len + gi * in_group..si * in_len + (gi + 1) * in_group],
+                        ld,
+                    );
+                }
             }
         }
         (pdw, pdb)
@@ -321,7 +380,7 @@ pub fn conv2d_backward<T: Float>(
 
     let partials: Vec<(Vec<T>, Vec<T>)> = match dx {
         Some(dx) => dx[..n * in_len]
-            .par_chunks_mut(GRAD_CHUNK * in_len)
+            .par_chunks_mut(chunk * in_len)
             .enumerate()
             .map(|(ci, d)| work(ci, Some(d)))
             .collect(),

@@ -71,23 +71,37 @@ impl Pool2dGeometry {
         self.out_h * self.out_w
     }
 
-    /// Window of output (i, j): rows/cols clipped to the input, and the average's divisor
-    /// (the window clipped to the padded input: padded zeros count, overhang does not).
-    fn window(
+    /// Every window along each axis, computed once per call: the input rows (columns) that
+    /// output row (column) o covers, clipped to the input, and its extent clipped to the padded
+    /// input (the average's divisor: padded zeros count, a ceil_mode overhang does not).
+    fn windows(
         &self,
-        i: usize,
-        j: usize,
-    ) -> (std::ops::Range<usize>, std::ops::Range<usize>, usize) {
+    ) -> (
+        Vec<(std::ops::Range<usize>, usize)>,
+        Vec<(std::ops::Range<usize>, usize)>,
+    ) {
         let c = &self.cfg;
-        let axis = |o: usize, k: usize, s: usize, p: usize, n: usize| {
-            let start = (o * s) as isize - p as isize;
-            let end = (start + k as isize).min((n + p) as isize);
-            let size = (end - start) as usize;
-            (start.max(0) as usize..end.min(n as isize) as usize, size)
+        let axis = |out: usize,
+                    k: usize,
+                    s: usize,
+                    p: usize,
+                    n: usize|
+         -> Vec<(std::ops::Range<usize>, usize)> {
+            (0..out)
+                .map(|o| {
+                    let start = (o * s) as isize - p as isize;
+                    let end = (start + k as isize).min((n + p) as isize);
+                    (
+                        start.max(0) as usize..end.min(n as isize) as usize,
+                        (end - start) as usize,
+                    )
+                })
+                .collect()
         };
-        let (rows, sh) = axis(i, c.kernel.0, c.stride.0, c.padding.0, self.in_h);
-        let (cols, sw) = axis(j, c.kernel.1, c.stride.1, c.padding.1, self.in_w);
-        (rows, cols, sh * sw)
+        (
+            axis(self.out_h, c.kernel.0, c.stride.0, c.padding.0, self.in_h),
+            axis(self.out_w, c.kernel.1, c.stride.1, c.padding.1, self.in_w),
+        )
     }
 }
 
@@ -95,13 +109,14 @@ impl Pool2dGeometry {
 /// NaN wins, as in PyTorch.
 pub fn maxpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], argmax: &mut [u32]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
+    let (wr, wc) = g.windows();
     y.par_chunks_mut(op)
         .zip(argmax.par_chunks_mut(op))
         .zip(x.par_chunks(ip))
         .for_each(|((yp, ap), xp)| {
             for i in 0..g.out_h {
                 for j in 0..g.out_w {
-                    let (rows, cols, _) = g.window(i, j);
+                    let (rows, cols, _) = (wr[i].0.clone(), wc[j].0.clone(), wr[i].1 * wc[j].1);
                     let mut best = T::neg_infinity();
                     let mut at = rows.start * g.in_w + cols.start;
                     'win: for r in rows {
@@ -140,12 +155,13 @@ pub fn maxpool2d_backward<T: Float>(g: &Pool2dGeometry, dy: &[T], argmax: &[u32]
 /// Average pooling; the divisor counts padded zeros but not a ceil_mode overhang.
 pub fn avgpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
+    let (wr, wc) = g.windows();
     y.par_chunks_mut(op)
         .zip(x.par_chunks(ip))
         .for_each(|(yp, xp)| {
             for i in 0..g.out_h {
                 for j in 0..g.out_w {
-                    let (rows, cols, count) = g.window(i, j);
+                    let (rows, cols, count) = (wr[i].0.clone(), wc[j].0.clone(), wr[i].1 * wc[j].1);
                     let mut s = T::zero();
                     for r in rows {
                         s += xp[r * g.in_w + cols.start..r * g.in_w + cols.end]
@@ -162,13 +178,14 @@ pub fn avgpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
 /// dx = each dy spread evenly over its window (dx is overwritten).
 pub fn avgpool2d_backward<T: Float>(g: &Pool2dGeometry, dy: &[T], dx: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
+    let (wr, wc) = g.windows();
     dx.par_chunks_mut(ip)
         .zip(dy.par_chunks(op))
         .for_each(|(dxp, dyp)| {
             dxp.fill(T::zero());
             for i in 0..g.out_h {
                 for j in 0..g.out_w {
-                    let (rows, cols, count) = g.window(i, j);
+                    let (rows, cols, count) = (wr[i].0.clone(), wc[j].0.clone(), wr[i].1 * wc[j].1);
                     let d = dyp[i * g.out_w + j] / T::of(count as f64);
                     for r in rows {
                         dxp[r * g.in_w + cols.start..r * g.in_w + cols.end]

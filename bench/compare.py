@@ -1,0 +1,156 @@
+"""Times the speed workloads in PyTorch (CPU) / scipy and in convnet in one run, and prints
+a table of ratios (peer time / convnet time; above 1 means convnet is faster).
+
+    python3 -m venv venv && venv/bin/pip install torch scipy numpy
+    venv/bin/python bench/compare.py            # from the repository root
+
+convnet's side is `cargo run --release --example workloads`. Both sides use every core
+(PyTorch: torch.set_num_threads(os.cpu_count())) and report the median of repeats.
+"""
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import scipy.signal as ss
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+THREADS = os.cpu_count()
+torch.set_num_threads(THREADS)
+
+# (workload, target ratio): the targets of the speed issue.
+TARGETS = {
+    "lenet5_train_step_b64": 3.0,
+    "lenet5_inference_10k": 4.0,
+    "conv2d_n32_c64_56_k64_3x3_fwd": 1.0,
+    "conv2d_n32_c64_56_k64_3x3_fwdbwd": 1.0,
+    "conv2d_n8_c3_224_k64_7x7_s2_fwd": 1.0,
+    "sgemm_1024": 0.8,
+    "maxpool_n64_c16_28_2x2": None,
+    "filter_direct_3x3_512": 5.0,
+    "filter_fft_31x31_512": 1.0,
+}
+
+
+def median_time(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def lenet():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def peer_times():
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    model = lenet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(64, 1, 28, 28, generator=g)
+    y = torch.arange(64) % 10
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    out["lenet5_train_step_b64"] = median_time(step, 20, 200)
+
+    xs = torch.rand(10_000, 1, 28, 28, generator=g)
+    model.eval()
+
+    def infer():
+        with torch.no_grad():
+            for s in range(0, 10_000, 500):
+                model(xs[s:s + 500])
+    out["lenet5_inference_10k"] = median_time(infer, 2, 10)
+
+    def conv(n, c, hw, k, ks, stride, pad, backward):
+        x = torch.randn(n, c, hw, hw, generator=g, requires_grad=backward)
+        w = torch.randn(k, c, ks, ks, generator=g, requires_grad=backward)
+        b = torch.randn(k, generator=g, requires_grad=backward)
+
+        def run():
+            if backward:
+                yv = F.conv2d(x, w, b, stride=stride, padding=pad)
+                yv.backward(torch.ones_like(yv))
+            else:
+                with torch.no_grad():
+                    F.conv2d(x, w, b, stride=stride, padding=pad)
+        return median_time(run, 2, 10)
+    out["conv2d_n32_c64_56_k64_3x3_fwd"] = conv(32, 64, 56, 64, 3, 1, 1, False)
+    out["conv2d_n32_c64_56_k64_3x3_fwdbwd"] = conv(32, 64, 56, 64, 3, 1, 1, True)
+    out["conv2d_n8_c3_224_k64_7x7_s2_fwd"] = conv(8, 3, 224, 64, 7, 2, 3, False)
+
+    a, b = torch.randn(1024, 1024, generator=g), torch.randn(1024, 1024, generator=g)
+    out["sgemm_1024"] = median_time(lambda: torch.mm(a, b), 3, 20)
+    xp = torch.randn(64, 16, 28, 28, generator=g)
+    out["maxpool_n64_c16_28_2x2"] = median_time(lambda: F.max_pool2d(xp, 2), 5, 50)
+
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((512, 512))
+    out["filter_direct_3x3_512"] = median_time(lambda: ss.convolve2d(img, rng.standard_normal((3, 3))), 3, 30)
+    k31 = rng.standard_normal((31, 31))
+    out["filter_fft_31x31_512"] = median_time(lambda: ss.fftconvolve(img, k31), 3, 30)
+    return out
+
+
+def ours():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["cargo", "build", "--release", "--example", "workloads"], cwd=root, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    text = subprocess.run(["cargo", "run", "--release", "-q", "--example", "workloads"], cwd=root,
+                          check=True, capture_output=True, text=True).stdout
+    return {name: float(t) for name, t in (line.split("\t") for line in text.strip().splitlines())}
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main():
+    peer = peer_times()
+    mine = ours()
+    print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {THREADS} threads; "
+          f"torch {torch.__version__}, scipy {ss.__name__ and __import__('scipy').__version__}")
+    print()
+    print("| workload | peer | peer time | convnet time | ratio (peer / convnet) | target | met |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    ok = True
+    for name, target in TARGETS.items():
+        p, m = peer[name], mine[name]
+        ratio = p / m
+        who = "scipy" if name.startswith("filter") else "PyTorch"
+        met = "" if target is None else ("yes" if ratio >= target else "no")
+        ok &= target is None or ratio >= target
+        tgt = "" if target is None else f"≥ {target:g}×"
+        print(f"| {name} | {who} | {p * 1e3:.2f} ms | {m * 1e3:.2f} ms | {ratio:.2f}× | {tgt} | {met} |")
+    lenet_ips = 64 / mine["lenet5_train_step_b64"]
+    print()
+    print(f"LeNet-5 training: convnet {lenet_ips:,.0f} images/s, PyTorch {64 / peer['lenet5_train_step_b64']:,.0f} images/s")
+    print(f"sgemm 1024³: convnet {2 * 1024 ** 3 / mine['sgemm_1024'] / 1e9:.0f} GFLOP/s, "
+          f"PyTorch {2 * 1024 ** 3 / peer['sgemm_1024'] / 1e9:.0f} GFLOP/s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
