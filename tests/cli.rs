@@ -392,3 +392,28 @@ fn bad_options_are_clear_errors() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn weights_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs: Vec<_> = ["1", "2"]
+        .iter()
+        .map(|t| {
+            let out = dir.path().join(format!("t{t}"));
+            ok(&convnet(&[
+                "--threads",
+                t,
+                "train",
+                "--quiet",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--out",
+                p(&out),
+            ]));
+            std::fs::read(out.join("model.safetensors")).unwrap()
+        })
+        .collect();
+    assert!(runs[0] == runs[1], "1 and 2 threads gave different weights");
+}

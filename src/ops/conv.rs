@@ -160,7 +160,11 @@ fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T], ld: usize) {
                     d[c_hi..].fill(T::zero());
                     let iw0 = c_lo * c.stride.1 + kj * c.dilation.1 - c.pad_begin.1;
                     if c.stride.1 == 1 {
-                        d[c_lo..c_hi].copy_from_slice(&src[iw0..iw0 + (c_hi - c_lo)]);
+                        // A loop, not copy_from_slice: rows are short (LeNet: 10–28), and an
+                        // inlined vector move beats a call to memmove at that length.
+                        for (dv, &sv) in d[c_lo..c_hi].iter_mut().zip(&src[iw0..]) {
+                            *dv = sv;
+                        }
                     } else {
                         for (i, v) in d[c_lo..c_hi].iter_mut().enumerate() {
                             *v = src[iw0 + i * c.stride.1];
@@ -300,15 +304,28 @@ pub fn conv2d_backward<T: Float>(
     };
 
     // One chunk of samples: fills its dx rows, returns its partial (dw, db).
-    let work = |ci: usize, mut dxc: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
+    // Scratch reused by every chunk a worker thread takes (fully overwritten before each read).
+    let scratch = || {
+        (
+            vec![T::zero(); kpg * chunk * plane], // cols (C_in/groups·kh·kw, chunk·plane)
+            vec![T::zero(); opg * chunk * plane], // dY gathered (opg, chunk·plane)
+            vec![T::zero(); kpg * chunk * plane], // dcols (C_in/groups·kh·kw, chunk·plane)
+        )
+    };
+    let work = |bufs: &mut (Vec<T>, Vec<T>, Vec<T>),
+                ci: usize,
+                mut dxc: Option<&mut [T]>|
+     -> (Vec<T>, Vec<T>) {
         let s0 = ci * chunk;
         let s = chunk.min(n - s0);
         let ld = s * plane;
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
         let mut pdb = vec![T::zero(); g.out_channels]; // (C_out)
-        let mut cols = vec![T::zero(); kpg * ld]; // (C_in/groups·kh·kw, s·plane)
-        let mut dyc = vec![T::zero(); opg * ld]; // (opg, s·plane)
-        let mut dcols = vec![T::zero(); if dxc.is_some() { kpg * ld } else { 0 }];
+        let (cols, dyc, dcols) = (
+            &mut bufs.0[..kpg * ld],
+            &mut bufs.1[..opg * ld],
+            &mut bufs.2[..kpg * ld],
+        );
         if let Some(d) = dxc.as_deref_mut() {
             d.fill(T::zero());
         }
@@ -331,9 +348,9 @@ pub fn conv2d_backward<T: Float>(
             let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
             matmul(
                 pdw_g,
-                &dyc,
+                dyc,
                 Trans::No,
-                &cols,
+                cols,
                 Trans::Yes,
                 opg,
                 ld,
@@ -354,10 +371,10 @@ pub fn conv2d_backward<T: Float>(
                 // dcols = W_gᵀ (kpg × opg) · dY_g (opg × s·plane)
                 let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
                 matmul(
-                    &mut dcols,
+                    dcols,
                     wg,
                     Trans::Yes,
-                    &dyc,
+                    dyc,
                     Trans::No,
                     kpg,
                     opg,
@@ -382,11 +399,11 @@ pub fn conv2d_backward<T: Float>(
         Some(dx) => dx[..n * in_len]
             .par_chunks_mut(chunk * in_len)
             .enumerate()
-            .map(|(ci, d)| work(ci, Some(d)))
+            .map_init(scratch, |b, (ci, d)| work(b, ci, Some(d)))
             .collect(),
         None => (0..chunks)
             .into_par_iter()
-            .map(|ci| work(ci, None))
+            .map_init(scratch, |b, ci| work(b, ci, None))
             .collect(),
     };
     // Reduce in chunk order: bit-identical whatever the thread count.
