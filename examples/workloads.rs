@@ -1,10 +1,6 @@
 //! The speed workloads, timed: `cargo run --release --example workloads [NAME ...]` prints one
 //! "name<TAB>median seconds" line per workload (bench/compare.py runs this beside PyTorch/scipy).
 //! `benches/workloads.rs` runs the same workloads under criterion.
-// The same allocator as the `convnet` binary, so the timings are the binary's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[path = "../benches/workloads_def.rs"]
 mod workloads_def;
 

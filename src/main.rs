@@ -1,11 +1,6 @@
 //! The `convnet` command: parse arguments, run, print the error and exit non-zero on failure.
 use clap::Parser;
 
-// Training allocates the same large buffers every batch; mimalloc reuses them where the
-// system allocator returns them to the kernel and page-faults them back in each time.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     // Like other Unix tools, stop quietly when the reader of our output goes away
     // (`convnet eval ... | head`) instead of panicking on a failed print.
