@@ -42,6 +42,8 @@ fn lenet() -> Network<f32> {
     )
 }
 
+// The workload table below reads best with the shape spelled out positionally.
+#[allow(clippy::too_many_arguments)]
 fn conv_case(
     n: usize,
     c: usize,

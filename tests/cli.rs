@@ -359,7 +359,7 @@ fn interrupted_and_resumed_run_ends_with_identical_weights() {
             err.contains("interrupted") && err.contains("--resume"),
             "{err}"
         );
-        assert!(done >= 1 && done < 4, "{done}");
+        assert!((1..4).contains(&done), "{done}");
     }
     ok(&convnet(&["train", "--quiet", "--resume", p(&cut)]));
     assert_eq!(metrics(&cut).len(), 4);

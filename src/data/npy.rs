@@ -215,8 +215,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
             header.descr
         )));
     }
-    let file =
-        npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid npy file: {e}")))?;
+    let file = npyz::NpyFile::new(bytes).map_err(|e| bad(format!("not a valid npy file: {e}")))?;
     if file.order() == Order::Fortran {
         return Err(bad(
             "Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into(),

@@ -542,7 +542,7 @@ impl ModelSpec {
                 ));
             }
             s = l.output_shape(&s).map_err(|e| (i, e))?;
-            if s.iter().any(|&d| d == 0) {
+            if s.contains(&0) {
                 return Err((i, format!("the output shape {s:?} is empty")));
             }
             if elements(&s).is_none_or(|n| n > MAX_ELEMENTS) {

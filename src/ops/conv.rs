@@ -55,7 +55,7 @@ impl Conv2dGeometry {
     /// Checks the configuration against the input `[C, H, W]`; the error says what does not fit.
     pub fn new(input: [usize; 3], out_channels: usize, cfg: Conv2dConfig) -> Result<Self, String> {
         let [c, h, w] = input;
-        if cfg.groups == 0 || c % cfg.groups != 0 || out_channels % cfg.groups != 0 {
+        if cfg.groups == 0 || c % cfg.groups != 0 || !out_channels.is_multiple_of(cfg.groups) {
             return Err(format!(
                 "groups = {} must divide both the input channels ({c}) and out_channels ({out_channels})",
                 cfg.groups

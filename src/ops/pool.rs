@@ -24,6 +24,10 @@ impl Default for Pool2dConfig {
     }
 }
 
+/// Input indices one output covers along an axis (clipped to the input), and the window's
+/// length clipped to the padded input.
+type AxisWindow = (std::ops::Range<usize>, usize);
+
 /// Every size of one pooling, derived from the input shape and the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2dGeometry {
@@ -74,19 +78,9 @@ impl Pool2dGeometry {
     /// Every window along each axis, computed once per call: the input rows (columns) that
     /// output row (column) o covers, clipped to the input, and its extent clipped to the padded
     /// input (the average's divisor: padded zeros count, a ceil_mode overhang does not).
-    fn windows(
-        &self,
-    ) -> (
-        Vec<(std::ops::Range<usize>, usize)>,
-        Vec<(std::ops::Range<usize>, usize)>,
-    ) {
+    fn windows(&self) -> (Vec<AxisWindow>, Vec<AxisWindow>) {
         let c = &self.cfg;
-        let axis = |out: usize,
-                    k: usize,
-                    s: usize,
-                    p: usize,
-                    n: usize|
-         -> Vec<(std::ops::Range<usize>, usize)> {
+        let axis = |out: usize, k: usize, s: usize, p: usize, n: usize| -> Vec<AxisWindow> {
             (0..out)
                 .map(|o| {
                     let start = (o * s) as isize - p as isize;

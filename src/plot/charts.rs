@@ -144,8 +144,7 @@ fn draw_curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Curves) ->
         .iter()
         .copied()
         .fold(1.0f64, f64::min)
-        .min(0.9)
-        .max(0.0);
+        .clamp(0.0, 0.9);
     let mut chart = ChartBuilder::on(&right)
         .caption("test accuracy", (FONT, 22))
         .margin(12)
