@@ -108,12 +108,11 @@ pub fn maxpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], arg
         .zip(argmax.par_chunks_mut(op))
         .zip(x.par_chunks(ip))
         .for_each(|((yp, ap), xp)| {
-            for i in 0..g.out_h {
-                for j in 0..g.out_w {
-                    let (rows, cols, _) = (wr[i].0.clone(), wc[j].0.clone(), wr[i].1 * wc[j].1);
+            for (i, (rows, _)) in wr.iter().enumerate() {
+                for (j, (cols, _)) in wc.iter().enumerate() {
                     let mut best = T::neg_infinity();
                     let mut at = rows.start * g.in_w + cols.start;
-                    'win: for r in rows {
+                    'win: for r in rows.clone() {
                         for c in cols.clone() {
                             let v = xp[r * g.in_w + c];
                             if v > best || v.is_nan() {
@@ -153,11 +152,11 @@ pub fn avgpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
     y.par_chunks_mut(op)
         .zip(x.par_chunks(ip))
         .for_each(|(yp, xp)| {
-            for i in 0..g.out_h {
-                for j in 0..g.out_w {
-                    let (rows, cols, count) = (wr[i].0.clone(), wc[j].0.clone(), wr[i].1 * wc[j].1);
+            for (i, (rows, eh)) in wr.iter().enumerate() {
+                for (j, (cols, ew)) in wc.iter().enumerate() {
+                    let count = eh * ew;
                     let mut s = T::zero();
-                    for r in rows {
+                    for r in rows.clone() {
                         s += xp[r * g.in_w + cols.start..r * g.in_w + cols.end]
                             .iter()
                             .copied()
@@ -177,11 +176,11 @@ pub fn avgpool2d_backward<T: Float>(g: &Pool2dGeometry, dy: &[T], dx: &mut [T]) 
         .zip(dy.par_chunks(op))
         .for_each(|(dxp, dyp)| {
             dxp.fill(T::zero());
-            for i in 0..g.out_h {
-                for j in 0..g.out_w {
-                    let (rows, cols, count) = (wr[i].0.clone(), wc[j].0.clone(), wr[i].1 * wc[j].1);
+            for (i, (rows, eh)) in wr.iter().enumerate() {
+                for (j, (cols, ew)) in wc.iter().enumerate() {
+                    let count = eh * ew;
                     let d = dyp[i * g.out_w + j] / T::of(count as f64);
-                    for r in rows {
+                    for r in rows.clone() {
                         dxp[r * g.in_w + cols.start..r * g.in_w + cols.end]
                             .iter_mut()
                             .for_each(|v| *v += d);
