@@ -4,6 +4,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 mod workloads_def;
 
 fn bench(c: &mut Criterion) {
+    convnet::alloc::keep_freed_memory();
     let mut g = c.benchmark_group("workloads");
     g.sample_size(10);
     for w in workloads_def::all() {

@@ -5,6 +5,8 @@
 mod workloads_def;
 
 fn main() {
+    // The binary's allocator settings, so that both time the same thing.
+    convnet::alloc::keep_freed_memory();
     let only: Vec<String> = std::env::args().skip(1).collect();
     for w in workloads_def::all() {
         if !only.is_empty() && !only.iter().any(|o| w.name.contains(o.as_str())) {

@@ -45,6 +45,7 @@
 //! assert!(h.data().iter().all(|&v| v == -6.0));
 //! # Ok::<(), convnet::Error>(())
 //! ```
+pub mod alloc;
 pub mod cli;
 pub mod data;
 pub mod error;

@@ -9,6 +9,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    convnet::alloc::keep_freed_memory();
     let cli = convnet::cli::Cli::parse();
     if let Err(e) = convnet::cli::run(cli) {
         eprintln!("error: {e}");

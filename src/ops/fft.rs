@@ -66,10 +66,13 @@ pub fn fft_convolve_full<T: SignalFloat>(
         }
         t
     };
-    let sx = spectrum(x, xr, xc);
+    let mut prod = spectrum(x, xr, xc); // (hc, pr), becomes the product in place
     let sk = spectrum(k, kr, kc);
     let scale = T::one() / T::of((pr * pc) as f64);
-    let mut prod: Vec<Complex<T>> = sx.iter().zip(&sk).map(|(a, b)| a * b * scale).collect(); // (hc, pr)
+    prod.iter_mut()
+        .zip(&sk)
+        .for_each(|(a, b)| *a = *a * b * scale);
+    drop(sk);
     if pr > 1 {
         prod.par_chunks_mut(pr).for_each(|c| col_inv.process(c));
     }

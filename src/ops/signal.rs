@@ -39,7 +39,8 @@ impl Default for Boundary {
     }
 }
 
-/// How to compute: by the defining sum, by FFT, or whichever scipy's cost model picks.
+/// How to compute: by the defining sum, by FFT, or whichever the cost model predicts is faster
+/// ([`auto_picks_fft`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Method {
     #[default]
@@ -124,8 +125,26 @@ fn extend(i: isize, n: usize, b: Boundary) -> Option<usize> {
     }
 }
 
+/// How much faster our 2-D direct kernel is than scipy's `convolve2d`, relative to the FFT:
+/// fitted so that scipy's cost model, with its 2-D direct constants divided by this, puts the
+/// crossover where `examples/fft_crossover.rs` measures it (512² image: direct up to 9×9,
+/// FFT from 11×11; scipy's own constants would pick the FFT already at 3×3, 5× slower here).
+const DIRECT_2D_SPEEDUP: f64 = 22.0;
+
+/// What `Method::Auto` picks: true for FFT. scipy's cost model ([`fft_is_faster`]) with the
+/// 2-D direct cost rescaled to our kernel; 1-D constants are scipy's (numpy's direct 1-D
+/// correlation is about as fast as ours).
+pub fn auto_picks_fft(x: &[usize], k: &[usize], mode: Mode) -> bool {
+    fft_cheaper(x, k, mode, DIRECT_2D_SPEEDUP)
+}
+
 /// scipy's `_fftconv_faster`: true when its cost model predicts FFT beats direct.
 pub fn fft_is_faster(x: &[usize], k: &[usize], mode: Mode) -> bool {
+    fft_cheaper(x, k, mode, 1.0)
+}
+
+/// scipy's cost model, with the 2-D direct constants divided by `direct_2d_speedup`.
+fn fft_cheaper(x: &[usize], k: &[usize], mode: Mode, direct_2d_speedup: f64) -> bool {
     let prod = |s: &[usize]| s.iter().product::<usize>() as f64;
     let out: Vec<usize> = x
         .iter()
@@ -162,11 +181,12 @@ pub fn fft_is_faster(x: &[usize], k: &[usize], mode: Mode) -> bool {
             Mode::Same => (3.21635404e-9, 1.1773253e-8, -1e-5),
         }
     } else {
-        match mode {
-            Mode::Valid => (1.85927e-9, 2.11242e-8, offset),
-            Mode::Full => (1.99817e-9, 1.66174e-8, offset),
-            Mode::Same => (2.04735e-9, 1.55367e-8, offset),
-        }
+        let (o_fft, o_direct) = match mode {
+            Mode::Valid => (1.85927e-9, 2.11242e-8),
+            Mode::Full => (1.99817e-9, 1.66174e-8),
+            Mode::Same => (2.04735e-9, 1.55367e-8),
+        };
+        (o_fft, o_direct / direct_2d_speedup, offset)
     };
     o_fft * fft < o_direct * direct + o_off
 }
@@ -241,7 +261,7 @@ pub fn filter<T: SignalFloat>(
     let method = match cfg.method {
         Method::Auto
             if cfg.boundary == Boundary::Fill(0.0)
-                && fft_is_faster(x.shape(), kernel.shape(), cfg.mode) =>
+                && auto_picks_fft(x.shape(), kernel.shape(), cfg.mode) =>
         {
             Method::Fft
         }
@@ -271,6 +291,9 @@ pub fn filter<T: SignalFloat>(
             let (fr, fc) = (xr + kr - 1, xc + kc - 1);
             debug_assert_eq!(full.len(), fr * fc);
             let (sr, sc) = (kr - 1 - off_r, kc - 1 - off_c);
+            if (or, oc) == (fr, fc) {
+                return Tensor::from_vec(&shape_out(or, oc), full);
+            }
             let mut out = Vec::with_capacity(or * oc);
             for r in 0..or {
                 out.extend_from_slice(&full[(r + sr) * fc + sc..(r + sr) * fc + sc + oc]);
@@ -297,9 +320,13 @@ pub fn filter<T: SignalFloat>(
     Tensor::from_vec(&shape_out(or, oc), out)
 }
 
-/// out[m, n] = Σ_{j,k} X[m − off_r + j, n − off_c + k] · kc[j, k], by first laying out the
-/// boundary-extended input P (out + K − 1 per axis) so the inner loop is a plain, vectorisable
-/// multiply-add along a row; rows in parallel.
+/// Output rows per parallel task of [`correlate_direct`]: enough work to outweigh a hand-off.
+const ROWS_PER_TASK: usize = 16;
+
+/// out[m, n] = Σ_{j,k} X[m − off_r + j, n − off_c + k] · kc[j, k]. Each input row a task needs
+/// is laid out boundary-extended (out_c + K_c − 1 values) in a small per-thread buffer, so the
+/// inner loop is a plain, vectorisable multiply-add along a row and no extended copy of the
+/// whole input is ever allocated; blocks of rows in parallel.
 fn correlate_direct<T: SignalFloat>(
     x: &[T],
     (xr, xc): (usize, usize),
@@ -309,37 +336,45 @@ fn correlate_direct<T: SignalFloat>(
     (off_r, off_c): (usize, usize),
     b: Boundary,
 ) -> Vec<T> {
-    let (pr, pc) = (or + kr - 1, oc + kc - 1);
+    let pc = oc + kc - 1;
     let fill = match b {
         Boundary::Fill(v) => T::of(v),
         _ => T::zero(),
     };
-    let mut p = vec![fill; pr * pc]; // (out_r + K_r − 1, out_c + K_c − 1)
+    // Source column of each extended column (None: the fill value).
     let cols: Vec<Option<usize>> = (0..pc)
         .map(|j| extend(j as isize - off_c as isize, xc, b))
         .collect();
-    p.par_chunks_mut(pc).enumerate().for_each(|(i, row)| {
-        if let Some(si) = extend(i as isize - off_r as isize, xr, b) {
-            let src = &x[si * xc..(si + 1) * xc];
-            for (d, c) in row.iter_mut().zip(&cols) {
-                if let Some(c) = c {
-                    *d = src[*c];
+    let mut out = vec![T::zero(); or * oc]; // (out_r, out_c)
+    out.par_chunks_mut(oc * ROWS_PER_TASK)
+        .enumerate()
+        .for_each_init(
+            || vec![fill; pc], // one extended input row (out_c + K_c − 1)
+            |prow, (block, orows)| {
+                for (i, orow) in orows.chunks_mut(oc).enumerate() {
+                    let m = block * ROWS_PER_TASK + i;
+                    for j in 0..kr {
+                        match extend((m + j) as isize - off_r as isize, xr, b) {
+                            Some(si) => {
+                                let src = &x[si * xc..(si + 1) * xc];
+                                for (d, c) in prow.iter_mut().zip(&cols) {
+                                    *d = c.map_or(fill, |c| src[c]);
+                                }
+                            }
+                            // A row wholly in the fill: zero adds nothing.
+                            None if fill == T::zero() => continue,
+                            None => prow.fill(fill),
+                        }
+                        for k in 0..kc {
+                            let w = kcorr[j * kc + k];
+                            for (o, &v) in orow.iter_mut().zip(&prow[k..k + oc]) {
+                                *o += v * w;
+                            }
+                        }
+                    }
                 }
-            }
-        }
-    });
-    let mut out = vec![T::zero(); or * oc];
-    out.par_chunks_mut(oc).enumerate().for_each(|(m, orow)| {
-        for j in 0..kr {
-            let prow = &p[(m + j) * pc..(m + j + 1) * pc];
-            for k in 0..kc {
-                let w = kcorr[j * kc + k];
-                for (o, &v) in orow.iter_mut().zip(&prow[k..k + oc]) {
-                    *o += v * w;
-                }
-            }
-        }
-    });
+            },
+        );
     out
 }
 
@@ -438,6 +473,8 @@ mod tests {
             ((8, 8), (1, 3)),
             ((1, 9), (1, 4)),
             ((5, 6), (5, 6)),
+            // More output rows than one parallel task takes (ROWS_PER_TASK).
+            ((37, 11), (4, 3)),
         ] {
             let x: Vec<f64> = (0..xs.0 * xs.1).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let k: Vec<f64> = (0..ks.0 * ks.1).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -499,5 +536,11 @@ mod tests {
         assert!(fft_is_faster(&[512, 512], &[3, 3], Mode::Full));
         assert!(!fft_is_faster(&[10], &[3], Mode::Full));
         assert!(!fft_is_faster(&[20, 20], &[3, 3], Mode::Same));
+        // Ours: the measured 512² crossover between 9×9 and 11×11.
+        assert!(!auto_picks_fft(&[512, 512], &[3, 3], Mode::Full));
+        assert!(!auto_picks_fft(&[512, 512], &[9, 9], Mode::Full));
+        assert!(auto_picks_fft(&[512, 512], &[11, 11], Mode::Full));
+        assert!(auto_picks_fft(&[512, 512], &[31, 31], Mode::Full));
+        assert!(!auto_picks_fft(&[10], &[3], Mode::Full));
     }
 }
