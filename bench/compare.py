@@ -30,6 +30,11 @@ TARGETS = {
     "conv2d_n32_c64_56_k64_3x3_fwd": 1.0,
     "conv2d_n32_c64_56_k64_3x3_fwdbwd": 1.0,
     "conv2d_n8_c3_224_k64_7x7_s2_fwd": 1.0,
+    # LeNet-5's convolutions at batch 64: no targets of their own, they explain the step's.
+    "conv2d_n64_c1_28_k6_5x5_p2_fwd": None,
+    "conv2d_n64_c1_28_k6_5x5_p2_fwdbwd": None,
+    "conv2d_n64_c6_14_k16_5x5_fwd": None,
+    "conv2d_n64_c6_14_k16_5x5_fwdbwd": None,
     "sgemm_1024": 0.8,
     "maxpool_n64_c16_28_2x2": None,
     "filter_direct_3x3_512": 5.0,
@@ -78,8 +83,8 @@ def peer_times():
                 model(xs[s:s + 500])
     out["lenet5_inference_10k"] = median_time(infer, 2, 10)
 
-    def conv(n, c, hw, k, ks, stride, pad, backward):
-        x = torch.randn(n, c, hw, hw, generator=g, requires_grad=backward)
+    def conv(n, c, hw, k, ks, stride, pad, backward, need_dx=True):
+        x = torch.randn(n, c, hw, hw, generator=g, requires_grad=backward and need_dx)
         w = torch.randn(k, c, ks, ks, generator=g, requires_grad=backward)
         b = torch.randn(k, generator=g, requires_grad=backward)
 
@@ -90,10 +95,14 @@ def peer_times():
             else:
                 with torch.no_grad():
                     F.conv2d(x, w, b, stride=stride, padding=pad)
-        return median_time(run, 2, 10)
+        return median_time(run, 2, 10) if n * k * hw * hw > 1 << 20 else median_time(run, 5, 50)
     out["conv2d_n32_c64_56_k64_3x3_fwd"] = conv(32, 64, 56, 64, 3, 1, 1, False)
     out["conv2d_n32_c64_56_k64_3x3_fwdbwd"] = conv(32, 64, 56, 64, 3, 1, 1, True)
     out["conv2d_n8_c3_224_k64_7x7_s2_fwd"] = conv(8, 3, 224, 64, 7, 2, 3, False)
+    out["conv2d_n64_c1_28_k6_5x5_p2_fwd"] = conv(64, 1, 28, 6, 5, 1, 2, False)
+    out["conv2d_n64_c1_28_k6_5x5_p2_fwdbwd"] = conv(64, 1, 28, 6, 5, 1, 2, True, need_dx=False)
+    out["conv2d_n64_c6_14_k16_5x5_fwd"] = conv(64, 6, 14, 16, 5, 1, 0, False)
+    out["conv2d_n64_c6_14_k16_5x5_fwdbwd"] = conv(64, 6, 14, 16, 5, 1, 0, True)
 
     a, b = torch.randn(1024, 1024, generator=g), torch.randn(1024, 1024, generator=g)
     out["sgemm_1024"] = median_time(lambda: torch.mm(a, b), 3, 20)

@@ -42,6 +42,16 @@ fn lenet() -> Network<f32> {
     )
 }
 
+/// Which passes a convolution workload runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    /// Forward and backward with the input gradient.
+    Both,
+    /// Forward and backward without the input gradient (a network's first layer).
+    BothNoDx,
+}
+
 // The workload table below reads best with the shape spelled out positionally.
 #[allow(clippy::too_many_arguments)]
 fn conv_case(
@@ -52,7 +62,7 @@ fn conv_case(
     ks: usize,
     stride: usize,
     pad: usize,
-    backward: bool,
+    pass: Pass,
 ) -> Box<dyn FnMut()> {
     let cfg = Conv2dConfig {
         kernel: (ks, ks),
@@ -74,8 +84,9 @@ fn conv_case(
     );
     Box::new(move || {
         conv2d_forward(&g, n, &x, &w, Some(&b), &mut y);
-        if backward {
-            conv2d_backward(&g, n, &x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db));
+        if pass != Pass::Forward {
+            let dx = (pass == Pass::Both).then_some(&mut dx[..]);
+            conv2d_backward(&g, n, &x, &w, &dy, dx, &mut dw, Some(&mut db));
         }
         black_box(&y);
     })
@@ -130,19 +141,44 @@ pub fn all() -> Vec<Workload> {
             name: "conv2d_n32_c64_56_k64_3x3_fwd",
             warmup: 2,
             repeats: 10,
-            setup: || conv_case(32, 64, 56, 64, 3, 1, 1, false),
+            setup: || conv_case(32, 64, 56, 64, 3, 1, 1, Pass::Forward),
         },
         Workload {
             name: "conv2d_n32_c64_56_k64_3x3_fwdbwd",
             warmup: 2,
             repeats: 10,
-            setup: || conv_case(32, 64, 56, 64, 3, 1, 1, true),
+            setup: || conv_case(32, 64, 56, 64, 3, 1, 1, Pass::Both),
         },
         Workload {
             name: "conv2d_n8_c3_224_k64_7x7_s2_fwd",
             warmup: 2,
             repeats: 10,
-            setup: || conv_case(8, 3, 224, 64, 7, 2, 3, false),
+            setup: || conv_case(8, 3, 224, 64, 7, 2, 3, Pass::Forward),
+        },
+        // LeNet-5's two convolutions at batch 64 (the training step's building blocks).
+        Workload {
+            name: "conv2d_n64_c1_28_k6_5x5_p2_fwd",
+            warmup: 5,
+            repeats: 50,
+            setup: || conv_case(64, 1, 28, 6, 5, 1, 2, Pass::Forward),
+        },
+        Workload {
+            name: "conv2d_n64_c1_28_k6_5x5_p2_fwdbwd",
+            warmup: 5,
+            repeats: 50,
+            setup: || conv_case(64, 1, 28, 6, 5, 1, 2, Pass::BothNoDx),
+        },
+        Workload {
+            name: "conv2d_n64_c6_14_k16_5x5_fwd",
+            warmup: 5,
+            repeats: 50,
+            setup: || conv_case(64, 6, 14, 16, 5, 1, 0, Pass::Forward),
+        },
+        Workload {
+            name: "conv2d_n64_c6_14_k16_5x5_fwdbwd",
+            warmup: 5,
+            repeats: 50,
+            setup: || conv_case(64, 6, 14, 16, 5, 1, 0, Pass::Both),
         },
         Workload {
             name: "sgemm_1024",

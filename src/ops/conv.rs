@@ -1,5 +1,6 @@
 //! 2-D cross-correlation (what deep nets call convolution) as im2col + GEMM, forward and
 //! backward, with stride, asymmetric padding, dilation and groups; plus naive references.
+use super::conv_direct;
 use super::gemm::{matmul, Par, Trans};
 use super::shape::conv_output_size;
 use crate::tensor::Float;
@@ -207,7 +208,24 @@ fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T], ld: usize) {
 
 /// y = conv(x, w) + b for a batch of `n` samples.
 /// x: (N, C_in, H, W), w: (C_out, C_in/groups, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
+/// Few input taps at stride 1 go to the direct kernel, everything else to im2col + GEMM.
 pub fn conv2d_forward<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    if conv_direct::applies(g) {
+        conv_direct::forward(g, n, x, w, b, y)
+    } else {
+        forward_im2col(g, n, x, w, b, y)
+    }
+}
+
+/// [`conv2d_forward`] by im2col + GEMM, for any geometry.
+fn forward_im2col<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -283,6 +301,21 @@ pub fn conv2d_forward<T: Float>(
 /// dy: (N, C_out, H_out, W_out), dx: (N, C_in, H, W), dw: (C_out, C_in/groups, kh, kw), db: (C_out).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    backward_im2col(g, n, x, w, dy, dx, dw, db)
+}
+
+/// [`conv2d_backward`] by im2col + GEMM, for any geometry.
+#[allow(clippy::too_many_arguments)]
+fn backward_im2col<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -539,6 +572,18 @@ mod tests {
         assert!(y.iter().all(|&v| v == -6.0));
     }
 
+    type Forward = fn(&Conv2dGeometry, usize, &[f64], &[f64], Option<&[f64]>, &mut [f64]);
+    type Backward = fn(
+        &Conv2dGeometry,
+        usize,
+        &[f64],
+        &[f64],
+        &[f64],
+        Option<&mut [f64]>,
+        &mut [f64],
+        Option<&mut [f64]>,
+    );
+
     #[test]
     fn fast_matches_naive_for_every_option() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -550,6 +595,15 @@ mod tests {
             (4, 6, 7, 4, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 4),
             (2, 7, 6, 3, (4, 4), (1, 1), (1, 1), (1, 1), (2, 2), 1),
             (2, 10, 11, 2, (3, 5), (3, 2), (2, 2), (3, 1), (0, 4), 1),
+            // LeNet's two convolutions; a kernel as wide as the padded input; many channels.
+            (1, 28, 28, 6, (5, 5), (1, 1), (1, 1), (2, 2), (2, 2), 1),
+            (6, 14, 14, 16, (5, 5), (1, 1), (1, 1), (0, 0), (0, 0), 1),
+            (3, 4, 9, 5, (2, 11), (1, 1), (1, 1), (0, 1), (1, 1), 1),
+            (9, 5, 6, 7, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
+        ];
+        let paths: [(&str, Forward, Backward); 2] = [
+            ("im2col", forward_im2col, backward_im2col),
+            ("direct", conv_direct::forward, backward_im2col),
         ];
         for (ci, h, w, co, k, s, d, pb, pe, groups) in cases {
             let cfg = Conv2dConfig {
@@ -561,40 +615,53 @@ mod tests {
                 groups,
             };
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
-            for n in [1, 5] {
-                let x = rand_vec(&mut rng, n * g.in_len());
-                let wt = rand_vec(&mut rng, g.weight_len());
-                let b = rand_vec(&mut rng, co);
-                let (mut y1, mut y2) = (vec![0.0; n * g.out_len()], vec![0.0; n * g.out_len()]);
-                conv2d_forward(&g, n, &x, &wt, Some(&b), &mut y1);
-                conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut y2);
-                assert!(
-                    y1.iter().zip(&y2).all(|(a, b)| (a - b).abs() < 1e-12),
-                    "forward {cfg:?}"
-                );
+            for (path, forward, backward) in paths {
+                if path == "direct" && (s, d) != ((1, 1), (1, 1)) {
+                    continue;
+                }
+                // 1, a part of a parallel task, and more than one task (conv_direct's CHUNK is 8).
+                for n in [1, 5, 19] {
+                    let x = rand_vec(&mut rng, n * g.in_len());
+                    let wt = rand_vec(&mut rng, g.weight_len());
+                    let b = rand_vec(&mut rng, co);
+                    let (mut y1, mut y2) = (vec![0.0; n * g.out_len()], vec![0.0; n * g.out_len()]);
+                    forward(&g, n, &x, &wt, Some(&b), &mut y1);
+                    conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut y2);
+                    assert!(
+                        y1.iter().zip(&y2).all(|(a, b)| (a - b).abs() < 1e-12),
+                        "{path} forward {cfg:?}"
+                    );
 
-                let dy = rand_vec(&mut rng, n * g.out_len());
-                let (mut dx1, mut dw1, mut db1) =
-                    (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
-                let (mut dx2, mut dw2, mut db2) =
-                    (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
-                conv2d_backward(
-                    &g,
-                    n,
-                    &x,
-                    &wt,
-                    &dy,
-                    Some(&mut dx1),
-                    &mut dw1,
-                    Some(&mut db1),
-                );
-                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
-                let close =
-                    |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
-                assert!(
-                    close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
-                    "backward {cfg:?}"
-                );
+                    let dy = rand_vec(&mut rng, n * g.out_len());
+                    let (mut dx1, mut dw1, mut db1) =
+                        (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                    let (mut dx2, mut dw2, mut db2) =
+                        (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                    backward(
+                        &g,
+                        n,
+                        &x,
+                        &wt,
+                        &dy,
+                        Some(&mut dx1),
+                        &mut dw1,
+                        Some(&mut db1),
+                    );
+                    conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
+                    let close =
+                        |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
+                    assert!(
+                        close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
+                        "{path} backward {cfg:?}"
+                    );
+                    // Without dx (a network's first layer) the parameter gradients are the same.
+                    let (mut dw3, mut db3) = (vec![0.5; wt.len()], vec![0.5; co]);
+                    backward(&g, n, &x, &wt, &dy, None, &mut dw3, Some(&mut db3));
+                    assert!(
+                        close(&dw3, &dw2) && close(&db3, &db2),
+                        "{path} no-dx {cfg:?}"
+                    );
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Pure numeric kernels (no layer state): GEMM, convolution, pooling, activations.
 pub mod activation;
 pub mod conv;
+mod conv_direct;
 pub mod fft;
 pub mod gemm;
 pub mod kernels;
