@@ -3,7 +3,7 @@
 use super::init::Init;
 use super::spec::LayerSpec;
 use crate::ops::activation::{self, Activation};
-use crate::ops::conv::{conv2d_backward, conv2d_forward, Conv2dGeometry};
+use crate::ops::conv::{conv2d_backward_with, conv2d_forward, Conv2dGeometry, ConvScratch};
 use crate::ops::gemm::{matmul, Par, Trans};
 use crate::ops::pool::{self, Pool2dGeometry};
 use crate::tensor::{Float, Tensor};
@@ -91,6 +91,7 @@ pub struct Conv2d<T> {
     weight: Param<T>,         // (C_out, C_in/groups, kh, kw)
     bias: Option<Param<T>>,   // (C_out)
     input: Option<Tensor<T>>, // (N, C_in, H, W), cached for dW
+    scratch: ConvScratch<T>,  // backward's buffers, reused step after step
 }
 
 impl<T: Float> Layer<T> for Conv2d<T> {
@@ -113,7 +114,7 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         let x = self.input.take().expect(NO_CACHE);
         let n = x.shape()[0];
         let mut dx = need_dx.then(|| Tensor::zeros(x.shape()));
-        conv2d_backward(
+        conv2d_backward_with(
             &self.geom,
             n,
             x.data(),
@@ -122,6 +123,7 @@ impl<T: Float> Layer<T> for Conv2d<T> {
             dx.as_mut().map(|d| d.data_mut()),
             self.weight.grad.data_mut(),
             self.bias.as_mut().map(|b| b.grad.data_mut()),
+            &mut self.scratch,
         );
         dx
     }
@@ -365,6 +367,7 @@ pub fn build_layer<T: Float>(
                 weight,
                 bias,
                 input: None,
+                scratch: ConvScratch::default(),
             })
         }
         LayerSpec::Linear(l) => {

@@ -14,6 +14,20 @@ fn samples_per_chunk(g: &Conv2dGeometry) -> usize {
     (4096 / (g.out_h * g.out_w).max(1)).clamp(1, 16)
 }
 
+/// Elements of one tile of columns (512 KB of f32: fits the L2 cache).
+const TILE_ELEMS: usize = 1 << 17;
+
+/// Output rows per tile. Large planes (one sample per chunk) go in tiles of output rows whose
+/// columns stay in the L2 cache between im2col and the GEMMs (56² 64→64 3×3: 7 MB per sample
+/// otherwise); small planes in one tile per chunk.
+fn tile_rows(g: &Conv2dGeometry, chunk: usize) -> usize {
+    if chunk > 1 {
+        g.out_h
+    } else {
+        (TILE_ELEMS / (g.k_per_group() * g.out_w).max(1)).clamp(1, g.out_h)
+    }
+}
+
 /// Options of a convolution, candle-style: `Conv2dConfig { stride: (2, 2), ..Default::default() }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dConfig {
@@ -133,24 +147,32 @@ fn valid_range(n: usize, out: usize, s: usize, off: usize, pad: usize) -> (usize
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
-/// Unfolds one group of one sample into columns: x (C_g, H, W) → cols (C_g·kh·kw, H_out·W_out),
-/// row r starting at `cols[r·ld]` (ld ≥ H_out·W_out lets samples sit side by side).
-fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T], ld: usize) {
+/// Unfolds output rows `rows` of one group of one sample into columns: x (C_g, H, W) →
+/// cols (C_g·kh·kw, |rows|·W_out), row r starting at `cols[r·ld]` (ld ≥ |rows|·W_out lets
+/// samples sit side by side).
+fn im2col<T: Float>(
+    g: &Conv2dGeometry,
+    x: &[T],
+    cols: &mut [T],
+    ld: usize,
+    rows: std::ops::Range<usize>,
+) {
     let c = &g.cfg;
     let (kh, kw) = c.kernel;
-    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
-    let plane = oh * ow;
+    let (h, w, ow) = (g.in_h, g.in_w, g.out_w);
+    let plane = rows.len() * ow;
     let cg = g.in_channels / c.groups;
     for ch in 0..cg {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
         for ki in 0..kh {
-            let (r_lo, r_hi) = valid_range(h, oh, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
+            let (r_lo, r_hi) =
+                valid_range(h, g.out_h, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
             for kj in 0..kw {
                 let row = (ch * kh + ki) * kw + kj;
                 let dst = &mut cols[row * ld..row * ld + plane];
                 let (c_lo, c_hi) = valid_range(w, ow, c.stride.1, kj * c.dilation.1, c.pad_begin.1);
-                for o_r in 0..oh {
-                    let d = &mut dst[o_r * ow..(o_r + 1) * ow];
+                for (i, o_r) in rows.clone().enumerate() {
+                    let d = &mut dst[i * ow..(i + 1) * ow];
                     if o_r < r_lo || o_r >= r_hi || c_lo == c_hi {
                         d.fill(T::zero());
                         continue;
@@ -178,16 +200,24 @@ fn im2col<T: Float>(g: &Conv2dGeometry, x: &[T], cols: &mut [T], ld: usize) {
 }
 
 /// Folds columns back, adding: the adjoint of [`im2col`], cols → dx (C_g, H, W).
-fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T], ld: usize) {
+fn col2im<T: Float>(
+    g: &Conv2dGeometry,
+    cols: &[T],
+    dx: &mut [T],
+    ld: usize,
+    rows: std::ops::Range<usize>,
+) {
     let c = &g.cfg;
     let (kh, kw) = c.kernel;
-    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
-    let plane = oh * ow;
+    let (h, w, ow) = (g.in_h, g.in_w, g.out_w);
+    let plane = rows.len() * ow;
     let cg = g.in_channels / c.groups;
     for ch in 0..cg {
         let xc = &mut dx[ch * h * w..(ch + 1) * h * w];
         for ki in 0..kh {
-            let (r_lo, r_hi) = valid_range(h, oh, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
+            let (r_lo, r_hi) =
+                valid_range(h, g.out_h, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
+            let (r_lo, r_hi) = (r_lo.max(rows.start), r_hi.min(rows.end));
             for kj in 0..kw {
                 let row = (ch * kh + ki) * kw + kj;
                 let src = &cols[row * ld..row * ld + plane];
@@ -195,7 +225,7 @@ fn col2im<T: Float>(g: &Conv2dGeometry, cols: &[T], dx: &mut [T], ld: usize) {
                 for o_r in r_lo..r_hi {
                     let ih = o_r * c.stride.0 + ki * c.dilation.0 - c.pad_begin.0;
                     let d = &mut xc[ih * w..(ih + 1) * w];
-                    let s = &src[o_r * ow..(o_r + 1) * ow];
+                    let s = &src[(o_r - rows.start) * ow..][..ow];
                     let iw0 = (c_lo * c.stride.1 + kj * c.dilation.1).wrapping_sub(c.pad_begin.1);
                     for (i, &v) in s[c_lo..c_hi].iter().enumerate() {
                         d[iw0 + i * c.stride.1] += v;
@@ -224,6 +254,21 @@ pub fn conv2d_forward<T: Float>(
     }
 }
 
+/// Scratch buffers of the backward pass, one set per worker thread, kept across calls (a layer
+/// owns one) so that a training step neither allocates nor clears them: every buffer is fully
+/// overwritten before it is read.
+pub struct ConvScratch<T> {
+    // Per thread: cols (C_in/groups·kh·kw, chunk·tile), dY gathered (opg, chunk·tile),
+    // dcols (C_in/groups·kh·kw, chunk·tile).
+    slots: Vec<[Vec<T>; 3]>,
+}
+
+impl<T> Default for ConvScratch<T> {
+    fn default() -> Self {
+        ConvScratch { slots: Vec::new() }
+    }
+}
+
 /// [`conv2d_forward`] by im2col + GEMM, for any geometry.
 fn forward_im2col<T: Float>(
     g: &Conv2dGeometry,
@@ -237,6 +282,8 @@ fn forward_im2col<T: Float>(
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
     let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
     let chunk = samples_per_chunk(g);
+    let tile_rows = tile_rows(g, chunk);
+    let tile = tile_rows * g.out_w;
     // Too few chunks to keep every thread busy: let the GEMM use the threads instead.
     let par = if n.div_ceil(chunk) < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
         Par::Rayon
@@ -249,46 +296,52 @@ fn forward_im2col<T: Float>(
         .for_each_init(
             || {
                 (
-                    vec![T::zero(); kpg * chunk * plane],
-                    vec![T::zero(); opg * chunk * plane],
+                    vec![T::zero(); kpg * chunk * tile], // cols (kpg, chunk·tile)
+                    vec![T::zero(); opg * chunk * tile], // GEMM output (opg, chunk·tile)
                 )
             },
             |(cols, tmp), (ys, xs)| {
                 let s = ys.len() / out_len;
-                let ld = s * plane;
                 for gi in 0..groups {
-                    // cols (kpg, s·plane): the chunk's samples side by side.
-                    for si in 0..s {
-                        im2col(
-                            g,
-                            &xs[si * in_len + gi * in_group..si * in_len + (gi + 1) * in_group],
-                            &mut cols[si * plane..],
+                    for r0 in (0..g.out_h).step_by(tile_rows) {
+                        let rows = r0..(r0 + tile_rows).min(g.out_h);
+                        let tl = rows.len() * g.out_w; // columns of one sample in this tile
+                        let ld = s * tl;
+                        // cols (kpg, s·tl): the chunk's samples side by side.
+                        for si in 0..s {
+                            im2col(
+                                g,
+                                &xs[si * in_len + gi * in_group..si * in_len + (gi + 1) * in_group],
+                                &mut cols[si * tl..],
+                                ld,
+                                rows.clone(),
+                            );
+                        }
+                        // tmp (opg, s·tl) = W_g (opg, kpg) · cols
+                        matmul(
+                            &mut tmp[..opg * ld],
+                            &w[gi * opg * kpg..(gi + 1) * opg * kpg],
+                            Trans::No,
+                            &cols[..kpg * ld],
+                            Trans::No,
+                            opg,
+                            kpg,
                             ld,
+                            false,
+                            par,
                         );
-                    }
-                    // tmp (opg, s·plane) = W_g (opg, kpg) · cols
-                    matmul(
-                        &mut tmp[..opg * ld],
-                        &w[gi * opg * kpg..(gi + 1) * opg * kpg],
-                        Trans::No,
-                        &cols[..kpg * ld],
-                        Trans::No,
-                        opg,
-                        kpg,
-                        ld,
-                        false,
-                        par,
-                    );
-                    for si in 0..s {
-                        for oc in 0..opg {
-                            let dst = &mut ys[si * out_len + (gi * opg + oc) * plane..][..plane];
-                            let src = &tmp[oc * ld + si * plane..][..plane];
-                            match b {
-                                Some(b) => {
-                                    let bc = b[gi * opg + oc];
-                                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bc);
+                        for si in 0..s {
+                            for oc in 0..opg {
+                                let at = si * out_len + (gi * opg + oc) * plane + r0 * g.out_w;
+                                let dst = &mut ys[at..][..tl];
+                                let src = &tmp[oc * ld + si * tl..][..tl];
+                                match b {
+                                    Some(b) => {
+                                        let bc = b[gi * opg + oc];
+                                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bc);
+                                    }
+                                    None => dst.copy_from_slice(src),
                                 }
-                                None => dst.copy_from_slice(src),
                             }
                         }
                     }
@@ -310,7 +363,24 @@ pub fn conv2d_backward<T: Float>(
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
-    backward_im2col(g, n, x, w, dy, dx, dw, db)
+    let mut scratch = ConvScratch::default();
+    backward_im2col(g, n, x, w, dy, dx, dw, db, &mut scratch)
+}
+
+/// [`conv2d_backward`] with scratch buffers kept by the caller across calls.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_with<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    scratch: &mut ConvScratch<T>,
+) {
+    backward_im2col(g, n, x, w, dy, dx, dw, db, scratch)
 }
 
 /// [`conv2d_backward`] by im2col + GEMM, for any geometry.
@@ -324,12 +394,16 @@ fn backward_im2col<T: Float>(
     dx: Option<&mut [T]>,
     dw: &mut [T],
     db: Option<&mut [T]>,
+    scratch: &mut ConvScratch<T>,
 ) {
     let groups = g.cfg.groups;
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
     let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
     let chunk = samples_per_chunk(g);
     let chunks = n.div_ceil(chunk);
+    if chunks == 0 {
+        return;
+    }
     let par = if chunks < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
         Par::Rayon
     } else {
@@ -337,114 +411,141 @@ fn backward_im2col<T: Float>(
     };
 
     // One chunk of samples: fills its dx rows, returns its partial (dw, db).
-    // Scratch reused by every chunk a worker thread takes (fully overwritten before each read).
-    let scratch = || {
-        (
-            vec![T::zero(); kpg * chunk * plane], // cols (C_in/groups·kh·kw, chunk·plane)
-            vec![T::zero(); opg * chunk * plane], // dY gathered (opg, chunk·plane)
-            vec![T::zero(); kpg * chunk * plane], // dcols (C_in/groups·kh·kw, chunk·plane)
-        )
-    };
-    let work = |bufs: &mut (Vec<T>, Vec<T>, Vec<T>),
-                ci: usize,
-                mut dxc: Option<&mut [T]>|
-     -> (Vec<T>, Vec<T>) {
+    let tile_rows = tile_rows(g, chunk);
+    let tile = tile_rows * g.out_w;
+    let work = |bufs: &mut [Vec<T>; 3], ci: usize, mut dxc: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
         let s0 = ci * chunk;
         let s = chunk.min(n - s0);
-        let ld = s * plane;
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
-        let mut pdb = vec![T::zero(); g.out_channels]; // (C_out)
-        let (cols, dyc, dcols) = (
-            &mut bufs.0[..kpg * ld],
-            &mut bufs.1[..opg * ld],
-            &mut bufs.2[..kpg * ld],
-        );
+                                                       // Bias sums in f64: a long f32 running sum loses digits that Adam then amplifies.
+        let mut pdb = vec![0.0f64; g.out_channels]; // (C_out)
+        let [cols, dyc, dcols] = bufs;
         if let Some(d) = dxc.as_deref_mut() {
             d.fill(T::zero());
         }
         for gi in 0..groups {
-            for si in 0..s {
-                let xs = &x[(s0 + si) * in_len..(s0 + si + 1) * in_len];
-                im2col(
-                    g,
-                    &xs[gi * in_group..(gi + 1) * in_group],
-                    &mut cols[si * plane..],
-                    ld,
-                );
-                for oc in 0..opg {
-                    dyc[oc * ld + si * plane..][..plane].copy_from_slice(
-                        &dy[(s0 + si) * out_len + (gi * opg + oc) * plane..][..plane],
-                    );
-                }
-            }
-            // dW_g += dY_g (opg × s·plane) · colsᵀ (s·plane × kpg)
-            let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
-            matmul(
-                pdw_g,
-                dyc,
-                Trans::No,
-                cols,
-                Trans::Yes,
-                opg,
-                ld,
-                kpg,
-                true,
-                par,
-            );
-            for oc in 0..opg {
-                // Summed in f64: a long f32 running sum loses digits that Adam then amplifies.
-                pdb[gi * opg + oc] += T::of(
-                    dyc[oc * ld..(oc + 1) * ld]
-                        .iter()
-                        .map(|v| v.f64())
-                        .sum::<f64>(),
-                );
-            }
-            if let Some(d) = dxc.as_deref_mut() {
-                // dcols = W_gᵀ (kpg × opg) · dY_g (opg × s·plane)
-                let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
-                matmul(
-                    dcols,
-                    wg,
-                    Trans::Yes,
-                    dyc,
-                    Trans::No,
-                    kpg,
-                    opg,
-                    ld,
-                    false,
-                    par,
+            for r0 in (0..g.out_h).step_by(tile_rows) {
+                let rows = r0..(r0 + tile_rows).min(g.out_h);
+                let tl = rows.len() * g.out_w; // columns of one sample in this tile
+                let ld = s * tl;
+                let (cols, dyc, dcols) = (
+                    &mut cols[..kpg * ld],
+                    &mut dyc[..opg * ld],
+                    &mut dcols[..kpg * ld],
                 );
                 for si in 0..s {
-                    col2im(
+                    let xs = &x[(s0 + si) * in_len..(s0 + si + 1) * in_len];
+                    im2col(
                         g,
-                        &dcols[si * plane..],
-                        &mut d[si * in_len + gi * in_group..si * in_len + (gi + 1) * in_group],
+                        &xs[gi * in_group..(gi + 1) * in_group],
+                        &mut cols[si * tl..],
                         ld,
+                        rows.clone(),
                     );
+                    for oc in 0..opg {
+                        let at = (s0 + si) * out_len + (gi * opg + oc) * plane + r0 * g.out_w;
+                        dyc[oc * ld + si * tl..][..tl].copy_from_slice(&dy[at..][..tl]);
+                    }
+                }
+                // dW_g += dY_g (opg × s·tl) · colsᵀ (s·tl × kpg)
+                let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
+                matmul(
+                    pdw_g,
+                    dyc,
+                    Trans::No,
+                    cols,
+                    Trans::Yes,
+                    opg,
+                    ld,
+                    kpg,
+                    true,
+                    par,
+                );
+                for oc in 0..opg {
+                    pdb[gi * opg + oc] += dyc[oc * ld..(oc + 1) * ld]
+                        .iter()
+                        .map(|v| v.f64())
+                        .sum::<f64>();
+                }
+                if let Some(d) = dxc.as_deref_mut() {
+                    // dcols = W_gᵀ (kpg × opg) · dY_g (opg × s·tl)
+                    let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
+                    matmul(
+                        dcols,
+                        wg,
+                        Trans::Yes,
+                        dyc,
+                        Trans::No,
+                        kpg,
+                        opg,
+                        ld,
+                        false,
+                        par,
+                    );
+                    for si in 0..s {
+                        col2im(
+                            g,
+                            &dcols[si * tl..],
+                            &mut d[si * in_len + gi * in_group..si * in_len + (gi + 1) * in_group],
+                            ld,
+                            rows.clone(),
+                        );
+                    }
                 }
             }
         }
-        (pdw, pdb)
+        (pdw, pdb.into_iter().map(T::of).collect())
     };
 
-    let partials: Vec<(Vec<T>, Vec<T>)> = match dx {
-        Some(dx) => dx[..n * in_len]
-            .par_chunks_mut(chunk * in_len)
-            .enumerate()
-            .map_init(scratch, |b, (ci, d)| work(b, ci, Some(d)))
-            .collect(),
-        None => (0..chunks)
-            .into_par_iter()
-            .map_init(scratch, |b, ci| work(b, ci, None))
-            .collect(),
-    };
+    // One scratch set per thread, each thread a contiguous run of chunks: chunk t·chunks/nt
+    // up to (t+1)·chunks/nt. Partials stay per chunk, so the split never changes the result.
+    let nt = rayon::current_num_threads().clamp(1, chunks);
+    let first = |t: usize| t * chunks / nt;
+    scratch.slots.resize_with(nt, Default::default);
+    for slot in &mut scratch.slots {
+        for (buf, rows) in slot.iter_mut().zip([kpg, opg, kpg]) {
+            if buf.len() < rows * chunk * tile {
+                buf.resize(rows * chunk * tile, T::zero());
+            }
+        }
+    }
+    let mut dx_runs: Vec<Option<&mut [T]>> = Vec::with_capacity(nt);
+    match dx {
+        Some(dx) => {
+            let mut rest = &mut dx[..n * in_len];
+            for t in 0..nt {
+                let len = ((first(t + 1) * chunk).min(n) - first(t) * chunk) * in_len;
+                let (run, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                dx_runs.push(Some(run));
+                rest = tail;
+            }
+        }
+        None => dx_runs.resize_with(nt, || None),
+    }
+    let per_thread: Vec<Vec<(Vec<T>, Vec<T>)>> = scratch.slots[..nt]
+        .par_iter_mut()
+        .zip(dx_runs.par_iter_mut())
+        .enumerate()
+        .map(|(t, (bufs, run))| {
+            (first(t)..first(t + 1))
+                .map(|ci| {
+                    let d = run.as_deref_mut().map(|r| {
+                        let s0 = (ci - first(t)) * chunk * in_len;
+                        let len = ((ci + 1) * chunk).min(n) * in_len - ci * chunk * in_len;
+                        &mut r[s0..s0 + len]
+                    });
+                    work(bufs, ci, d)
+                })
+                .collect()
+        })
+        .collect();
+    let partials = per_thread.into_iter().flatten();
     // Reduce in chunk order: bit-identical whatever the thread count.
     let mut db = db;
-    for (pdw, pdb) in &partials {
-        dw.iter_mut().zip(pdw).for_each(|(a, &b)| *a += b);
+    for (pdw, pdb) in partials {
+        dw.iter_mut().zip(&pdw).for_each(|(a, &b)| *a += b);
         if let Some(db) = db.as_deref_mut() {
-            db.iter_mut().zip(pdb).for_each(|(a, &b)| *a += b);
+            db.iter_mut().zip(&pdb).for_each(|(a, &b)| *a += b);
         }
     }
 }
@@ -595,6 +696,8 @@ mod tests {
             (4, 6, 7, 4, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 4),
             (2, 7, 6, 3, (4, 4), (1, 1), (1, 1), (1, 1), (2, 2), 1),
             (2, 10, 11, 2, (3, 5), (3, 2), (2, 2), (3, 1), (0, 4), 1),
+            // A plane large enough to go in row tiles (13 of 4 rows, the last of 2).
+            (64, 99, 93, 2, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1),
             // LeNet's two convolutions; a kernel as wide as the padded input; many channels.
             (1, 28, 28, 6, (5, 5), (1, 1), (1, 1), (2, 2), (2, 2), 1),
             (6, 14, 14, 16, (5, 5), (1, 1), (1, 1), (0, 0), (0, 0), 1),
@@ -602,8 +705,8 @@ mod tests {
             (9, 5, 6, 7, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
         ];
         let paths: [(&str, Forward, Backward); 2] = [
-            ("im2col", forward_im2col, backward_im2col),
-            ("direct", conv_direct::forward, backward_im2col),
+            ("im2col", forward_im2col, conv2d_backward),
+            ("direct", conv_direct::forward, conv2d_backward),
         ];
         for (ci, h, w, co, k, s, d, pb, pe, groups) in cases {
             let cfg = Conv2dConfig {
@@ -648,8 +751,12 @@ mod tests {
                         Some(&mut db1),
                     );
                     conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
-                    let close =
-                        |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
+                    // Relative to the value: sums of thousands of terms (the tiled case).
+                    let close = |a: &[f64], b: &[f64]| {
+                        a.iter()
+                            .zip(b)
+                            .all(|(a, b)| (a - b).abs() < 1e-12 * b.abs().max(1.0))
+                    };
                     assert!(
                         close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
                         "{path} backward {cfg:?}"
