@@ -85,7 +85,7 @@ pub enum Command {
         boundary: String,
         #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         fill_value: f64,
-        /// auto, direct or fft.
+        /// auto (the cheaper by estimated cost), direct or fft.
         #[arg(long, default_value = "auto")]
         method: String,
         /// Cross-correlation (no kernel flip), what deep nets call convolution.

@@ -147,6 +147,36 @@ fn valid_range(n: usize, out: usize, s: usize, off: usize, pad: usize) -> (usize
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
+/// For each kernel row ki (column kj): the output rows (columns) whose tap lands inside the
+/// input, as [`valid_range`] gives them.
+type Ranges = Vec<(usize, usize)>;
+fn tap_ranges(g: &Conv2dGeometry) -> (Ranges, Ranges) {
+    let c = &g.cfg;
+    let rows = (0..c.kernel.0)
+        .map(|ki| {
+            valid_range(
+                g.in_h,
+                g.out_h,
+                c.stride.0,
+                ki * c.dilation.0,
+                c.pad_begin.0,
+            )
+        })
+        .collect();
+    let cols = (0..c.kernel.1)
+        .map(|kj| {
+            valid_range(
+                g.in_w,
+                g.out_w,
+                c.stride.1,
+                kj * c.dilation.1,
+                c.pad_begin.1,
+            )
+        })
+        .collect();
+    (rows, cols)
+}
+
 /// Unfolds output rows `rows` of one group of one sample into columns: x (C_g, H, W) →
 /// cols (C_g·kh·kw, |rows|·W_out), row r starting at `cols[r·ld]` (ld ≥ |rows|·W_out lets
 /// samples sit side by side).
@@ -162,15 +192,13 @@ fn im2col<T: Float>(
     let (h, w, ow) = (g.in_h, g.in_w, g.out_w);
     let plane = rows.len() * ow;
     let cg = g.in_channels / c.groups;
+    let (row_ranges, col_ranges) = tap_ranges(g);
     for ch in 0..cg {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
-        for ki in 0..kh {
-            let (r_lo, r_hi) =
-                valid_range(h, g.out_h, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
-            for kj in 0..kw {
+        for (ki, &(r_lo, r_hi)) in row_ranges.iter().enumerate() {
+            for (kj, &(c_lo, c_hi)) in col_ranges.iter().enumerate() {
                 let row = (ch * kh + ki) * kw + kj;
                 let dst = &mut cols[row * ld..row * ld + plane];
-                let (c_lo, c_hi) = valid_range(w, ow, c.stride.1, kj * c.dilation.1, c.pad_begin.1);
                 for (i, o_r) in rows.clone().enumerate() {
                     let d = &mut dst[i * ow..(i + 1) * ow];
                     if o_r < r_lo || o_r >= r_hi || c_lo == c_hi {
@@ -212,23 +240,31 @@ fn col2im<T: Float>(
     let (h, w, ow) = (g.in_h, g.in_w, g.out_w);
     let plane = rows.len() * ow;
     let cg = g.in_channels / c.groups;
+    let (row_ranges, col_ranges) = tap_ranges(g);
     for ch in 0..cg {
         let xc = &mut dx[ch * h * w..(ch + 1) * h * w];
-        for ki in 0..kh {
-            let (r_lo, r_hi) =
-                valid_range(h, g.out_h, c.stride.0, ki * c.dilation.0, c.pad_begin.0);
+        for (ki, &(r_lo, r_hi)) in row_ranges.iter().enumerate() {
             let (r_lo, r_hi) = (r_lo.max(rows.start), r_hi.min(rows.end));
-            for kj in 0..kw {
+            for (kj, &(c_lo, c_hi)) in col_ranges.iter().enumerate() {
+                if c_lo == c_hi {
+                    continue;
+                }
                 let row = (ch * kh + ki) * kw + kj;
                 let src = &cols[row * ld..row * ld + plane];
-                let (c_lo, c_hi) = valid_range(w, ow, c.stride.1, kj * c.dilation.1, c.pad_begin.1);
+                let iw0 = c_lo * c.stride.1 + kj * c.dilation.1 - c.pad_begin.1;
                 for o_r in r_lo..r_hi {
                     let ih = o_r * c.stride.0 + ki * c.dilation.0 - c.pad_begin.0;
                     let d = &mut xc[ih * w..(ih + 1) * w];
-                    let s = &src[(o_r - rows.start) * ow..][..ow];
-                    let iw0 = (c_lo * c.stride.1 + kj * c.dilation.1).wrapping_sub(c.pad_begin.1);
-                    for (i, &v) in s[c_lo..c_hi].iter().enumerate() {
-                        d[iw0 + i * c.stride.1] += v;
+                    let s = &src[(o_r - rows.start) * ow..][c_lo..c_hi];
+                    if c.stride.1 == 1 {
+                        // Contiguous: a plain vectorisable add.
+                        for (dv, &v) in d[iw0..iw0 + s.len()].iter_mut().zip(s) {
+                            *dv += v;
+                        }
+                    } else {
+                        for (i, &v) in s.iter().enumerate() {
+                            d[iw0 + i * c.stride.1] += v;
+                        }
                     }
                 }
             }
