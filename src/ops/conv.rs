@@ -452,9 +452,9 @@ fn backward_im2col<T: Float>(
     let work = |bufs: &mut [Vec<T>; 3], ci: usize, mut dxc: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
         let s0 = ci * chunk;
         let s = chunk.min(n - s0);
-        let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
-                                                       // Bias sums in f64: a long f32 running sum loses digits that Adam then amplifies.
+        // Bias sums in f64: a long f32 running sum loses digits that Adam then amplifies.
         let mut pdb = vec![0.0f64; g.out_channels]; // (C_out)
+        let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
         let [cols, dyc, dcols] = bufs;
         if let Some(d) = dxc.as_deref_mut() {
             d.fill(T::zero());
