@@ -1,7 +1,7 @@
 //! 2-D cross-correlation (what deep nets call convolution) as im2col + GEMM, forward and
 //! backward, with stride, asymmetric padding, dilation and groups; plus naive references.
 use super::conv_direct;
-use super::gemm::{matmul, Par, Trans};
+use super::gemm::{matmul, matmul_ld, Ld, Par, Trans};
 use super::shape::conv_output_size;
 use crate::tensor::Float;
 use rayon::prelude::*;
@@ -333,7 +333,8 @@ fn forward_im2col<T: Float>(
             || {
                 (
                     vec![T::zero(); kpg * chunk * tile], // cols (kpg, chunk·tile)
-                    vec![T::zero(); opg * chunk * tile], // GEMM output (opg, chunk·tile)
+                    // GEMM output (opg, chunk·tile); one sample's goes straight into y.
+                    vec![T::zero(); if chunk > 1 { opg * chunk * tile } else { 0 }],
                 )
             },
             |(cols, tmp), (ys, xs)| {
@@ -353,10 +354,39 @@ fn forward_im2col<T: Float>(
                                 rows.clone(),
                             );
                         }
+                        let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
+                        if s == 1 {
+                            // One sample: the GEMM writes its rows of y in place, bias after.
+                            let yg = &mut ys[gi * opg * plane + r0 * g.out_w..];
+                            let lds = Ld {
+                                c: plane,
+                                ..Ld::dense(opg, kpg, tl, Trans::No, Trans::No)
+                            };
+                            matmul_ld(
+                                yg,
+                                wg,
+                                Trans::No,
+                                &cols[..kpg * tl],
+                                Trans::No,
+                                opg,
+                                kpg,
+                                tl,
+                                lds,
+                                false,
+                                par,
+                            );
+                            if let Some(b) = b {
+                                for (oc, row) in yg.chunks_mut(plane).take(opg).enumerate() {
+                                    let bc = b[gi * opg + oc];
+                                    row[..tl].iter_mut().for_each(|v| *v += bc);
+                                }
+                            }
+                            continue;
+                        }
                         // tmp (opg, s·tl) = W_g (opg, kpg) · cols
                         matmul(
                             &mut tmp[..opg * ld],
-                            &w[gi * opg * kpg..(gi + 1) * opg * kpg],
+                            wg,
                             Trans::No,
                             &cols[..kpg * ld],
                             Trans::No,
@@ -478,43 +508,61 @@ fn backward_im2col<T: Float>(
                         ld,
                         rows.clone(),
                     );
-                    for oc in 0..opg {
-                        let at = (s0 + si) * out_len + (gi * opg + oc) * plane + r0 * g.out_w;
-                        dyc[oc * ld + si * tl..][..tl].copy_from_slice(&dy[at..][..tl]);
-                    }
                 }
+                // dY_g (opg × s·tl, rows dld apart): one sample's tile is read where it lies,
+                // several are gathered side by side.
+                let at0 = s0 * out_len + gi * opg * plane + r0 * g.out_w;
+                let (dyg, dld): (&[T], usize) = if s == 1 {
+                    (&dy[at0..], plane)
+                } else {
+                    for si in 0..s {
+                        for oc in 0..opg {
+                            let at = at0 + si * out_len + oc * plane;
+                            dyc[oc * ld + si * tl..][..tl].copy_from_slice(&dy[at..][..tl]);
+                        }
+                    }
+                    (dyc, ld)
+                };
                 // dW_g += dY_g (opg × s·tl) · colsᵀ (s·tl × kpg)
                 let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
-                matmul(
+                let lds = Ld {
+                    a: dld,
+                    ..Ld::dense(opg, ld, kpg, Trans::No, Trans::Yes)
+                };
+                matmul_ld(
                     pdw_g,
-                    dyc,
+                    dyg,
                     Trans::No,
                     cols,
                     Trans::Yes,
                     opg,
                     ld,
                     kpg,
+                    lds,
                     true,
                     par,
                 );
                 for oc in 0..opg {
-                    pdb[gi * opg + oc] += dyc[oc * ld..(oc + 1) * ld]
-                        .iter()
-                        .map(|v| v.f64())
-                        .sum::<f64>();
+                    pdb[gi * opg + oc] +=
+                        dyg[oc * dld..][..ld].iter().map(|v| v.f64()).sum::<f64>();
                 }
                 if let Some(d) = dxc.as_deref_mut() {
                     // dcols = W_gᵀ (kpg × opg) · dY_g (opg × s·tl)
                     let wg = &w[gi * opg * kpg..(gi + 1) * opg * kpg];
-                    matmul(
+                    let lds = Ld {
+                        b: dld,
+                        ..Ld::dense(kpg, opg, ld, Trans::Yes, Trans::No)
+                    };
+                    matmul_ld(
                         dcols,
                         wg,
                         Trans::Yes,
-                        dyc,
+                        dyg,
                         Trans::No,
                         kpg,
                         opg,
                         ld,
+                        lds,
                         false,
                         par,
                     );
