@@ -230,14 +230,19 @@ pub struct Pool<T> {
 }
 
 impl<T: Float> Layer<T> for Pool<T> {
-    fn forward(&mut self, x: Tensor<T>, _train: bool) -> Tensor<T> {
+    fn forward(&mut self, x: Tensor<T>, train: bool) -> Tensor<T> {
         let g = &self.geom;
         let n = x.shape()[0];
         let mut y = Tensor::zeros(&[n, g.channels, g.out_h, g.out_w]);
         match self.kind {
-            PoolKind::Max => {
+            PoolKind::Max if train => {
                 self.argmax.resize(y.len(), 0);
                 pool::maxpool2d_forward(g, x.data(), y.data_mut(), &mut self.argmax);
+            }
+            PoolKind::Max => {
+                // Inference records no winners: a later backward must not use stale ones.
+                self.argmax.clear();
+                pool::maxpool2d_forward_values(g, x.data(), y.data_mut());
             }
             PoolKind::Avg => pool::avgpool2d_forward(g, x.data(), y.data_mut()),
             PoolKind::Subsample => pool::subsample_forward(g, x.data(), y.data_mut()),
@@ -252,7 +257,10 @@ impl<T: Float> Layer<T> for Pool<T> {
         let g = &self.geom;
         let mut dx = Tensor::zeros(&[self.batch, g.channels, g.in_h, g.in_w]);
         match self.kind {
-            PoolKind::Max => pool::maxpool2d_backward(g, dy.data(), &self.argmax, dx.data_mut()),
+            PoolKind::Max => {
+                assert_eq!(self.argmax.len(), dy.len(), "{NO_CACHE}");
+                pool::maxpool2d_backward(g, dy.data(), &self.argmax, dx.data_mut())
+            }
             PoolKind::Avg => pool::avgpool2d_backward(g, dy.data(), dx.data_mut()),
             PoolKind::Subsample => pool::subsample_backward(g, dy.data(), dx.data_mut()),
         }

@@ -131,6 +131,43 @@ pub fn maxpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], arg
         });
 }
 
+/// The larger of two values, NaN if either is NaN (the winner's value in [`maxpool2d_forward`]).
+#[inline(always)]
+fn max_nan<T: Float>(a: T, b: T) -> T {
+    if (b > a) | b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// Max pooling without recording winners (inference): the values of [`maxpool2d_forward`].
+/// 2×2 windows at stride 2 take elementwise maxima of row pairs, then of column pairs, as
+/// branch-free loops the compiler vectorises.
+pub fn maxpool2d_forward_values<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
+    let c = &g.cfg;
+    let inside = 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w; // no ceil_mode overhang
+    if !(c.kernel == (2, 2) && c.stride == (2, 2) && c.padding == (0, 0) && inside) {
+        let mut argmax = vec![0u32; y.len()];
+        return maxpool2d_forward(g, x, y, &mut argmax);
+    }
+    let (ip, op, w, ow) = (g.in_plane(), g.out_plane(), g.in_w, g.out_w);
+    y.par_chunks_mut(op).zip(x.par_chunks(ip)).for_each_init(
+        || vec![T::zero(); 2 * ow], // maxima of the row pair, column by column
+        |vm, (yp, xp)| {
+            for (i, yr) in yp.chunks_exact_mut(ow).enumerate() {
+                let (x0, x1) = (&xp[2 * i * w..][..2 * ow], &xp[(2 * i + 1) * w..][..2 * ow]);
+                for ((m, &a), &b) in vm.iter_mut().zip(x0).zip(x1) {
+                    *m = max_nan(a, b);
+                }
+                for (v, pair) in yr.iter_mut().zip(vm.chunks_exact(2)) {
+                    *v = max_nan(pair[0], pair[1]);
+                }
+            }
+        },
+    );
+}
+
 /// dx = scatter of dy to the recorded winners (dx is overwritten).
 pub fn maxpool2d_backward<T: Float>(g: &Pool2dGeometry, dy: &[T], argmax: &[u32], dx: &mut [T]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
@@ -304,6 +341,36 @@ mod tests {
                 y.iter().zip(&r).all(|(a, b)| (a - b).abs() < 1e-12),
                 "avg {cfg:?}"
             );
+        }
+    }
+
+    #[test]
+    fn values_only_pooling_gives_the_winners_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let set = [0.0, 1.0, -1.0, f64::NAN, 1.0, -0.0, 0.5];
+        for (h, w, cfg) in [
+            (8, 9, Pool2dConfig::default()),
+            (
+                7,
+                7,
+                Pool2dConfig {
+                    kernel: (3, 3),
+                    stride: (2, 2),
+                    padding: (1, 1),
+                    ceil_mode: true,
+                },
+            ),
+        ] {
+            let g = Pool2dGeometry::new([3, h, w], cfg).unwrap();
+            for _ in 0..20 {
+                let x: Vec<f64> = (0..3 * h * w).map(|_| set[rng.gen_range(0..7)]).collect();
+                let n = 3 * g.out_plane();
+                let (mut y1, mut y2, mut a) = (vec![0.0; n], vec![0.0; n], vec![0u32; n]);
+                maxpool2d_forward_values(&g, &x, &mut y1);
+                maxpool2d_forward(&g, &x, &mut y2, &mut a);
+                let same = |a: &f64, b: &f64| a == b || (a.is_nan() && b.is_nan());
+                assert!(y1.iter().zip(&y2).all(|(a, b)| same(a, b)), "{cfg:?}");
+            }
         }
     }
 
