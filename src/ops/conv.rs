@@ -147,9 +147,11 @@ fn valid_range(n: usize, out: usize, s: usize, off: usize, pad: usize) -> (usize
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
+/// Half-open ranges of output positions, one per kernel row or column.
+type Ranges = Vec<(usize, usize)>;
+
 /// For each kernel row ki (column kj): the output rows (columns) whose tap lands inside the
 /// input, as [`valid_range`] gives them.
-type Ranges = Vec<(usize, usize)>;
 fn tap_ranges(g: &Conv2dGeometry) -> (Ranges, Ranges) {
     let c = &g.cfg;
     let rows = (0..c.kernel.0)
@@ -274,7 +276,8 @@ fn col2im<T: Float>(
 
 /// y = conv(x, w) + b for a batch of `n` samples.
 /// x: (N, C_in, H, W), w: (C_out, C_in/groups, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
-/// Few input taps at stride 1 go to the direct kernel, everything else to im2col + GEMM.
+/// Stride 1 with a short reduction (C_in/groups·kh·kw) goes to the direct kernel, everything
+/// else to im2col + GEMM.
 pub fn conv2d_forward<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
@@ -430,28 +433,13 @@ pub fn conv2d_backward<T: Float>(
     db: Option<&mut [T]>,
 ) {
     let mut scratch = ConvScratch::default();
-    backward_im2col(g, n, x, w, dy, dx, dw, db, &mut scratch)
+    conv2d_backward_with(g, n, x, w, dy, dx, dw, db, &mut scratch)
 }
 
-/// [`conv2d_backward`] with scratch buffers kept by the caller across calls.
+/// [`conv2d_backward`] with scratch buffers kept by the caller across calls; im2col + GEMM for
+/// every geometry.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_with<T: Float>(
-    g: &Conv2dGeometry,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    dx: Option<&mut [T]>,
-    dw: &mut [T],
-    db: Option<&mut [T]>,
-    scratch: &mut ConvScratch<T>,
-) {
-    backward_im2col(g, n, x, w, dy, dx, dw, db, scratch)
-}
-
-/// [`conv2d_backward`] by im2col + GEMM, for any geometry.
-#[allow(clippy::too_many_arguments)]
-fn backward_im2col<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -758,16 +746,6 @@ mod tests {
     }
 
     type Forward = fn(&Conv2dGeometry, usize, &[f64], &[f64], Option<&[f64]>, &mut [f64]);
-    type Backward = fn(
-        &Conv2dGeometry,
-        usize,
-        &[f64],
-        &[f64],
-        &[f64],
-        Option<&mut [f64]>,
-        &mut [f64],
-        Option<&mut [f64]>,
-    );
 
     #[test]
     fn fast_matches_naive_for_every_option() {
@@ -788,10 +766,14 @@ mod tests {
             (3, 4, 9, 5, (2, 11), (1, 1), (1, 1), (0, 1), (1, 1), 1),
             (9, 5, 6, 7, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
         ];
-        let paths: [(&str, Forward, Backward); 2] = [
-            ("im2col", forward_im2col, conv2d_backward),
-            ("direct", conv_direct::forward, conv2d_backward),
-        ];
+        let forwards: [(&str, Forward); 2] =
+            [("im2col", forward_im2col), ("direct", conv_direct::forward)];
+        // Relative to the value: sums of thousands of terms (the tiled case).
+        let close = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .all(|(a, b)| (a - b).abs() < 1e-12 * b.abs().max(1.0))
+        };
         for (ci, h, w, co, k, s, d, pb, pe, groups) in cases {
             let cfg = Conv2dConfig {
                 kernel: k,
@@ -802,57 +784,46 @@ mod tests {
                 groups,
             };
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
-            for (path, forward, backward) in paths {
-                if path == "direct" && (s, d) != ((1, 1), (1, 1)) {
-                    continue;
+            // 1, a part of a parallel task, and more than one task (conv_direct's CHUNK is 8).
+            for n in [1, 5, 19] {
+                let x = rand_vec(&mut rng, n * g.in_len());
+                let wt = rand_vec(&mut rng, g.weight_len());
+                let b = rand_vec(&mut rng, co);
+                let mut want = vec![0.0; n * g.out_len()];
+                conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
+                for (path, forward) in forwards {
+                    if path == "direct" && (s, d) != ((1, 1), (1, 1)) {
+                        continue;
+                    }
+                    let mut y = vec![0.0; n * g.out_len()];
+                    forward(&g, n, &x, &wt, Some(&b), &mut y);
+                    assert!(close(&y, &want), "{path} forward {cfg:?}");
                 }
-                // 1, a part of a parallel task, and more than one task (conv_direct's CHUNK is 8).
-                for n in [1, 5, 19] {
-                    let x = rand_vec(&mut rng, n * g.in_len());
-                    let wt = rand_vec(&mut rng, g.weight_len());
-                    let b = rand_vec(&mut rng, co);
-                    let (mut y1, mut y2) = (vec![0.0; n * g.out_len()], vec![0.0; n * g.out_len()]);
-                    forward(&g, n, &x, &wt, Some(&b), &mut y1);
-                    conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut y2);
-                    assert!(
-                        y1.iter().zip(&y2).all(|(a, b)| (a - b).abs() < 1e-12),
-                        "{path} forward {cfg:?}"
-                    );
 
-                    let dy = rand_vec(&mut rng, n * g.out_len());
-                    let (mut dx1, mut dw1, mut db1) =
-                        (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
-                    let (mut dx2, mut dw2, mut db2) =
-                        (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
-                    backward(
-                        &g,
-                        n,
-                        &x,
-                        &wt,
-                        &dy,
-                        Some(&mut dx1),
-                        &mut dw1,
-                        Some(&mut db1),
-                    );
-                    conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
-                    // Relative to the value: sums of thousands of terms (the tiled case).
-                    let close = |a: &[f64], b: &[f64]| {
-                        a.iter()
-                            .zip(b)
-                            .all(|(a, b)| (a - b).abs() < 1e-12 * b.abs().max(1.0))
-                    };
-                    assert!(
-                        close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
-                        "{path} backward {cfg:?}"
-                    );
-                    // Without dx (a network's first layer) the parameter gradients are the same.
-                    let (mut dw3, mut db3) = (vec![0.5; wt.len()], vec![0.5; co]);
-                    backward(&g, n, &x, &wt, &dy, None, &mut dw3, Some(&mut db3));
-                    assert!(
-                        close(&dw3, &dw2) && close(&db3, &db2),
-                        "{path} no-dx {cfg:?}"
-                    );
-                }
+                let dy = rand_vec(&mut rng, n * g.out_len());
+                let (mut dx1, mut dw1, mut db1) =
+                    (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                let (mut dx2, mut dw2, mut db2) =
+                    (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                conv2d_backward(
+                    &g,
+                    n,
+                    &x,
+                    &wt,
+                    &dy,
+                    Some(&mut dx1),
+                    &mut dw1,
+                    Some(&mut db1),
+                );
+                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
+                assert!(
+                    close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
+                    "backward {cfg:?}"
+                );
+                // Without dx (a network's first layer) the parameter gradients are the same.
+                let (mut dw3, mut db3) = (vec![0.5; wt.len()], vec![0.5; co]);
+                conv2d_backward(&g, n, &x, &wt, &dy, None, &mut dw3, Some(&mut db3));
+                assert!(close(&dw3, &dw2) && close(&db3, &db2), "no-dx {cfg:?}");
             }
         }
     }

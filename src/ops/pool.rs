@@ -141,7 +141,8 @@ fn max_nan<T: Float>(a: T, b: T) -> T {
     }
 }
 
-/// Max pooling without recording winners (inference): the values of [`maxpool2d_forward`].
+/// Max pooling without recording winners (inference): the values of [`maxpool2d_forward`]
+/// (up to the sign of a zero among equal maxima).
 /// 2×2 windows at stride 2 take elementwise maxima of row pairs, then of column pairs, as
 /// branch-free loops the compiler vectorises.
 pub fn maxpool2d_forward_values<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
