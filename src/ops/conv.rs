@@ -1,8 +1,8 @@
 //! 2-D cross-correlation (what deep nets call convolution) as im2col + GEMM, forward and
 //! backward, with stride, asymmetric padding, dilation and groups; plus naive references.
-use super::conv_direct;
 use super::gemm::{matmul, matmul_ld, Ld, Par, Trans};
 use super::shape::conv_output_size;
+use super::{conv_direct, conv_taps};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -195,6 +195,9 @@ fn im2col<T: Float>(
     let plane = rows.len() * ow;
     let cg = g.in_channels / c.groups;
     let (row_ranges, col_ranges) = tap_ranges(g);
+    if c.stride.1 > 1 {
+        return im2col_strided(g, x, cols, ld, rows, &row_ranges, &col_ranges);
+    }
     for ch in 0..cg {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
         for (ki, &(r_lo, r_hi)) in row_ranges.iter().enumerate() {
@@ -211,17 +214,65 @@ fn im2col<T: Float>(
                     let src = &xc[ih * w..(ih + 1) * w];
                     d[..c_lo].fill(T::zero());
                     d[c_hi..].fill(T::zero());
-                    let iw0 = c_lo * c.stride.1 + kj * c.dilation.1 - c.pad_begin.1;
-                    if c.stride.1 == 1 {
-                        // A loop, not copy_from_slice: rows are short (LeNet: 10–28), and an
-                        // inlined vector move beats a call to memmove at that length.
-                        for (dv, &sv) in d[c_lo..c_hi].iter_mut().zip(&src[iw0..]) {
-                            *dv = sv;
-                        }
-                    } else {
-                        for (i, v) in d[c_lo..c_hi].iter_mut().enumerate() {
-                            *v = src[iw0 + i * c.stride.1];
-                        }
+                    let iw0 = c_lo + kj * c.dilation.1 - c.pad_begin.1;
+                    // A loop, not copy_from_slice: rows are short (LeNet: 10–28), and an
+                    // inlined vector move beats a call to memmove at that length.
+                    for (dv, &sv) in d[c_lo..c_hi].iter_mut().zip(&src[iw0..]) {
+                        *dv = sv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for a column stride s > 1. Each input row is first split into its s phases
+/// (columns ≡ q mod s, side by side), once for all kw taps that read it; each tap's output
+/// row is then a contiguous run of one phase instead of a strided gather.
+fn im2col_strided<T: Float>(
+    g: &Conv2dGeometry,
+    x: &[T],
+    cols: &mut [T],
+    ld: usize,
+    rows: std::ops::Range<usize>,
+    row_ranges: &[(usize, usize)],
+    col_ranges: &[(usize, usize)],
+) {
+    let c = &g.cfg;
+    let (kh, kw) = c.kernel;
+    let (h, w, ow, s) = (g.in_h, g.in_w, g.out_w, c.stride.1);
+    let cg = g.in_channels / c.groups;
+    let phase_len = w.div_ceil(s);
+    let mut phases = vec![T::zero(); s * phase_len]; // (s, ⌈W/s⌉): phase q holds columns q, q+s, …
+    for ch in 0..cg {
+        let xc = &x[ch * h * w..(ch + 1) * h * w];
+        for (ki, &(r_lo, r_hi)) in row_ranges.iter().enumerate() {
+            let row0 = (ch * kh + ki) * kw;
+            for (i, o_r) in rows.clone().enumerate() {
+                if o_r < r_lo || o_r >= r_hi {
+                    for kj in 0..kw {
+                        cols[(row0 + kj) * ld + i * ow..][..ow].fill(T::zero());
+                    }
+                    continue;
+                }
+                let ih = o_r * c.stride.0 + ki * c.dilation.0 - c.pad_begin.0;
+                let src = &xc[ih * w..(ih + 1) * w];
+                for (q, ph) in phases.chunks_exact_mut(phase_len).enumerate() {
+                    for (p, &v) in ph.iter_mut().zip(src.iter().skip(q).step_by(s)) {
+                        *p = v;
+                    }
+                }
+                for (kj, &(c_lo, c_hi)) in col_ranges.iter().enumerate() {
+                    let d = &mut cols[(row0 + kj) * ld + i * ow..][..ow];
+                    d[..c_lo].fill(T::zero());
+                    d[c_hi..].fill(T::zero());
+                    if c_lo == c_hi {
+                        continue;
+                    }
+                    let iw0 = c_lo * s + kj * c.dilation.1 - c.pad_begin.1;
+                    let run = &phases[(iw0 % s) * phase_len + iw0 / s..][..c_hi - c_lo];
+                    for (dv, &sv) in d[c_lo..c_hi].iter_mut().zip(run) {
+                        *dv = sv;
                     }
                 }
             }
@@ -276,8 +327,8 @@ fn col2im<T: Float>(
 
 /// y = conv(x, w) + b for a batch of `n` samples.
 /// x: (N, C_in, H, W), w: (C_out, C_in/groups, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
-/// Stride 1 with a short reduction (C_in/groups·kh·kw) goes to the direct kernel, everything
-/// else to im2col + GEMM.
+/// Stride 1 goes to the tap GEMMs when channels and plane are large, else to the direct
+/// kernel; strided and dilated convolutions to im2col + GEMM.
 pub fn conv2d_forward<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
@@ -286,7 +337,9 @@ pub fn conv2d_forward<T: Float>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
-    if conv_direct::applies(g) {
+    if conv_taps::applies_forward(g) {
+        conv_taps::forward(g, n, x, w, b, y)
+    } else if conv_direct::applies(g) {
         conv_direct::forward(g, n, x, w, b, y)
     } else {
         forward_im2col(g, n, x, w, b, y)
@@ -436,10 +489,29 @@ pub fn conv2d_backward<T: Float>(
     conv2d_backward_with(g, n, x, w, dy, dx, dw, db, &mut scratch)
 }
 
-/// [`conv2d_backward`] with scratch buffers kept by the caller across calls; im2col + GEMM for
-/// every geometry.
+/// [`conv2d_backward`] with scratch buffers kept by the caller across calls. Many channels on
+/// a large plane at stride 1 go to the tap GEMMs, everything else to im2col + GEMM.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_with<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    scratch: &mut ConvScratch<T>,
+) {
+    if conv_taps::applies_backward(g) {
+        return conv_taps::backward(g, n, x, w, dy, dx, dw, db, scratch);
+    }
+    backward_im2col(g, n, x, w, dy, dx, dw, db, scratch)
+}
+
+/// [`conv2d_backward_with`] by im2col + GEMM, for any geometry.
+#[allow(clippy::too_many_arguments)]
+fn backward_im2col<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -454,11 +526,7 @@ pub fn conv2d_backward_with<T: Float>(
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
     let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
     let chunk = samples_per_chunk(g);
-    let chunks = n.div_ceil(chunk);
-    if chunks == 0 {
-        return;
-    }
-    let par = if chunks < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
+    let par = if n.div_ceil(chunk) < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
         Par::Rayon
     } else {
         Par::Seq
@@ -467,9 +535,7 @@ pub fn conv2d_backward_with<T: Float>(
     // One chunk of samples: fills its dx rows, returns its partial (dw, db).
     let tile_rows = tile_rows(g, chunk);
     let tile = tile_rows * g.out_w;
-    let work = |bufs: &mut [Vec<T>; 3], ci: usize, mut dxc: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
-        let s0 = ci * chunk;
-        let s = chunk.min(n - s0);
+    let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, mut dxc: Option<&mut [T]>| {
         // Bias sums in f64: a long f32 running sum loses digits that Adam then amplifies.
         let mut pdb = vec![0.0f64; g.out_channels]; // (C_out)
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
@@ -569,15 +635,41 @@ pub fn conv2d_backward_with<T: Float>(
         (pdw, pdb.into_iter().map(T::of).collect())
     };
 
-    // One scratch set per thread, each thread a contiguous run of chunks: chunk t·chunks/nt
-    // up to (t+1)·chunks/nt. Partials stay per chunk, so the split never changes the result.
+    let sizes = [kpg, opg, kpg].map(|rows| rows * chunk * tile);
+    backward_chunks(n, chunk, in_len, dx, dw, db, scratch, sizes, work);
+}
+
+/// Runs `work(scratch set, first sample, samples, dx of those samples)` on every chunk of
+/// `chunk` samples and adds the partial (dw, db) it returns into dw and db in chunk order, so
+/// the result is bit-identical whatever the thread count. Each thread takes a contiguous run
+/// of chunks and one scratch set, its buffers grown to at least `sizes`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_chunks<T, F>(
+    n: usize,
+    chunk: usize,
+    in_len: usize,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    scratch: &mut ConvScratch<T>,
+    sizes: [usize; 3],
+    work: F,
+) where
+    T: Float,
+    F: Fn(&mut [Vec<T>; 3], usize, usize, Option<&mut [T]>) -> (Vec<T>, Vec<T>) + Sync,
+{
+    let chunks = n.div_ceil(chunk);
+    if chunks == 0 {
+        return;
+    }
+    // Thread t takes chunks first(t)..first(t + 1).
     let nt = rayon::current_num_threads().clamp(1, chunks);
     let first = |t: usize| t * chunks / nt;
     scratch.slots.resize_with(nt, Default::default);
     for slot in &mut scratch.slots {
-        for (buf, rows) in slot.iter_mut().zip([kpg, opg, kpg]) {
-            if buf.len() < rows * chunk * tile {
-                buf.resize(rows * chunk * tile, T::zero());
+        for (buf, &size) in slot.iter_mut().zip(&sizes) {
+            if buf.len() < size {
+                buf.resize(size, T::zero());
             }
         }
     }
@@ -601,20 +693,20 @@ pub fn conv2d_backward_with<T: Float>(
         .map(|(t, (bufs, run))| {
             (first(t)..first(t + 1))
                 .map(|ci| {
+                    let s0 = ci * chunk;
+                    let s = chunk.min(n - s0);
                     let d = run.as_deref_mut().map(|r| {
-                        let s0 = (ci - first(t)) * chunk * in_len;
-                        let len = ((ci + 1) * chunk).min(n) * in_len - ci * chunk * in_len;
-                        &mut r[s0..s0 + len]
+                        let at = (s0 - first(t) * chunk) * in_len;
+                        &mut r[at..at + s * in_len]
                     });
-                    work(bufs, ci, d)
+                    work(bufs, s0, s, d)
                 })
                 .collect()
         })
         .collect();
-    let partials = per_thread.into_iter().flatten();
     // Reduce in chunk order: bit-identical whatever the thread count.
     let mut db = db;
-    for (pdw, pdb) in partials {
+    for (pdw, pdb) in per_thread.into_iter().flatten() {
         dw.iter_mut().zip(&pdw).for_each(|(a, &b)| *a += b);
         if let Some(db) = db.as_deref_mut() {
             db.iter_mut().zip(&pdb).for_each(|(a, &b)| *a += b);
@@ -746,6 +838,19 @@ mod tests {
     }
 
     type Forward = fn(&Conv2dGeometry, usize, &[f64], &[f64], Option<&[f64]>, &mut [f64]);
+    /// Whether a path handles a geometry.
+    type Handles = fn(&Conv2dGeometry) -> bool;
+    type Backward = fn(
+        &Conv2dGeometry,
+        usize,
+        &[f64],
+        &[f64],
+        &[f64],
+        Option<&mut [f64]>,
+        &mut [f64],
+        Option<&mut [f64]>,
+        &mut ConvScratch<f64>,
+    );
 
     #[test]
     fn fast_matches_naive_for_every_option() {
@@ -765,9 +870,27 @@ mod tests {
             (6, 14, 14, 16, (5, 5), (1, 1), (1, 1), (0, 0), (0, 0), 1),
             (3, 4, 9, 5, (2, 11), (1, 1), (1, 1), (0, 1), (1, 1), 1),
             (9, 5, 6, 7, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
+            // Enough channels for the tap GEMMs: asymmetric padding, a 1×1 kernel.
+            (16, 9, 11, 17, (3, 3), (1, 1), (1, 1), (1, 0), (2, 1), 1),
+            (20, 6, 5, 16, (2, 4), (1, 1), (1, 1), (0, 2), (1, 1), 1),
+            (16, 4, 6, 16, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
         ];
-        let forwards: [(&str, Forward); 2] =
-            [("im2col", forward_im2col), ("direct", conv_direct::forward)];
+        // Every path that handles stride 1 without dilation; the tap GEMMs one group only.
+        fn stride1(g: &Conv2dGeometry) -> bool {
+            g.cfg.stride == (1, 1) && g.cfg.dilation == (1, 1)
+        }
+        fn taps(g: &Conv2dGeometry) -> bool {
+            stride1(g) && g.cfg.groups == 1
+        }
+        let forwards: [(&str, Forward, Handles); 3] = [
+            ("im2col", forward_im2col, |_| true),
+            ("direct", conv_direct::forward, stride1),
+            ("taps", conv_taps::forward, taps),
+        ];
+        let backwards: [(&str, Backward, Handles); 2] = [
+            ("im2col", backward_im2col, |_| true),
+            ("taps", conv_taps::backward, taps),
+        ];
         // Relative to the value: sums of thousands of terms (the tiled case).
         let close = |a: &[f64], b: &[f64]| {
             a.iter()
@@ -791,8 +914,8 @@ mod tests {
                 let b = rand_vec(&mut rng, co);
                 let mut want = vec![0.0; n * g.out_len()];
                 conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
-                for (path, forward) in forwards {
-                    if path == "direct" && (s, d) != ((1, 1), (1, 1)) {
+                for (path, forward, handles) in forwards {
+                    if !handles(&g) {
                         continue;
                     }
                     let mut y = vec![0.0; n * g.out_len()];
@@ -801,29 +924,35 @@ mod tests {
                 }
 
                 let dy = rand_vec(&mut rng, n * g.out_len());
-                let (mut dx1, mut dw1, mut db1) =
-                    (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
                 let (mut dx2, mut dw2, mut db2) =
                     (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
-                conv2d_backward(
-                    &g,
-                    n,
-                    &x,
-                    &wt,
-                    &dy,
-                    Some(&mut dx1),
-                    &mut dw1,
-                    Some(&mut db1),
-                );
                 conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
-                assert!(
-                    close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
-                    "backward {cfg:?}"
-                );
-                // Without dx (a network's first layer) the parameter gradients are the same.
-                let (mut dw3, mut db3) = (vec![0.5; wt.len()], vec![0.5; co]);
-                conv2d_backward(&g, n, &x, &wt, &dy, None, &mut dw3, Some(&mut db3));
-                assert!(close(&dw3, &dw2) && close(&db3, &db2), "no-dx {cfg:?}");
+                for (path, backward, handles) in backwards {
+                    if !handles(&g) {
+                        continue;
+                    }
+                    // dx starts as junk (it is overwritten); dw and db are added into.
+                    let (mut dx1, mut dw1, mut db1) =
+                        (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                    // Scratch full of NaN: a path must never read what it did not write.
+                    let mut sc = ConvScratch {
+                        slots: vec![std::array::from_fn(|_| vec![f64::NAN; 1 << 18]); 2],
+                    };
+                    let (dx1r, dw1r, db1r) = (Some(&mut dx1[..]), &mut dw1[..], Some(&mut db1[..]));
+                    backward(&g, n, &x, &wt, &dy, dx1r, dw1r, db1r, &mut sc);
+                    assert!(
+                        close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
+                        "{path} backward {cfg:?}"
+                    );
+                    // Without dx (a network's first layer) the parameter gradients are the
+                    // same; the scratch of the call before is reused.
+                    let (mut dw3, mut db3) = (vec![0.5; wt.len()], vec![0.5; co]);
+                    backward(&g, n, &x, &wt, &dy, None, &mut dw3, Some(&mut db3), &mut sc);
+                    assert!(
+                        close(&dw3, &dw2) && close(&db3, &db2),
+                        "{path} no-dx {cfg:?}"
+                    );
+                }
             }
         }
     }

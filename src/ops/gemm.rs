@@ -38,19 +38,10 @@ impl Ld {
 
 /// Row and column strides of a rows×cols operand stored row-major with row stride `ld`, as
 /// itself or as its transpose.
-fn strides(ld: usize, t: Trans) -> (isize, isize) {
+fn strides(ld: usize, t: Trans) -> Strides {
     match t {
-        Trans::No => (ld as isize, 1),
-        Trans::Yes => (1, ld as isize),
-    }
-}
-
-/// Elements a stored operand spans: `rows` stored rows of `cols`, `ld` apart.
-fn span(rows: usize, cols: usize, ld: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * ld + cols
+        Trans::No => Strides { rs: ld, cs: 1 },
+        Trans::Yes => Strides { rs: 1, cs: ld },
     }
 }
 
@@ -90,52 +81,112 @@ pub fn matmul_ld<T: Float>(
     accumulate: bool,
     par: Par,
 ) {
-    let (ar, ac) = if ta == Trans::No { (m, k) } else { (k, m) };
-    let (br, bc) = if tb == Trans::No { (k, n) } else { (n, k) };
+    let ac = if ta == Trans::No { k } else { m };
+    let bc = if tb == Trans::No { n } else { k };
     assert!(
         ld.a >= ac && ld.b >= bc && ld.c >= n,
         "matmul: leading dimension below the row length"
     );
+    matmul_strided(
+        c,
+        Strides { rs: ld.c, cs: 1 },
+        a,
+        strides(ld.a, ta),
+        b,
+        strides(ld.b, tb),
+        m,
+        k,
+        n,
+        accumulate,
+        par,
+    )
+}
+
+/// Where a matrix operand keeps its elements: element (i, j) at `i·rs + j·cs`. Covers
+/// transposes, windows of larger matrices and the tap slices of a weight tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strides {
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Index one past the last element a rows×cols operand with strides `s` reaches.
+fn reach(rows: usize, cols: usize, s: Strides) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * s.rs + (cols - 1) * s.cs + 1
+    }
+}
+
+/// C (m×n) = A (m×k) · B (k×n) (+ C when `accumulate`), every operand addressed by its own
+/// [`Strides`]. C's elements must be distinct (no zero or interleaving strides).
+///
+/// Panics if a slice is shorter than its strides reach: strides here come from the library's
+/// own arithmetic, never straight from user input.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided<T: Float>(
+    c: &mut [T],
+    c_st: Strides,
+    a: &[T],
+    a_st: Strides,
+    b: &[T],
+    b_st: Strides,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+    par: Par,
+) {
     assert!(
-        c.len() >= span(m, n, ld.c)
-            && a.len() >= span(ar, ac, ld.a)
-            && b.len() >= span(br, bc, ld.b),
+        c.len() >= reach(m, n, c_st)
+            && a.len() >= reach(m, k, a_st)
+            && b.len() >= reach(k, n, b_st),
         "matmul: operand too short"
+    );
+    // C written in parallel must not alias itself: rows are disjoint runs of columns or the
+    // other way round.
+    assert!(
+        m <= 1
+            || n <= 1
+            || (c_st.cs >= 1 && c_st.rs >= n * c_st.cs)
+            || (c_st.rs >= 1 && c_st.cs >= m * c_st.rs),
+        "matmul: C's strides make its elements overlap"
     );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c.chunks_mut(ld.c)
-                .take(m)
-                .for_each(|r| r[..n].iter_mut().for_each(|v| *v = T::zero()));
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * c_st.rs + j * c_st.cs] = T::zero();
+                }
+            }
         }
         return;
     }
-    let (a_rs, a_cs) = strides(ld.a, ta);
-    let (b_rs, b_cs) = strides(ld.b, tb);
     let parallelism = match par {
         Par::Seq => gemm::Parallelism::None,
         Par::Rayon => gemm::Parallelism::Rayon(0),
     };
-    // SAFETY: the asserts above bound every index the strided operands can reach: the last
-    // element of a stored operand is at span(rows, cols, ld) − 1 (likewise b and c).
+    // SAFETY: the asserts above bound every index the strided operands can reach (the largest
+    // is reach − 1), and C's elements are distinct.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            ld.c as isize,
+            c_st.cs as isize,
+            c_st.rs as isize,
             accumulate,
             a.as_ptr(),
-            a_cs,
-            a_rs,
+            a_st.cs as isize,
+            a_st.rs as isize,
             b.as_ptr(),
-            b_cs,
-            b_rs,
+            b_st.cs as isize,
+            b_st.rs as isize,
             T::one(),
             T::one(),
             false,
@@ -225,6 +276,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn strided_operands_like_a_weight_tap() {
+        // A as every 3rd element of rows 10 apart (one tap of a weight tensor), B read as a
+        // transpose, C written column-major with a gap: the same as the packed product.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (m, k, n) = (4, 3, 5);
+        let a_st = Strides { rs: 10, cs: 3 };
+        let b_st = Strides { rs: 1, cs: 7 };
+        let c_st = Strides { rs: 1, cs: m + 2 };
+        let a: Vec<f64> = (0..40).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let b: Vec<f64> = (0..35).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut c = vec![7.0; n * (m + 2)];
+        matmul_strided(&mut c, c_st, &a, a_st, &b, b_st, m, k, n, false, Par::Seq);
+        let ad: Vec<f64> = (0..m * k)
+            .map(|i| a[i / k * a_st.rs + i % k * a_st.cs])
+            .collect();
+        let bd: Vec<f64> = (0..k * n)
+            .map(|i| b[i / n * b_st.rs + i % n * b_st.cs])
+            .collect();
+        let mut want = vec![0.0; m * n];
+        matmul_naive(&mut want, &ad, Trans::No, &bd, Trans::No, m, k, n, false);
+        for i in 0..m {
+            for j in 0..n {
+                assert!((c[i * c_st.rs + j * c_st.cs] - want[i * n + j]).abs() < 1e-12);
+            }
+        }
+        assert!(
+            c.chunks(m + 2).all(|col| col[m..] == [7.0, 7.0]),
+            "gaps untouched"
+        );
     }
 
     #[test]

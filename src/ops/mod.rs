@@ -2,6 +2,7 @@
 pub mod activation;
 pub mod conv;
 mod conv_direct;
+mod conv_taps;
 pub mod fft;
 pub mod gemm;
 pub mod kernels;

@@ -1,0 +1,316 @@
+//! Convolution as one GEMM per kernel tap on the zero-padded "wide" plane, forward and
+//! backward, for stride 1 without dilation or groups and many channels (56² 64→64 3×3).
+//!
+//! Wide layout (as in `conv_direct`): the padded input Xp (C_in, Hp, Wp) and the wide output
+//! Yw (C_out, H_out·Wp) with Yw[oc, r·Wp + c] = Σ_taps W_tap[oc, :] · Xp[:, r·Wp + c + ki·Wp + kj];
+//! columns c ≥ W_out of Yw are junk. So tap (ki, kj) is one GEMM, W_tap (C_out × C_in) times a
+//! shifted window of Xp (C_in × P), with no column matrix: the GEMM's own packing reads the
+//! window, and each GEMM reduces over all channels (dW: over the whole plane), long enough to
+//! run at full speed. With the junk columns of dY zeroed, the same windows give the weight
+//! gradient and the input gradient.
+use super::conv::{Conv2dGeometry, ConvScratch};
+use super::gemm::{matmul_strided, Par, Strides};
+use crate::tensor::Float;
+use rayon::prelude::*;
+
+/// Fewest input and output channels sent here: with fewer, each tap's GEMM is too thin
+/// (LeNet's 6→16 stays with the direct kernel and im2col).
+const MIN_CHANNELS: usize = 16;
+
+/// Forward: fewest multiply-adds per tap, C_in·C_out·H_out·Wp. Below it the direct kernel
+/// wins (16→32 3×3 on 28², 0.43 M: 2.6 against 3.0 ms at batch 64); above it the taps do
+/// (32→64 5×5 on 28², 1.8 M: 13.2 against 18.3 ms; 64→64 3×3 on 56²: 33 against 40 ms).
+const MIN_FORWARD_WORK: usize = 1 << 20;
+
+/// Backward: fewest wide columns per tap, H_out·Wp. Every tap's GEMMs are per sample, so tiny
+/// planes pay their call overhead nine times over (256→256 3×3 on 7²: 42 against 27 ms by
+/// im2col, which batches 16 samples per GEMM); 28² and up win (64→64 3×3 on 28², batch 32:
+/// 19.6 against 26.1 ms; on 56²: 74 against 80 ms).
+const MIN_BACKWARD_COLS: usize = 256;
+
+/// Samples whose weight gradients one GEMM accumulates before the chunk's partial is kept; a
+/// constant, so the reduction order never depends on the thread count.
+const CHUNK: usize = 4;
+
+/// Whether the tap GEMMs can run this convolution and have channels enough to pay.
+fn eligible(g: &Conv2dGeometry) -> bool {
+    let c = &g.cfg;
+    c.stride == (1, 1)
+        && c.dilation == (1, 1)
+        && c.groups == 1
+        && g.in_channels >= MIN_CHANNELS
+        && g.out_channels >= MIN_CHANNELS
+}
+
+/// Whether the forward pass goes here (before the direct kernel).
+pub(crate) fn applies_forward(g: &Conv2dGeometry) -> bool {
+    eligible(g) && g.in_channels * g.out_channels * Wide::new(g).out_plane >= MIN_FORWARD_WORK
+}
+
+/// Whether the backward pass goes here (instead of im2col).
+pub(crate) fn applies_backward(g: &Conv2dGeometry) -> bool {
+    eligible(g) && Wide::new(g).out_plane >= MIN_BACKWARD_COLS
+}
+
+/// The wide plane's sizes for one geometry.
+struct Wide {
+    hp: usize,
+    wp: usize,
+    /// Wide columns every tap's window covers: H_out·Wp less the last row's junk tail, so that
+    /// the last tap's window ends exactly at the end of Xp.
+    cols: usize,
+    /// Elements of one wide output channel, H_out·Wp.
+    out_plane: usize,
+}
+
+impl Wide {
+    fn new(g: &Conv2dGeometry) -> Self {
+        let c = &g.cfg;
+        let hp = g.in_h + c.pad_begin.0 + c.pad_end.0;
+        let wp = g.in_w + c.pad_begin.1 + c.pad_end.1;
+        Wide {
+            hp,
+            wp,
+            cols: g.out_h * wp - (c.kernel.1 - 1),
+            out_plane: g.out_h * wp,
+        }
+    }
+    fn in_plane(&self) -> usize {
+        self.hp * self.wp
+    }
+    /// Offset of tap (ki, kj) in the wide plane.
+    fn offset(&self, ki: usize, kj: usize) -> usize {
+        ki * self.wp + kj
+    }
+}
+
+/// Copies x (C, H, W) into xp (C, Hp, Wp), writing the zero border too (the buffer is reused).
+fn pad_into<T: Float>(g: &Conv2dGeometry, wd: &Wide, x: &[T], xp: &mut [T]) {
+    let (top, left) = g.cfg.pad_begin;
+    let (h, w) = (g.in_h, g.in_w);
+    for (xc, pc) in x
+        .chunks_exact(h * w)
+        .zip(xp.chunks_exact_mut(wd.in_plane()))
+    {
+        for (r, row) in pc.chunks_exact_mut(wd.wp).enumerate() {
+            if r < top || r >= top + h {
+                row.fill(T::zero());
+                continue;
+            }
+            row[..left].fill(T::zero());
+            row[left..left + w].copy_from_slice(&xc[(r - top) * w..(r - top + 1) * w]);
+            row[left + w..].fill(T::zero());
+        }
+    }
+}
+
+/// Copies dy (C_out, H_out, W_out) into dyw (C_out, H_out·Wp) with zero junk columns, so that
+/// they add nothing to the gradients.
+fn widen_into<T: Float>(g: &Conv2dGeometry, wd: &Wide, dy: &[T], dyw: &mut [T]) {
+    let ow = g.out_w;
+    for (dc, wc) in dy
+        .chunks_exact(g.out_h * ow)
+        .zip(dyw.chunks_exact_mut(wd.out_plane))
+    {
+        for (src, row) in dc.chunks_exact(ow).zip(wc.chunks_exact_mut(wd.wp)) {
+            row[..ow].copy_from_slice(src);
+            row[ow..].fill(T::zero());
+        }
+    }
+}
+
+/// Strides of W_tap (C_out × C_in) inside w (C_out, C_in, kh, kw); its first element is at
+/// the tap's index ki·kw + kj.
+fn weight_tap(g: &Conv2dGeometry) -> Strides {
+    let kk = g.cfg.kernel.0 * g.cfg.kernel.1;
+    Strides {
+        rs: g.in_channels * kk,
+        cs: kk,
+    }
+}
+
+/// Every tap as (index in the kernel, offset in the wide plane).
+fn taps(g: &Conv2dGeometry, wd: &Wide) -> Vec<(usize, usize)> {
+    let (kh, kw) = g.cfg.kernel;
+    (0..kh)
+        .flat_map(|ki| (0..kw).map(move |kj| (ki * kw + kj, wd.offset(ki, kj))))
+        .collect()
+}
+
+/// y = conv(x, w) + b; the layouts of [`super::conv::conv2d_forward`].
+pub(crate) fn forward<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    let wd = Wide::new(g);
+    let (in_len, out_len) = (g.in_len(), g.out_len());
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let taps = taps(g, &wd);
+    let par = gemm_par(g, n, n);
+    y[..n * out_len]
+        .par_chunks_mut(out_len)
+        .zip(x[..n * in_len].par_chunks(in_len))
+        .for_each_init(
+            || {
+                (
+                    vec![T::zero(); cin * wd.in_plane()], // xp (C_in, Hp, Wp)
+                    vec![T::zero(); cout * wd.out_plane], // yw (C_out, H_out·Wp)
+                )
+            },
+            |(xp, yw), (ys, xs)| {
+                pad_into(g, &wd, xs, xp);
+                for (i, &(t, off)) in taps.iter().enumerate() {
+                    // yw[:, ..cols] (+)= W_tap (C_out × C_in) · Xp[:, off..off + cols]
+                    matmul_strided(
+                        yw,
+                        Strides {
+                            rs: wd.out_plane,
+                            cs: 1,
+                        },
+                        &w[t..],
+                        weight_tap(g),
+                        &xp[off..],
+                        Strides {
+                            rs: wd.in_plane(),
+                            cs: 1,
+                        },
+                        cout,
+                        cin,
+                        wd.cols,
+                        i > 0,
+                        par,
+                    );
+                }
+                let plane = g.out_h * g.out_w;
+                for (oc, (yc, wc)) in ys
+                    .chunks_exact_mut(plane)
+                    .zip(yw.chunks_exact(wd.out_plane))
+                    .enumerate()
+                {
+                    let bc = b.map_or(T::zero(), |b| b[oc]);
+                    for (dst, src) in yc.chunks_exact_mut(g.out_w).zip(wc.chunks(wd.wp)) {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bc);
+                    }
+                }
+            },
+        );
+}
+
+/// Thread the GEMMs themselves when there are too few parallel tasks for the pool (the rule of
+/// the im2col path).
+fn gemm_par(g: &Conv2dGeometry, n: usize, tasks: usize) -> Par {
+    if tasks < rayon::current_num_threads() && n * g.out_len() * g.k_per_group() >= 1 << 22 {
+        Par::Rayon
+    } else {
+        Par::Seq
+    }
+}
+
+/// Gradients of [`forward`]: writes dx (if asked) and adds into dw and db; the layouts of
+/// [`super::conv::conv2d_backward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    scratch: &mut ConvScratch<T>,
+) {
+    let wd = Wide::new(g);
+    let (in_len, out_len) = (g.in_len(), g.out_len());
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let taps = taps(g, &wd);
+    let par = gemm_par(g, n, n.div_ceil(CHUNK));
+    let want_dx = dx.is_some();
+    // Per thread: xp (C_in, Hp, Wp), dyw (C_out, H_out·Wp), dxp (C_in, Hp, Wp).
+    let sizes = [
+        cin * wd.in_plane(),
+        cout * wd.out_plane,
+        if want_dx { cin * wd.in_plane() } else { 0 },
+    ];
+    let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, mut dxc: Option<&mut [T]>| {
+        let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, kh, kw)
+        let mut pdb = vec![0.0f64; cout]; // (C_out), summed in f64 as in the im2col path
+        let [xp, dyw, dxp] = bufs;
+        for si in 0..s {
+            let xs = &x[(s0 + si) * in_len..(s0 + si + 1) * in_len];
+            let dys = &dy[(s0 + si) * out_len..(s0 + si + 1) * out_len];
+            pad_into(g, &wd, xs, xp);
+            widen_into(g, &wd, dys, dyw);
+            for (oc, dc) in dys.chunks_exact(g.out_h * g.out_w).enumerate() {
+                pdb[oc] += dc.iter().map(|v| v.f64()).sum::<f64>();
+            }
+            let dyw_st = Strides {
+                rs: wd.out_plane,
+                cs: 1,
+            };
+            for &(t, off) in &taps {
+                // dW_tap (C_out × C_in) += dYw (C_out × cols) · Xp[:, off..off + cols]ᵀ
+                matmul_strided(
+                    &mut pdw[t..],
+                    weight_tap(g),
+                    dyw,
+                    dyw_st,
+                    &xp[off..],
+                    Strides {
+                        rs: 1,
+                        cs: wd.in_plane(),
+                    },
+                    cout,
+                    wd.cols,
+                    cin,
+                    si > 0,
+                    par,
+                );
+            }
+            if let Some(d) = dxc.as_deref_mut() {
+                dxp.fill(T::zero());
+                let wt = weight_tap(g);
+                for &(t, off) in &taps {
+                    // dXp[:, off..off + cols] += W_tapᵀ (C_in × C_out) · dYw (C_out × cols)
+                    matmul_strided(
+                        &mut dxp[off..],
+                        Strides {
+                            rs: wd.in_plane(),
+                            cs: 1,
+                        },
+                        &w[t..],
+                        Strides {
+                            rs: wt.cs,
+                            cs: wt.rs,
+                        },
+                        dyw,
+                        dyw_st,
+                        cin,
+                        cout,
+                        wd.cols,
+                        true,
+                        par,
+                    );
+                }
+                let (top, left) = g.cfg.pad_begin;
+                let (h, wi) = (g.in_h, g.in_w);
+                let ds = &mut d[si * in_len..(si + 1) * in_len];
+                for (dc, pc) in ds
+                    .chunks_exact_mut(h * wi)
+                    .zip(dxp.chunks_exact(wd.in_plane()))
+                {
+                    for (r, row) in dc.chunks_exact_mut(wi).enumerate() {
+                        let at = (r + top) * wd.wp + left;
+                        row.copy_from_slice(&pc[at..at + wi]);
+                    }
+                }
+            }
+        }
+        (pdw, pdb.into_iter().map(T::of).collect())
+    };
+    super::conv::backward_chunks(n, CHUNK, in_len, dx, dw, db, scratch, sizes, work);
+}
