@@ -506,10 +506,13 @@ pub fn conv2d_backward_with<T: Float>(
     if conv_taps::applies_backward(g) {
         return conv_taps::backward(g, n, x, w, dy, dx, dw, db, scratch);
     }
-    backward_im2col(g, n, x, w, dy, dx, dw, db, scratch)
+    let direct_dw = conv_direct::applies_weight_grad(g);
+    backward_im2col(g, n, x, w, dy, dx, dw, db, scratch, direct_dw)
 }
 
-/// [`conv2d_backward_with`] by im2col + GEMM, for any geometry.
+/// [`conv2d_backward_with`] by im2col + GEMM, for any geometry; with `direct_dw` (stride 1
+/// without dilation only) dW comes from the direct kernel on the wide plane instead: no column
+/// matrix, and without dx (a first layer) no tiles at all.
 #[allow(clippy::too_many_arguments)]
 fn backward_im2col<T: Float>(
     g: &Conv2dGeometry,
@@ -521,6 +524,7 @@ fn backward_im2col<T: Float>(
     dw: &mut [T],
     db: Option<&mut [T]>,
     scratch: &mut ConvScratch<T>,
+    direct_dw: bool,
 ) {
     let groups = g.cfg.groups;
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
@@ -536,10 +540,22 @@ fn backward_im2col<T: Float>(
     let tile_rows = tile_rows(g, chunk);
     let tile = tile_rows * g.out_w;
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, mut dxc: Option<&mut [T]>| {
-        // Bias sums in f64: a long f32 running sum loses digits that Adam then amplifies.
-        let mut pdb = vec![0.0f64; g.out_channels]; // (C_out)
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
+        let dys = &dy[s0 * out_len..(s0 + s) * out_len]; // (s, C_out, H_out, W_out)
+        let mut pdb = vec![0.0f64; g.out_channels]; // (C_out)
+        for ds in dys.chunks_exact(out_len) {
+            for (b, dc) in pdb.iter_mut().zip(ds.chunks_exact(plane)) {
+                *b += sum_f64(dc);
+            }
+        }
         let [cols, dyc, dcols] = bufs;
+        if direct_dw {
+            let xs = &x[s0 * in_len..(s0 + s) * in_len];
+            conv_direct::weight_grad(g, xs, dys, &mut pdw, cols);
+            if dxc.is_none() {
+                return (pdw, pdb.into_iter().map(T::of).collect());
+            }
+        }
         if let Some(d) = dxc.as_deref_mut() {
             d.fill(T::zero());
         }
@@ -548,12 +564,8 @@ fn backward_im2col<T: Float>(
                 let rows = r0..(r0 + tile_rows).min(g.out_h);
                 let tl = rows.len() * g.out_w; // columns of one sample in this tile
                 let ld = s * tl;
-                let (cols, dyc, dcols) = (
-                    &mut cols[..kpg * ld],
-                    &mut dyc[..opg * ld],
-                    &mut dcols[..kpg * ld],
-                );
-                for si in 0..s {
+                let (dyc, dcols) = (&mut dyc[..opg * ld], &mut dcols[..kpg * ld]);
+                for si in (0..s).filter(|_| !direct_dw) {
                     let xs = &x[(s0 + si) * in_len..(s0 + si + 1) * in_len];
                     im2col(
                         g,
@@ -577,28 +589,26 @@ fn backward_im2col<T: Float>(
                     }
                     (dyc, ld)
                 };
-                // dW_g += dY_g (opg × s·tl) · colsᵀ (s·tl × kpg)
-                let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
-                let lds = Ld {
-                    a: dld,
-                    ..Ld::dense(opg, ld, kpg, Trans::No, Trans::Yes)
-                };
-                matmul_ld(
-                    pdw_g,
-                    dyg,
-                    Trans::No,
-                    cols,
-                    Trans::Yes,
-                    opg,
-                    ld,
-                    kpg,
-                    lds,
-                    true,
-                    par,
-                );
-                for oc in 0..opg {
-                    pdb[gi * opg + oc] +=
-                        dyg[oc * dld..][..ld].iter().map(|v| v.f64()).sum::<f64>();
+                if !direct_dw {
+                    // dW_g += dY_g (opg × s·tl) · colsᵀ (s·tl × kpg)
+                    let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
+                    let lds = Ld {
+                        a: dld,
+                        ..Ld::dense(opg, ld, kpg, Trans::No, Trans::Yes)
+                    };
+                    matmul_ld(
+                        pdw_g,
+                        dyg,
+                        Trans::No,
+                        &cols[..kpg * ld],
+                        Trans::Yes,
+                        opg,
+                        ld,
+                        kpg,
+                        lds,
+                        true,
+                        par,
+                    );
                 }
                 if let Some(d) = dxc.as_deref_mut() {
                     // dcols = W_gᵀ (kpg × opg) · dY_g (opg × s·tl)
@@ -635,8 +645,28 @@ fn backward_im2col<T: Float>(
         (pdw, pdb.into_iter().map(T::of).collect())
     };
 
-    let sizes = [kpg, opg, kpg].map(|rows| rows * chunk * tile);
+    let mut sizes = [kpg, opg, kpg].map(|rows| rows * chunk * tile);
+    if direct_dw {
+        // The columns' buffer holds the direct kernel's scratch instead.
+        sizes[0] = conv_direct::weight_grad_scratch(g, chunk);
+    }
     backward_chunks(n, chunk, in_len, dx, dw, db, scratch, sizes, work);
+}
+
+/// Σ v in f64, in 8 interleaved partial sums (a fixed order): a long f32 running sum loses
+/// digits that Adam then amplifies, and one f64 chain waits on every add's latency.
+pub(crate) fn sum_f64<T: Float>(v: &[T]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut blocks = v.chunks_exact(8);
+    for b in &mut blocks {
+        for (a, x) in acc.iter_mut().zip(b) {
+            *a += x.f64();
+        }
+    }
+    for (a, x) in acc.iter_mut().zip(blocks.remainder()) {
+        *a += x.f64();
+    }
+    acc.iter().sum()
 }
 
 /// Runs `work(scratch set, first sample, samples, dx of those samples)` on every chunk of
@@ -874,6 +904,8 @@ mod tests {
             (16, 9, 11, 17, (3, 3), (1, 1), (1, 1), (1, 0), (2, 1), 1),
             (20, 6, 5, 16, (2, 4), (1, 1), (1, 1), (0, 2), (1, 1), 1),
             (16, 4, 6, 16, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
+            // Channels across the lanes: 2 groups of 16, rows of 9 in runs of 10.
+            (4, 7, 9, 32, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 2),
         ];
         // Every path that handles stride 1 without dilation; the tap GEMMs one group only.
         fn stride1(g: &Conv2dGeometry) -> bool {
@@ -882,13 +914,46 @@ mod tests {
         fn taps(g: &Conv2dGeometry) -> bool {
             stride1(g) && g.cfg.groups == 1
         }
-        let forwards: [(&str, Forward, Handles); 3] = [
+        fn lanes(g: &Conv2dGeometry) -> bool {
+            stride1(g) && conv_direct::lanes_fit(g)
+        }
+        let forwards: [(&str, Forward, Handles); 4] = [
             ("im2col", forward_im2col, |_| true),
-            ("direct", conv_direct::forward, stride1),
+            ("direct wide", conv_direct::forward_by_wide, stride1),
+            ("direct lanes", conv_direct::forward_by_lanes, lanes),
             ("taps", conv_taps::forward, taps),
         ];
-        let backwards: [(&str, Backward, Handles); 2] = [
-            ("im2col", backward_im2col, |_| true),
+        #[allow(clippy::too_many_arguments)]
+        fn im2col_dw(
+            g: &Conv2dGeometry,
+            n: usize,
+            x: &[f64],
+            w: &[f64],
+            dy: &[f64],
+            dx: Option<&mut [f64]>,
+            dw: &mut [f64],
+            db: Option<&mut [f64]>,
+            sc: &mut ConvScratch<f64>,
+        ) {
+            backward_im2col(g, n, x, w, dy, dx, dw, db, sc, false)
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn direct_dw(
+            g: &Conv2dGeometry,
+            n: usize,
+            x: &[f64],
+            w: &[f64],
+            dy: &[f64],
+            dx: Option<&mut [f64]>,
+            dw: &mut [f64],
+            db: Option<&mut [f64]>,
+            sc: &mut ConvScratch<f64>,
+        ) {
+            backward_im2col(g, n, x, w, dy, dx, dw, db, sc, true)
+        }
+        let backwards: [(&str, Backward, Handles); 3] = [
+            ("im2col", im2col_dw, |_| true),
+            ("direct dW", direct_dw, stride1),
             ("taps", conv_taps::backward, taps),
         ];
         // Relative to the value: sums of thousands of terms (the tiled case).

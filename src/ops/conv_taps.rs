@@ -246,7 +246,7 @@ pub(crate) fn backward<T: Float>(
             pad_into(g, &wd, xs, xp);
             widen_into(g, &wd, dys, dyw);
             for (oc, dc) in dys.chunks_exact(g.out_h * g.out_w).enumerate() {
-                pdb[oc] += dc.iter().map(|v| v.f64()).sum::<f64>();
+                pdb[oc] += super::conv::sum_f64(dc);
             }
             let dyw_st = Strides {
                 rs: wd.out_plane,
