@@ -204,29 +204,85 @@ impl<T: Float> Optimizer<T> {
                     // 1 − β in f64 before rounding: 1 − (0.999 as f32) is off by 1.3e-5 relative.
                     let (b2t, one_b1, one_b2, eps) =
                         (T::of(b2), T::of(1.0 - b1), T::of(1.0 - b2), T::of(c.eps));
-                    let decoupled = c.kind == OptimizerKind::AdamW;
-                    let decay = T::of(1.0 - lr * c.weight_decay);
-                    let m = state1[i].data_mut();
-                    let v = state2[i].data_mut();
-                    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                    {
-                        let g = if !decoupled && c.weight_decay != 0.0 {
-                            g + wd * *w
-                        } else {
-                            g
-                        };
-                        if decoupled {
-                            *w *= decay;
-                        }
-                        *m += one_b1 * (g - *m);
-                        *v = b2t * *v + one_b2 * g * g;
-                        let denom = v.sqrt() / bc2_sqrt + eps;
-                        *w -= step_size * *m / denom;
-                    }
+                    let k = AdamConsts {
+                        b2t,
+                        one_b1,
+                        one_b2,
+                        eps,
+                        bc2_sqrt,
+                        step_size,
+                        decay: T::of(1.0 - lr * c.weight_decay),
+                        wd,
+                        decoupled: c.kind == OptimizerKind::AdamW,
+                        coupled_decay: c.kind == OptimizerKind::Adam && c.weight_decay != 0.0,
+                    };
+                    adam_update(k, w, g, state1[i].data_mut(), state2[i].data_mut());
                 }
             }
         });
     }
+}
+
+/// The constants of one Adam(W) update of one tensor.
+#[derive(Clone, Copy)]
+struct AdamConsts<T> {
+    b2t: T,
+    one_b1: T,
+    one_b2: T,
+    eps: T,
+    bc2_sqrt: T,
+    step_size: T,
+    decay: T,
+    wd: T,
+    decoupled: bool,
+    coupled_decay: bool,
+}
+
+/// One Adam(W) update of w from g with moments m, v, in PyTorch's order of operations.
+#[inline(always)]
+fn adam_body<T: Float>(k: AdamConsts<T>, w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = if k.coupled_decay { g + k.wd * *w } else { g };
+        if k.decoupled {
+            *w *= k.decay;
+        }
+        *m += k.one_b1 * (g - *m);
+        *v = k.b2t * *v + k.one_b2 * g * g;
+        let denom = v.sqrt() / k.bc2_sqrt + k.eps;
+        *w -= k.step_size * *m / denom;
+    }
+}
+
+/// [`adam_body`], also compiled for AVX-512 and AVX2 and picked at run time: its square roots
+/// and divisions run 4 (8) times as wide as in the baseline x86-64 build's SSE. The results
+/// are the same bits (no operation is fused or reordered).
+fn adam_update<T: Float>(k: AdamConsts<T>, w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<T: Float>(
+            k: AdamConsts<T>,
+            w: &mut [T],
+            g: &[T],
+            m: &mut [T],
+            v: &mut [T],
+        ) {
+            adam_body(k, w, g, m, v)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Float>(k: AdamConsts<T>, w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+            adam_body(k, w, g, m, v)
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { avx512(k, w, g, m, v) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(k, w, g, m, v) };
+        }
+    }
+    adam_body(k, w, g, m, v)
 }
 
 #[cfg(test)]
