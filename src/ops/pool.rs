@@ -99,9 +99,111 @@ impl Pool2dGeometry {
     }
 }
 
-/// Max pooling of (N·C) planes; `argmax` (N, C, H_out, W_out) records each winner's index in its plane.
-/// NaN wins, as in PyTorch.
+/// Whether max pooling takes the 2×2 stride-2 paths: disjoint windows inside the input.
+fn is_2x2(g: &Pool2dGeometry) -> bool {
+    let c = &g.cfg;
+    let inside = 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w; // no ceil_mode overhang
+    c.kernel == (2, 2) && c.stride == (2, 2) && c.padding == (0, 0) && inside
+}
+
+/// Max pooling of (N·C) planes; `argmax` (N, C, H_out, W_out) records each winner's index in
+/// its plane: the first NaN, else the first maximum in row-major order (NaN wins, as in
+/// PyTorch).
 pub fn maxpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], argmax: &mut [u32]) {
+    if is_2x2(g) {
+        maxpool2x2_forward(g, x, y, argmax)
+    } else {
+        maxpool_forward_general(g, x, y, argmax)
+    }
+}
+
+/// The winner of the pair (first, second) in scan order: the first NaN, else the second only
+/// if strictly greater. Branch-free, so that loops of it vectorise.
+#[inline(always)]
+fn second_wins<T: Float>(first: T, second: T) -> bool {
+    !first.is_nan() & (second.is_nan() | (second > first))
+}
+
+/// One plane of 2×2 stride-2 max pooling with winners, as a tournament: the winner of each
+/// row's pair, then of the two rows. The same winners as the row-major scan of
+/// [`maxpool_forward_general`] (ties keep the earlier cell, NaN wins).
+#[inline(always)]
+fn maxpool2x2_plane<T: Float>(w: usize, ow: usize, xp: &[T], yp: &mut [T], ap: &mut [u32]) {
+    for (i, (yr, ar)) in yp
+        .chunks_exact_mut(ow)
+        .zip(ap.chunks_exact_mut(ow))
+        .enumerate()
+    {
+        let r0 = 2 * i * w;
+        let (x0, x1) = (&xp[r0..][..2 * ow], &xp[r0 + w..][..2 * ow]);
+        let pairs = x0.chunks_exact(2).zip(x1.chunks_exact(2));
+        for (j, ((y, a), (p0, p1))) in yr.iter_mut().zip(ar.iter_mut()).zip(pairs).enumerate() {
+            let (top, k_top) = if second_wins(p0[0], p0[1]) {
+                (p0[1], 1)
+            } else {
+                (p0[0], 0)
+            };
+            let (bottom, k_bottom) = if second_wins(p1[0], p1[1]) {
+                (p1[1], w + 1)
+            } else {
+                (p1[0], w)
+            };
+            let (m, k) = if second_wins(top, bottom) {
+                (bottom, k_bottom)
+            } else {
+                (top, k_top)
+            };
+            *y = m;
+            *a = (r0 + 2 * j + k) as u32;
+        }
+    }
+}
+
+/// [`maxpool2x2_plane`] also compiled for AVX-512 and AVX2, picked at run time: the baseline
+/// build's SSE2 has no blends, and the selects stay scalar there.
+fn maxpool2x2_plane_dispatch<T: Float>(
+    w: usize,
+    ow: usize,
+    xp: &[T],
+    yp: &mut [T],
+    ap: &mut [u32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+        unsafe fn avx512<T: Float>(w: usize, ow: usize, xp: &[T], yp: &mut [T], ap: &mut [u32]) {
+            maxpool2x2_plane(w, ow, xp, yp, ap)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Float>(w: usize, ow: usize, xp: &[T], yp: &mut [T], ap: &mut [u32]) {
+            maxpool2x2_plane(w, ow, xp, yp, ap)
+        }
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has these features.
+            return unsafe { avx512(w, ow, xp, yp, ap) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(w, ow, xp, yp, ap) };
+        }
+    }
+    maxpool2x2_plane(w, ow, xp, yp, ap)
+}
+
+/// [`maxpool2d_forward`] for 2×2 windows at stride 2 inside the input.
+fn maxpool2x2_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], argmax: &mut [u32]) {
+    let (ip, op, w, ow) = (g.in_plane(), g.out_plane(), g.in_w, g.out_w);
+    y.par_chunks_mut(op)
+        .zip(argmax.par_chunks_mut(op))
+        .zip(x.par_chunks(ip))
+        .for_each(|((yp, ap), xp)| maxpool2x2_plane_dispatch(w, ow, xp, yp, ap));
+}
+
+/// [`maxpool2d_forward`] for any window: a scan of each window in row-major order.
+fn maxpool_forward_general<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], argmax: &mut [u32]) {
     let (ip, op) = (g.in_plane(), g.out_plane());
     let (wr, wc) = g.windows();
     y.par_chunks_mut(op)
@@ -131,41 +233,18 @@ pub fn maxpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], arg
         });
 }
 
-/// The larger of two values, NaN if either is NaN (the winner's value in [`maxpool2d_forward`]).
-#[inline(always)]
-fn max_nan<T: Float>(a: T, b: T) -> T {
-    if (b > a) | b.is_nan() {
-        b
-    } else {
-        a
-    }
-}
-
-/// Max pooling without recording winners (inference): the values of [`maxpool2d_forward`]
-/// (up to the sign of a zero among equal maxima).
-/// 2×2 windows at stride 2 take elementwise maxima of row pairs, then of column pairs, as
-/// branch-free loops the compiler vectorises.
+/// Max pooling without keeping the winners (inference): the values of [`maxpool2d_forward`],
+/// the winners going to scratch that is reused instead of a caller's buffer.
 pub fn maxpool2d_forward_values<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
-    let c = &g.cfg;
-    let inside = 2 * g.out_h <= g.in_h && 2 * g.out_w <= g.in_w; // no ceil_mode overhang
-    if !(c.kernel == (2, 2) && c.stride == (2, 2) && c.padding == (0, 0) && inside) {
+    if !is_2x2(g) {
         let mut argmax = vec![0u32; y.len()];
-        return maxpool2d_forward(g, x, y, &mut argmax);
+        return maxpool_forward_general(g, x, y, &mut argmax);
     }
+    // The winners' tournament, its winners written to a per-thread scratch plane.
     let (ip, op, w, ow) = (g.in_plane(), g.out_plane(), g.in_w, g.out_w);
     y.par_chunks_mut(op).zip(x.par_chunks(ip)).for_each_init(
-        || vec![T::zero(); 2 * ow], // maxima of the row pair, column by column
-        |vm, (yp, xp)| {
-            for (i, yr) in yp.chunks_exact_mut(ow).enumerate() {
-                let (x0, x1) = (&xp[2 * i * w..][..2 * ow], &xp[(2 * i + 1) * w..][..2 * ow]);
-                for ((m, &a), &b) in vm.iter_mut().zip(x0).zip(x1) {
-                    *m = max_nan(a, b);
-                }
-                for (v, pair) in yr.iter_mut().zip(vm.chunks_exact(2)) {
-                    *v = max_nan(pair[0], pair[1]);
-                }
-            }
-        },
+        || vec![0u32; op],
+        |ap, (yp, xp)| maxpool2x2_plane_dispatch(w, ow, xp, yp, ap),
     );
 }
 
@@ -346,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn values_only_pooling_gives_the_winners_values() {
+    fn values_only_pooling_and_2x2_winners_match_the_scan() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let set = [0.0, 1.0, -1.0, f64::NAN, 1.0, -0.0, 0.5];
         for (h, w, cfg) in [
@@ -371,6 +450,12 @@ mod tests {
                 maxpool2d_forward(&g, &x, &mut y2, &mut a);
                 let same = |a: &f64, b: &f64| a == b || (a.is_nan() && b.is_nan());
                 assert!(y1.iter().zip(&y2).all(|(a, b)| same(a, b)), "{cfg:?}");
+                // The 2×2 tournament picks the winners of the row-major scan, bit for bit.
+                let (mut y3, mut a3) = (vec![0.0; n], vec![0u32; n]);
+                maxpool_forward_general(&g, &x, &mut y3, &mut a3);
+                assert_eq!(a, a3, "{cfg:?}");
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y2), bits(&y3), "{cfg:?}");
             }
         }
     }
