@@ -350,8 +350,9 @@ pub fn conv2d_forward<T: Float>(
 /// owns one) so that a training step neither allocates nor clears them: every buffer is fully
 /// overwritten before it is read.
 pub struct ConvScratch<T> {
-    // Per thread: cols (C_in/groups·kh·kw, chunk·tile), dY gathered (opg, chunk·tile),
-    // dcols (C_in/groups·kh·kw, chunk·tile).
+    // Per thread, three buffers. im2col path: cols (C_in/groups·kh·kw, chunk·tile) or, with
+    // the direct dW, that kernel's padded inputs, wide dY and lane sums; dY gathered
+    // (opg, chunk·tile); dcols (C_in/groups·kh·kw, chunk·tile). Tap GEMMs: see conv_taps.
     slots: Vec<[Vec<T>; 3]>,
 }
 
