@@ -508,7 +508,67 @@ pub fn conv2d_backward_with<T: Float>(
         return conv_taps::backward(g, n, x, w, dy, dx, dw, db, scratch);
     }
     let direct_dw = conv_direct::applies_weight_grad(g);
-    backward_im2col(g, n, x, w, dy, dx, dw, db, scratch, direct_dw)
+    match (dx, transposed(g)) {
+        // Direct dW and direct dX: no column matrix at all. Best of 10 alternating runs:
+        // LeNet's second layer forward + backward 1.45 → 1.29 ms.
+        (Some(dx), Some(gt)) if direct_dw => {
+            backward_im2col(g, n, x, w, dy, None, dw, db, scratch, true);
+            input_grad_direct(g, &gt, n, w, dy, dx);
+        }
+        (dx, _) => backward_im2col(g, n, x, w, dy, dx, dw, db, scratch, direct_dw),
+    }
+}
+
+/// The geometry whose forward pass is this convolution's input gradient, for stride 1
+/// without dilation or groups: dY (C_out, H_out, W_out) correlated with the flipped kernels,
+/// padded by k − 1 − p on each side (so p ≤ k − 1), gives dX (C_in, H, W).
+fn transposed(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+    let c = &g.cfg;
+    let (kh, kw) = c.kernel;
+    let fits = |p: usize, k: usize| p < k;
+    if c.stride != (1, 1) || c.dilation != (1, 1) || c.groups != 1 {
+        return None;
+    }
+    if !(fits(c.pad_begin.0, kh)
+        && fits(c.pad_end.0, kh)
+        && fits(c.pad_begin.1, kw)
+        && fits(c.pad_end.1, kw))
+    {
+        return None;
+    }
+    let cfg = Conv2dConfig {
+        pad_begin: (kh - 1 - c.pad_begin.0, kw - 1 - c.pad_begin.1),
+        pad_end: (kh - 1 - c.pad_end.0, kw - 1 - c.pad_end.1),
+        ..*c
+    };
+    let gt = Conv2dGeometry::new([g.out_channels, g.out_h, g.out_w], g.in_channels, cfg).ok()?;
+    ((gt.out_h, gt.out_w) == (g.in_h, g.in_w)).then_some(gt)
+}
+
+/// dX of every sample as the forward pass of [`transposed`]'s geometry: the direct kernel
+/// with the kernels flipped and their channel axes swapped, w' (C_in, C_out, kh, kw).
+fn input_grad_direct<T: Float>(
+    g: &Conv2dGeometry,
+    gt: &Conv2dGeometry,
+    n: usize,
+    w: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) {
+    let (kh, kw) = g.cfg.kernel;
+    let (ci, co) = (g.in_channels, g.out_channels);
+    let mut wt = vec![T::zero(); w.len()]; // (C_in, C_out, kh, kw), flipped
+    for oc in 0..co {
+        for c in 0..ci {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    wt[((c * co + oc) * kh + kh - 1 - ki) * kw + kw - 1 - kj] =
+                        w[((oc * ci + c) * kh + ki) * kw + kj];
+                }
+            }
+        }
+    }
+    conv_direct::forward(gt, n, dy, &wt, None, dx)
 }
 
 /// [`conv2d_backward_with`] by im2col + GEMM, for any geometry; with `direct_dw` (stride 1
@@ -952,9 +1012,29 @@ mod tests {
         ) {
             backward_im2col(g, n, x, w, dy, dx, dw, db, sc, true)
         }
-        let backwards: [(&str, Backward, Handles); 3] = [
+        #[allow(clippy::too_many_arguments)]
+        fn direct_dw_dx(
+            g: &Conv2dGeometry,
+            n: usize,
+            x: &[f64],
+            w: &[f64],
+            dy: &[f64],
+            dx: Option<&mut [f64]>,
+            dw: &mut [f64],
+            db: Option<&mut [f64]>,
+            sc: &mut ConvScratch<f64>,
+        ) {
+            backward_im2col(g, n, x, w, dy, None, dw, db, sc, true);
+            if let (Some(dx), Some(gt)) = (dx, transposed(g)) {
+                input_grad_direct(g, &gt, n, w, dy, dx);
+            }
+        }
+        let backwards: [(&str, Backward, Handles); 4] = [
             ("im2col", im2col_dw, |_| true),
             ("direct dW", direct_dw, stride1),
+            ("direct dW and dX", direct_dw_dx, |g| {
+                transposed(g).is_some()
+            }),
             ("taps", conv_taps::backward, taps),
         ];
         // Relative to the value: sums of thousands of terms (the tiled case).
