@@ -60,11 +60,17 @@ impl<T: Float> Network<T> {
                 got: s.to_vec(),
             });
         }
-        let mut h = x;
-        for l in &mut self.layers {
-            h = l.forward(h, train);
-        }
-        Ok(h)
+        // On one thread of the pool (a no-op when already there): every layer's parallel
+        // sections then share their work with the other workers directly, instead of this
+        // thread handing each one over and sleeping until it is done.
+        let layers = &mut self.layers;
+        Ok(rayon::scope(move |_| {
+            let mut h = x;
+            for l in layers.iter_mut() {
+                h = l.forward(h, train);
+            }
+            h
+        }))
     }
 
     /// Back-propagates dL/d(output) through the cached forward pass, adding into every

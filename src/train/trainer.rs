@@ -40,6 +40,14 @@ impl Trainer {
     /// Forward, loss, backward and one optimizer update on the batch x (B, C, H, W).
     /// Returns the batch's mean loss; a non-finite loss leaves the weights untouched.
     pub fn step(&mut self, x: Tensor<f32>, labels: &[usize], lr: f64) -> Result<f64> {
+        // The whole step on one thread of the pool: every parallel section inside then shares
+        // its work with the other workers directly, instead of this thread handing each one
+        // over and sleeping until it is done.
+        rayon::scope(|_| self.step_here(x, labels, lr))
+    }
+
+    /// [`Trainer::step`] on the calling thread.
+    fn step_here(&mut self, x: Tensor<f32>, labels: &[usize], lr: f64) -> Result<f64> {
         let out = self.net.forward(x, true)?; // (B, K)
         let k = self.net.output_len();
         self.grad.resize(out.len(), 0.0);
