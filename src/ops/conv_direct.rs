@@ -1,6 +1,8 @@
-//! Direct (im2col-free) forward convolution for stride 1 without dilation (LeNet's layers): on the zero-padded input, every kernel tap is one contiguous shifted
-//! window of the "wide" output plane (output rows laid out at the padded width), so each tap is
-//! a vectorisable multiply-add over the whole plane.
+//! Direct (im2col-free) convolution kernels for stride 1 without dilation (LeNet's layers):
+//! the forward pass and the weight gradient. On the zero-padded input, every kernel tap is one
+//! contiguous shifted window of the "wide" output plane (output rows laid out at the padded
+//! width), so each tap is a vectorisable multiply-add over the whole plane. Short rows instead
+//! put the output channels across the vector lanes (`forward_by_lanes`).
 //!
 //! Wide layout, one channel: the padded input P (Hp × Wp, row-major, zero tail) and the wide
 //! output Yw with Yw[r·Wp + c] = Σ_taps w[ki, kj] · P[r·Wp + c + ki·Wp + kj]; columns c ≥ W_out
