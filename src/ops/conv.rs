@@ -14,6 +14,16 @@ fn samples_per_chunk(g: &Conv2dGeometry) -> usize {
     (4096 / (g.out_h * g.out_w).max(1)).clamp(1, 16)
 }
 
+/// Whether the GEMMs of a convolution over `n` samples in `tasks` parallel tasks use the threads
+/// themselves: only when there are too few tasks to keep every thread busy and enough work.
+pub(crate) fn gemm_par(g: &Conv2dGeometry, n: usize, tasks: usize) -> Par {
+    if tasks < rayon::current_num_threads() && n * g.out_len() * g.k_per_group() >= 1 << 22 {
+        Par::Rayon
+    } else {
+        Par::Seq
+    }
+}
+
 /// Elements of one tile of columns (512 KB of f32: fits the L2 cache).
 const TILE_ELEMS: usize = 1 << 17;
 
@@ -377,12 +387,7 @@ fn forward_im2col<T: Float>(
     let chunk = samples_per_chunk(g);
     let tile_rows = tile_rows(g, chunk);
     let tile = tile_rows * g.out_w;
-    // Too few chunks to keep every thread busy: let the GEMM use the threads instead.
-    let par = if n.div_ceil(chunk) < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
-        Par::Rayon
-    } else {
-        Par::Seq
-    };
+    let par = gemm_par(g, n, n.div_ceil(chunk));
     y[..n * out_len]
         .par_chunks_mut(chunk * out_len)
         .zip(x[..n * in_len].par_chunks(chunk * in_len))
@@ -591,11 +596,7 @@ fn backward_im2col<T: Float>(
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
     let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
     let chunk = samples_per_chunk(g);
-    let par = if n.div_ceil(chunk) < rayon::current_num_threads() && n * out_len * kpg >= 1 << 22 {
-        Par::Rayon
-    } else {
-        Par::Seq
-    };
+    let par = gemm_par(g, n, n.div_ceil(chunk));
 
     // One chunk of samples: fills its dx rows, returns its partial (dw, db).
     let tile_rows = tile_rows(g, chunk);
@@ -931,17 +932,42 @@ mod tests {
     type Forward = fn(&Conv2dGeometry, usize, &[f64], &[f64], Option<&[f64]>, &mut [f64]);
     /// Whether a path handles a geometry.
     type Handles = fn(&Conv2dGeometry) -> bool;
-    type Backward = fn(
-        &Conv2dGeometry,
-        usize,
-        &[f64],
-        &[f64],
-        &[f64],
-        Option<&mut [f64]>,
-        &mut [f64],
-        Option<&mut [f64]>,
-        &mut ConvScratch<f64>,
-    );
+    /// The backward paths, each run on its own whatever the dispatch would pick.
+    #[derive(Clone, Copy, Debug)]
+    enum BackwardPath {
+        Im2col,
+        DirectDw,
+        DirectDwDx,
+        Taps,
+    }
+
+    impl BackwardPath {
+        #[allow(clippy::too_many_arguments)]
+        fn run(
+            self,
+            g: &Conv2dGeometry,
+            n: usize,
+            x: &[f64],
+            w: &[f64],
+            dy: &[f64],
+            dx: Option<&mut [f64]>,
+            dw: &mut [f64],
+            db: Option<&mut [f64]>,
+            sc: &mut ConvScratch<f64>,
+        ) {
+            match self {
+                BackwardPath::Im2col => backward_im2col(g, n, x, w, dy, dx, dw, db, sc, false),
+                BackwardPath::DirectDw => backward_im2col(g, n, x, w, dy, dx, dw, db, sc, true),
+                BackwardPath::DirectDwDx => {
+                    backward_im2col(g, n, x, w, dy, None, dw, db, sc, true);
+                    if let (Some(dx), Some(gt)) = (dx, transposed(g)) {
+                        input_grad_direct(g, &gt, n, w, dy, dx);
+                    }
+                }
+                BackwardPath::Taps => conv_taps::backward(g, n, x, w, dy, dx, dw, db, sc),
+            }
+        }
+    }
 
     #[test]
     fn fast_matches_naive_for_every_option() {
@@ -984,58 +1010,11 @@ mod tests {
             ("direct lanes", conv_direct::forward_by_lanes, lanes),
             ("taps", conv_taps::forward, taps),
         ];
-        #[allow(clippy::too_many_arguments)]
-        fn im2col_dw(
-            g: &Conv2dGeometry,
-            n: usize,
-            x: &[f64],
-            w: &[f64],
-            dy: &[f64],
-            dx: Option<&mut [f64]>,
-            dw: &mut [f64],
-            db: Option<&mut [f64]>,
-            sc: &mut ConvScratch<f64>,
-        ) {
-            backward_im2col(g, n, x, w, dy, dx, dw, db, sc, false)
-        }
-        #[allow(clippy::too_many_arguments)]
-        fn direct_dw(
-            g: &Conv2dGeometry,
-            n: usize,
-            x: &[f64],
-            w: &[f64],
-            dy: &[f64],
-            dx: Option<&mut [f64]>,
-            dw: &mut [f64],
-            db: Option<&mut [f64]>,
-            sc: &mut ConvScratch<f64>,
-        ) {
-            backward_im2col(g, n, x, w, dy, dx, dw, db, sc, true)
-        }
-        #[allow(clippy::too_many_arguments)]
-        fn direct_dw_dx(
-            g: &Conv2dGeometry,
-            n: usize,
-            x: &[f64],
-            w: &[f64],
-            dy: &[f64],
-            dx: Option<&mut [f64]>,
-            dw: &mut [f64],
-            db: Option<&mut [f64]>,
-            sc: &mut ConvScratch<f64>,
-        ) {
-            backward_im2col(g, n, x, w, dy, None, dw, db, sc, true);
-            if let (Some(dx), Some(gt)) = (dx, transposed(g)) {
-                input_grad_direct(g, &gt, n, w, dy, dx);
-            }
-        }
-        let backwards: [(&str, Backward, Handles); 4] = [
-            ("im2col", im2col_dw, |_| true),
-            ("direct dW", direct_dw, stride1),
-            ("direct dW and dX", direct_dw_dx, |g| {
-                transposed(g).is_some()
-            }),
-            ("taps", conv_taps::backward, taps),
+        let backwards: [(BackwardPath, Handles); 4] = [
+            (BackwardPath::Im2col, |_| true),
+            (BackwardPath::DirectDw, stride1),
+            (BackwardPath::DirectDwDx, |g| transposed(g).is_some()),
+            (BackwardPath::Taps, taps),
         ];
         // Relative to the value: sums of thousands of terms (the tiled case).
         let close = |a: &[f64], b: &[f64]| {
@@ -1073,7 +1052,7 @@ mod tests {
                 let (mut dx2, mut dw2, mut db2) =
                     (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
                 conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
-                for (path, backward, handles) in backwards {
+                for (path, handles) in backwards {
                     if !handles(&g) {
                         continue;
                     }
@@ -1085,18 +1064,18 @@ mod tests {
                         slots: vec![std::array::from_fn(|_| vec![f64::NAN; 1 << 18]); 2],
                     };
                     let (dx1r, dw1r, db1r) = (Some(&mut dx1[..]), &mut dw1[..], Some(&mut db1[..]));
-                    backward(&g, n, &x, &wt, &dy, dx1r, dw1r, db1r, &mut sc);
+                    path.run(&g, n, &x, &wt, &dy, dx1r, dw1r, db1r, &mut sc);
                     assert!(
                         close(&dx1, &dx2) && close(&dw1, &dw2) && close(&db1, &db2),
-                        "{path} backward {cfg:?}"
+                        "{path:?} backward {cfg:?}"
                     );
                     // Without dx (a network's first layer) the parameter gradients are the
                     // same; the scratch of the call before is reused.
                     let (mut dw3, mut db3) = (vec![0.5; wt.len()], vec![0.5; co]);
-                    backward(&g, n, &x, &wt, &dy, None, &mut dw3, Some(&mut db3), &mut sc);
+                    path.run(&g, n, &x, &wt, &dy, None, &mut dw3, Some(&mut db3), &mut sc);
                     assert!(
                         close(&dw3, &dw2) && close(&db3, &db2),
-                        "{path} no-dx {cfg:?}"
+                        "{path:?} no-dx {cfg:?}"
                     );
                 }
             }

@@ -8,8 +8,8 @@
 //! window, and each GEMM reduces over all channels (dW: over the whole plane), long enough to
 //! run at full speed. With the junk columns of dY zeroed, the same windows give the weight
 //! gradient and the input gradient.
-use super::conv::{Conv2dGeometry, ConvScratch};
-use super::gemm::{matmul_strided, Par, Strides};
+use super::conv::{gemm_par, Conv2dGeometry, ConvScratch};
+use super::gemm::{matmul_strided, Strides};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -198,16 +198,6 @@ pub(crate) fn forward<T: Float>(
                 }
             },
         );
-}
-
-/// Thread the GEMMs themselves when there are too few parallel tasks for the pool (the rule of
-/// the im2col path).
-fn gemm_par(g: &Conv2dGeometry, n: usize, tasks: usize) -> Par {
-    if tasks < rayon::current_num_threads() && n * g.out_len() * g.k_per_group() >= 1 << 22 {
-        Par::Rayon
-    } else {
-        Par::Seq
-    }
 }
 
 /// Gradients of [`forward`]: writes dx (if asked) and adds into dw and db; the layouts of
