@@ -337,8 +337,10 @@ fn col2im<T: Float>(
 
 /// y = conv(x, w) + b for a batch of `n` samples.
 /// x: (N, C_in, H, W), w: (C_out, C_in/groups, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
-/// Stride 1 goes to the tap GEMMs when channels and plane are large, else to the direct
-/// kernel; strided and dilated convolutions to im2col + GEMM.
+/// With AVX-512, whole vectors of output channels and a short reduction (stride 1 or 2), the
+/// direct kernel with the channels across the lanes; else stride 1 goes to the tap GEMMs when
+/// channels and plane are large, or to the direct kernels; the rest (dilated, other strides,
+/// long reductions) to im2col + GEMM.
 pub fn conv2d_forward<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
@@ -347,7 +349,9 @@ pub fn conv2d_forward<T: Float>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
-    if conv_taps::applies_forward(g) {
+    if conv_direct::prefers_lanes(g) {
+        conv_direct::forward_by_lanes(g, n, x, w, b, y)
+    } else if conv_taps::applies_forward(g) {
         conv_taps::forward(g, n, x, w, b, y)
     } else if conv_direct::applies(g) {
         conv_direct::forward(g, n, x, w, b, y)
@@ -939,6 +943,8 @@ mod tests {
         DirectDw,
         DirectDwDx,
         Taps,
+        /// Whatever `conv2d_backward_with` picks on this CPU.
+        Dispatch,
     }
 
     impl BackwardPath {
@@ -965,6 +971,49 @@ mod tests {
                     }
                 }
                 BackwardPath::Taps => conv_taps::backward(g, n, x, w, dy, dx, dw, db, sc),
+                BackwardPath::Dispatch => conv2d_backward_with(g, n, x, w, dy, dx, dw, db, sc),
+            }
+        }
+    }
+
+    /// In f32 the lanes kernel stores through a transpose in registers (with AVX-512), which
+    /// the f64 cases of the test below never reach: every run length, 1 and 2 vectors of
+    /// channels, both strides, partial last runs.
+    #[test]
+    fn lanes_f32_matches_naive() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let cases = [
+            // (C_in, H, W, C_out, kernel, stride, pad)
+            (6, 14, 14, 16, 5, 1, 0),
+            (3, 13, 13, 64, 7, 2, 3),
+            (5, 11, 30, 32, 3, 1, 1),
+            (4, 9, 23, 32, 3, 2, 1),
+            (2, 8, 12, 16, 3, 1, 1),
+            (2, 8, 20, 16, 3, 2, 2),
+        ];
+        for (ci, h, w, co, k, s, p) in cases {
+            let cfg = Conv2dConfig {
+                kernel: (k, k),
+                stride: (s, s),
+                pad_begin: (p, p),
+                pad_end: (p, p),
+                ..Default::default()
+            };
+            let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
+            let n = 3;
+            let x = rand_vec(&mut rng, n * g.in_len());
+            let wt = rand_vec(&mut rng, g.weight_len());
+            let b = rand_vec(&mut rng, co);
+            let mut want = vec![0.0; n * g.out_len()];
+            conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
+            let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let mut y = vec![f32::NAN; n * g.out_len()];
+            conv_direct::forward_by_lanes(&g, n, &f32s(&x), &f32s(&wt), Some(&f32s(&b)), &mut y);
+            for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    (a as f64 - b).abs() < 1e-4 * b.abs().max(1.0),
+                    "{cfg:?} at {i}"
+                );
             }
         }
     }
@@ -991,10 +1040,18 @@ mod tests {
             (16, 9, 11, 17, (3, 3), (1, 1), (1, 1), (1, 0), (2, 1), 1),
             (20, 6, 5, 16, (2, 4), (1, 1), (1, 1), (0, 2), (1, 1), 1),
             (16, 4, 6, 16, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
-            // Channels across the lanes: 2 groups of 16, rows of 9 in runs of 10.
+            // Channels across the lanes: 2 groups of 16, rows of 9 in runs of 10; at stride
+            // 2 (rows of 5 in runs of 8); 2 vectors of channels (stride 1 and 2, asymmetric
+            // padding, a 7×7 stride-2 stem).
             (4, 7, 9, 32, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 2),
+            (4, 9, 9, 32, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 2),
+            (5, 6, 9, 32, (3, 3), (1, 1), (1, 1), (1, 0), (0, 2), 1),
+            (3, 12, 17, 32, (5, 5), (2, 2), (1, 1), (2, 1), (1, 2), 1),
+            (3, 13, 13, 64, (7, 7), (2, 2), (1, 1), (3, 3), (3, 3), 1),
+            // Forward across the lanes (2 vectors, rows of 20 in runs of 10), backward by tap GEMMs.
+            (32, 12, 20, 32, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),
         ];
-        // Every path that handles stride 1 without dilation; the tap GEMMs one group only.
+        // Every path that handles each case; the tap GEMMs one group only.
         fn stride1(g: &Conv2dGeometry) -> bool {
             g.cfg.stride == (1, 1) && g.cfg.dilation == (1, 1)
         }
@@ -1002,19 +1059,21 @@ mod tests {
             stride1(g) && g.cfg.groups == 1
         }
         fn lanes(g: &Conv2dGeometry) -> bool {
-            stride1(g) && conv_direct::lanes_fit(g)
+            conv_direct::lanes_fit(g)
         }
-        let forwards: [(&str, Forward, Handles); 4] = [
+        let forwards: [(&str, Forward, Handles); 5] = [
             ("im2col", forward_im2col, |_| true),
             ("direct wide", conv_direct::forward_by_wide, stride1),
             ("direct lanes", conv_direct::forward_by_lanes, lanes),
             ("taps", conv_taps::forward, taps),
+            ("dispatch", conv2d_forward, |_| true),
         ];
-        let backwards: [(BackwardPath, Handles); 4] = [
+        let backwards: [(BackwardPath, Handles); 5] = [
             (BackwardPath::Im2col, |_| true),
             (BackwardPath::DirectDw, stride1),
             (BackwardPath::DirectDwDx, |g| transposed(g).is_some()),
             (BackwardPath::Taps, taps),
+            (BackwardPath::Dispatch, |_| true),
         ];
         // Relative to the value: sums of thousands of terms (the tiled case).
         let close = |a: &[f64], b: &[f64]| {

@@ -1,8 +1,9 @@
-//! Direct (im2col-free) convolution kernels for stride 1 without dilation (LeNet's layers):
-//! the forward pass and the weight gradient. On the zero-padded input, every kernel tap is one
+//! Direct (im2col-free) convolution kernels without dilation: the forward pass and, for
+//! stride 1, the weight gradient. On the zero-padded input, every kernel tap is one
 //! contiguous shifted window of the "wide" output plane (output rows laid out at the padded
-//! width), so each tap is a vectorisable multiply-add over the whole plane. Short rows instead
-//! put the output channels across the vector lanes (`forward_by_lanes`).
+//! width), so each tap is a vectorisable multiply-add over the whole plane (stride 1). Short
+//! rows, many output channels and stride 2 instead put the output channels across the vector
+//! lanes (`forward_by_lanes`).
 //!
 //! Wide layout, one channel: the padded input P (Hp × Wp, row-major, zero tail) and the wide
 //! output Yw with Yw[r·Wp + c] = Σ_taps w[ki, kj] · P[r·Wp + c + ki·Wp + kj]; columns c ≥ W_out
@@ -10,6 +11,8 @@
 use super::conv::Conv2dGeometry;
 use crate::tensor::Float;
 use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::any::TypeId;
 
 /// Lanes of one accumulator: one AVX-512 register of f32, two of AVX2.
 const V: usize = 16;
@@ -28,12 +31,18 @@ fn block_channels(opg: usize) -> usize {
     }
 }
 
-/// Whether the direct forward kernel handles this convolution. Where it does it beat im2col +
-/// GEMM at every shape measured (best of 3 alternating runs, bench/README.md): LeNet's first
-/// layer 0.19 against 0.33 ms, its second 0.29 against 0.60 ms, 32→64 3×3 on 14² at batch 64
-/// 2.7 against 3.1 ms; the many-channel shapes where the tap GEMMs win are sent there first.
-pub(crate) fn applies(g: &Conv2dGeometry) -> bool {
+/// Stride 1 without dilation: what the wide layout handles.
+fn stride1(g: &Conv2dGeometry) -> bool {
     g.cfg.stride == (1, 1) && g.cfg.dilation == (1, 1)
+}
+
+/// Whether the direct forward kernels handle this convolution: every stride-1 one, and
+/// stride 2 where [`lanes_apply`] says so. Where they do they beat im2col + GEMM at every
+/// shape measured (best of 3 alternating runs, bench/README.md): LeNet's first layer 0.19
+/// against 0.33 ms, its second 0.29 against 0.60 ms, 32→64 3×3 on 14² at batch 64 2.7 against
+/// 3.1 ms; the many-channel shapes where the tap GEMMs win are sent there first.
+pub(crate) fn applies(g: &Conv2dGeometry) -> bool {
+    stride1(g) || prefers_lanes(g)
 }
 
 /// Instruction set the kernels were compiled for, picked at run time.
@@ -61,35 +70,54 @@ impl Isa {
     }
 }
 
-/// Compiles `$kernel::<T, FMA, U, OB>` once per instruction set and picks one by `Isa` at run
-/// time. U is how many accumulators of V lanes a kernel keeps per channel: 2 where 32 vector
-/// registers hold 4·2 independent sums (enough to hide the FMA latency), 1 with 16 registers.
+/// Compiles `$kernel::<T, FMA, U, consts…>` once per instruction set and picks one by `Isa` at
+/// run time. U is how many accumulators of V lanes a kernel keeps per channel: 2 where 32
+/// vector registers hold 4·2 independent sums (enough to hide the FMA latency), 1 with 16
+/// registers.
 macro_rules! multiversion {
-    ($name:ident => $kernel:ident($($arg:ident: $ty:ty),*)) => {
+    ($name:ident<$($c:ident),+> => $kernel:ident($($arg:ident: $ty:ty),*)) => {
         #[allow(clippy::too_many_arguments)]
-        fn $name<T: Float, const OB: usize>(isa: Isa, $($arg: $ty),*) {
+        fn $name<T: Float, $(const $c: usize),+>(isa: Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn avx512<T: Float, const OB: usize>($($arg: $ty),*) {
-                $kernel::<T, true, 2, OB>($($arg),*)
+            unsafe fn avx512<T: Float, $(const $c: usize),+>($($arg: $ty),*) {
+                $kernel::<T, true, 2, $($c),+>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn avx2<T: Float, const OB: usize>($($arg: $ty),*) {
-                $kernel::<T, true, 1, OB>($($arg),*)
+            unsafe fn avx2<T: Float, $(const $c: usize),+>($($arg: $ty),*) {
+                $kernel::<T, true, 1, $($c),+>($($arg),*)
             }
             match isa {
                 // SAFETY: Isa::detect found these features on this CPU.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512::<T, OB>($($arg),*) },
+                Isa::Avx512 => unsafe { avx512::<T, $($c),+>($($arg),*) },
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => unsafe { avx2::<T, OB>($($arg),*) },
-                Isa::Baseline => $kernel::<T, false, 1, OB>($($arg),*),
+                Isa::Avx2Fma => unsafe { avx2::<T, $($c),+>($($arg),*) },
+                Isa::Baseline => $kernel::<T, false, 1, $($c),+>($($arg),*),
             }
         }
+    };
+}
+
+/// Calls `$f(p)` for p = 0, 1, …, n − 1 (n ≤ 16 a constant) as straight-line code. Written as a
+/// loop, whether LLVM unrolls it depends on a size estimate, and a loop left rolled indexes
+/// the sums at run time, which keeps them in memory: 2 vectors of channels × 14 pixels ran
+/// 30× slower at stride 1 while the same blocking at stride 2 was unrolled.
+macro_rules! unroll16 {
+    ($n:expr, $f:expr) => {{
+        let mut f = $f;
+        unroll16!(@ $n, f; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    }};
+    (@ $n:expr, $f:ident; $($p:literal)*) => {
+        $(
+            if $p < $n {
+                $f($p);
+            }
+        )*
     };
 }
 
@@ -138,14 +166,9 @@ impl Wide {
     /// Copies one sample's group (C_g, H, W) into the interior of xp (C_g, xlen); the padding
     /// and tail of xp are zero from its allocation and never written.
     fn pad_input<T: Float>(&self, g: &Conv2dGeometry, x: &[T], xp: &mut [T]) {
-        self.pad_input_at(g, x, xp, self.xlen)
-    }
-
-    /// [`Wide::pad_input`] with channels `stride` elements apart.
-    fn pad_input_at<T: Float>(&self, g: &Conv2dGeometry, x: &[T], xp: &mut [T], stride: usize) {
         let (h, w) = (g.in_h, g.in_w);
         let (pt, pl) = (g.cfg.pad_begin.0, g.cfg.pad_begin.1);
-        for (xc, pc) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(stride)) {
+        for (xc, pc) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(self.xlen)) {
             for (r, src) in xc.chunks_exact(w).enumerate() {
                 pc[(r + pt) * self.wp + pl..][..w].copy_from_slice(src);
             }
@@ -193,82 +216,199 @@ fn forward_kernel<T: Float, const FMA: bool, const U: usize, const OB: usize>(
         }
     }
 }
-multiversion!(forward_wide => forward_kernel(taps: &[usize], xlen: usize, lv: usize, xp: &[T], wpk: &[T], yw: &mut [T]));
+multiversion!(forward_wide<OB> => forward_kernel(taps: &[usize], xlen: usize, lv: usize, xp: &[T], wpk: &[T], yw: &mut [T]));
 
-/// Forward of one sample's group with the output channels across the vector lanes: for each
-/// run of PB pixels of one output row, PB accumulators of V channels; each tap adds one weight
-/// vector times each pixel's input value (a broadcast). No junk columns are computed, which
-/// is what the wide kernel wastes on short rows (LeNet's second layer: 4 of 14).
-/// xp: (C_g, xstride), padded rows Wp apart; wpk: (opg/V, C_g·taps, V); bias: (opg);
-/// y: (opg, H_out·W_out).
+/// Forward of one block of CB·V output channels of one sample with the channels across the
+/// vector lanes: for each run of PB pixels of one output row, PB·CB accumulators of V
+/// channels; each tap adds CB weight vectors times each pixel's input value (a broadcast, S
+/// apart for stride S). No junk columns are computed, which is what the wide kernel wastes on
+/// short rows (LeNet's second layer: 4 of 14), and no column matrix is built, which is what
+/// im2col costs where few input channels meet a large kernel (7×7 stride 2 on RGB: 12× the
+/// input).
+/// xp: (C_g, xstride), padded rows Wp apart; wb: (C_g·taps, CB·V); bias: (CB·V);
+/// y: (CB·V, H_out·W_out).
 #[inline(always)]
-fn forward_lanes_kernel<T: Float, const FMA: bool, const U: usize, const PB: usize>(
+fn forward_lanes_kernel<
+    T: Float,
+    const FMA: bool,
+    const U: usize,
+    const CB: usize,
+    const PB: usize,
+    const S: usize,
+>(
     taps: &[usize],
     xstride: usize,
     (out_h, out_w, wp): (usize, usize, usize),
     xp: &[T],
-    wpk: &[T],
+    wb: &[T],
     bias: &[T],
     y: &mut [T],
 ) {
     let nt = taps.len();
-    let cg = xp.len() / xstride;
     let plane = out_h * out_w;
-    for (cb, wb) in wpk.chunks_exact(cg * nt * V).enumerate() {
-        for oh in 0..out_h {
-            for ow0 in (0..out_w).step_by(PB) {
-                let mut acc = [[T::zero(); V]; PB];
-                for (c, wc) in wb.chunks_exact(nt * V).enumerate() {
-                    let xc = &xp[c * xstride + oh * wp + ow0..];
-                    for (&off, wt) in taps.iter().zip(wc.chunks_exact(V)) {
-                        let mut wv = [T::zero(); V];
-                        wv.copy_from_slice(wt);
-                        let xs = &xc[off..off + PB];
-                        for (a, &xv) in acc.iter_mut().zip(xs) {
+    for oh in 0..out_h {
+        for ow0 in (0..out_w).step_by(PB) {
+            let mut acc = [[[T::zero(); V]; CB]; PB];
+            for (xc, wc) in xp.chunks_exact(xstride).zip(wb.chunks_exact(nt * CB * V)) {
+                let xr = &xc[(oh * wp + ow0) * S..];
+                for (&off, wt) in taps.iter().zip(wc.chunks_exact(CB * V)) {
+                    let mut wv = [[T::zero(); V]; CB];
+                    for (d, src) in wv.iter_mut().zip(wt.chunks_exact(V)) {
+                        d.copy_from_slice(src);
+                    }
+                    let xs = &xr[off..off + (PB - 1) * S + 1];
+                    unroll16!(PB, |p: usize| {
+                        let xv = xs[p * S];
+                        for (a, w) in acc[p].iter_mut().zip(&wv) {
                             for l in 0..V {
-                                a[l] = madd::<T, FMA>(a[l], xv, wv[l]);
+                                a[l] = madd::<T, FMA>(a[l], xv, w[l]);
                             }
                         }
-                    }
+                    });
                 }
-                // A last partial run computed PB pixels (reading into the next row or the
-                // slack); only its own are stored. The sums are read out of a copy: indexing
-                // `acc` itself with a run-time lane would keep it in memory, not registers.
-                let np = PB.min(out_w - ow0);
-                let out = acc;
+            }
+            // A last partial run computed PB pixels (reading into the next row or the
+            // slack); only its own are stored. The sums are read out of a copy: indexing
+            // `acc` itself with a run-time lane would keep it in memory, not registers.
+            let np = PB.min(out_w - ow0);
+            let out = acc;
+            #[cfg(target_arch = "x86_64")]
+            if FMA && U == 2 && PB <= V && TypeId::of::<T>() == TypeId::of::<f32>() {
+                let pos = oh * out_w + ow0;
+                assert!(y.len() >= CB * V * plane && pos + np <= plane && bias.len() >= CB * V);
+                // SAFETY: U == 2 only in the AVX-512 build of this kernel (`multiversion!`);
+                // T is f32, so the casts are identities; the assert bounds every store.
+                unsafe {
+                    let out = &*(&out as *const [[[T; V]; CB]; PB] as *const [[[f32; V]; CB]; PB]);
+                    let bias = &*(bias as *const [T] as *const [f32]);
+                    let y = y.as_mut_ptr() as *mut f32;
+                    store_run_avx512::<CB, PB>(out, bias, y, (plane, pos, np));
+                }
+                continue;
+            }
+            for cb in 0..CB {
                 for l in 0..V {
                     let oc = cb * V + l;
                     let dst = &mut y[oc * plane + oh * out_w + ow0..][..np];
                     for (d, a) in dst.iter_mut().zip(&out) {
-                        *d = a[l] + bias[oc];
+                        *d = a[cb][l] + bias[oc];
                     }
                 }
             }
         }
     }
 }
-multiversion!(forward_lanes => forward_lanes_kernel(taps: &[usize], xstride: usize, dims: (usize, usize, usize), xp: &[T], wpk: &[T], bias: &[T], y: &mut [T]));
+multiversion!(forward_lanes<CB, PB, S> => forward_lanes_kernel(taps: &[usize], xstride: usize, dims: (usize, usize, usize), xp: &[T], wb: &[T], bias: &[T], y: &mut [T]));
 
-/// Pixels per run of [`forward_lanes_kernel`]: the candidate that wastes the fewest pixels of a
-/// row's last run (ties: the longer run). PB accumulators and a weight vector fit in 32
-/// registers.
-fn lanes_run(out_w: usize) -> usize {
-    let waste = |pb: usize| out_w.div_ceil(pb) * pb - out_w;
-    [14, 12, 10, 8]
+/// Stores one run of [`forward_lanes_kernel`] planar with AVX-512: per vector of channels, a
+/// 16×16 transpose in registers, then one masked store of `np` pixels per channel:
+/// y[oc·plane + pos + p] = out[p][oc / V][oc % V] + bias[oc]. Against the scalar stores
+/// (gathers, as compiled), best of 6 alternating runs: the 7×7 stride-2 stem 7.7 against
+/// 8.1 ms.
+/// SAFETY: needs AVX-512F, PB ≤ 16, np ≤ PB, and y valid for CB·V·plane elements with
+/// pos + np ≤ plane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_run_avx512<const CB: usize, const PB: usize>(
+    out: &[[[f32; V]; CB]; PB],
+    bias: &[f32],
+    y: *mut f32,
+    (plane, pos, np): (usize, usize, usize),
+) {
+    use std::arch::x86_64::*;
+    let mask = ((1u32 << np) - 1) as __mmask16;
+    for cb in 0..CB {
+        let mut r = [_mm512_setzero_ps(); V];
+        for (rp, op) in r.iter_mut().zip(out) {
+            *rp = _mm512_loadu_ps(op[cb].as_ptr());
+        }
+        for (l, col) in transpose16(r).into_iter().enumerate() {
+            let oc = cb * V + l;
+            let v = _mm512_add_ps(col, _mm512_set1_ps(bias[oc]));
+            _mm512_mask_storeu_ps(y.add(oc * plane + pos), mask, v);
+        }
+    }
+}
+
+/// Transposes 16 rows of 16 f32: result[c][r] = rows[r][c]. Interleaves pairs of rows, then
+/// pairs of pairs (as f64), then moves 128-bit quarters twice.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512; V]) -> [std::arch::x86_64::__m512; V] {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved, low and high halves of each quarter.
+    let mut t = [z; V];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4i+j]: in quarter k, rows 4i..4i+4 of column 4k+j.
+    let mut u = [z; V];
+    for i in 0..4 {
+        let d = |k: usize| _mm512_castps_pd(t[4 * i + k]);
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(d(0), d(2)));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(d(0), d(2)));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(d(1), d(3)));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(d(1), d(3)));
+    }
+    // v[8i+j], v[8i+4+j]: columns j and 8+j (resp. 4+j and 12+j) of rows 8i..8i+8.
+    let mut v = [z; V];
+    for i in 0..2 {
+        for j in 0..4 {
+            let (a, b) = (u[8 * i + j], u[8 * i + 4 + j]);
+            v[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(a, b);
+            v[8 * i + 4 + j] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+        }
+    }
+    let mut w = [z; V];
+    for j in 0..8 {
+        w[j] = _mm512_shuffle_f32x4::<0x88>(v[j], v[8 + j]);
+        w[8 + j] = _mm512_shuffle_f32x4::<0xdd>(v[j], v[8 + j]);
+    }
+    w
+}
+
+/// Register blocking of [`forward_lanes_kernel`]: (CB channel vectors, PB pixels per run).
+/// Two vectors of channels where the group has whole pairs (each broadcast feeds two
+/// multiply-adds), else one; the run length wastes the fewest pixels of a row's last run
+/// (ties: the longer run). CB·PB sums and CB weight vectors stay within 32 registers (the
+/// broadcasts are memory operands). Four vectors lost: × 7 pixels 9.3 against 7.8 ms on the
+/// 7×7 stride-2 stem, × 6 and × 4 pixels 40.6 and 49.9 against 29.4 ms on 64→64 3×3 on 56².
+fn lanes_block(g: &Conv2dGeometry) -> (usize, usize) {
+    let waste = |pb: usize| g.out_w.div_ceil(pb) * pb - g.out_w;
+    let opg = g.out_channels / g.cfg.groups;
+    let cb = if opg.is_multiple_of(2 * V) { 2 } else { 1 };
+    let pb = [14, 12, 10, 8]
         .into_iter()
         .min_by_key(|&pb| waste(pb))
-        .unwrap_or(8)
+        .unwrap_or(8);
+    (cb, pb)
 }
 
 /// Whether [`forward_by_lanes`] can run this convolution: whole vectors of output channels
-/// per group.
+/// per group, stride 1 or 2 both ways, no dilation.
 pub(crate) fn lanes_fit(g: &Conv2dGeometry) -> bool {
-    (g.out_channels / g.cfg.groups).is_multiple_of(V)
+    let c = &g.cfg;
+    (g.out_channels / c.groups).is_multiple_of(V)
+        && (c.stride == (1, 1) || c.stride == (2, 2))
+        && c.dilation == (1, 1)
 }
 
+/// Longest reduction C_g·kh·kw that goes across the lanes: a block's weights (C_g·kh·kw × 2
+/// vectors) then stay in L2. Best of 5–10 alternating runs against the path taken before,
+/// batch 32–64, stride 2 (against im2col): 3→64 7×7 on 224² 7.8 against 10.4 ms, 64→128 3×3
+/// on 56² 17.2 against 25.0, 128→256 on 28² 18.0 against 23.2, but 256→512 on 14² (2,304)
+/// 24.4 against 18.0; stride 1 (against the tap GEMMs or the wide plane): 64→64 on 56² 29.0
+/// against 33.7, on 28² 6.7 against 8.7, 128→128 on 14² 6.5 against 9.1, 32→64 on 14² 1.8
+/// against 2.6.
+const LANES_MAX_REDUCTION: usize = 1152;
+
 /// Whether the forward pass puts output channels across the lanes: with AVX-512 (32
-/// registers), whole vectors of channels per group, and rows short enough that the wide plane
-/// wastes over a fifth of its columns.
+/// registers), whole vectors of channels per group and a reduction up to
+/// [`LANES_MAX_REDUCTION`]; at stride 1 only with two vectors of channels per group, or where
+/// rows are short enough that the wide plane wastes over a fifth of its columns (LeNet's
+/// second layer).
 fn lanes_apply(g: &Conv2dGeometry, isa: Isa) -> bool {
     let wp = g.in_w + g.cfg.pad_begin.1 + g.cfg.pad_end.1;
     #[cfg(target_arch = "x86_64")]
@@ -278,11 +418,19 @@ fn lanes_apply(g: &Conv2dGeometry, isa: Isa) -> bool {
         let _ = isa;
         false
     };
-    wide_isa && lanes_fit(g) && 5 * (wp - g.out_w) > wp
+    let opg = g.out_channels / g.cfg.groups;
+    let shape_fits = g.cfg.stride != (1, 1) || opg.is_multiple_of(2 * V) || 5 * (wp - g.out_w) > wp;
+    wide_isa && lanes_fit(g) && g.k_per_group() <= LANES_MAX_REDUCTION && shape_fits
+}
+
+/// Whether [`forward_by_lanes`] is the fastest forward pass for this convolution on this CPU.
+pub(crate) fn prefers_lanes(g: &Conv2dGeometry) -> bool {
+    lanes_apply(g, Isa::detect())
 }
 
 /// [`forward`] with the output channels across the lanes ([`forward_lanes_kernel`]); needs
-/// C_out/groups to be a multiple of V.
+/// [`lanes_fit`]. One parallel task per block of CB·V output channels of one sample (several
+/// where a block is little work).
 pub(crate) fn forward_by_lanes<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
@@ -292,47 +440,92 @@ pub(crate) fn forward_by_lanes<T: Float>(
     y: &mut [T],
 ) {
     let isa = Isa::detect();
-    let wd = Wide::new(g);
-    let groups = g.cfg.groups;
+    let c = &g.cfg;
+    let s = c.stride.0;
+    let groups = c.groups;
     let (cg, opg) = (g.in_channels / groups, g.out_channels / groups);
     let (in_len, out_len) = (g.in_len(), g.out_len());
-    let (in_group, plane, nt) = (in_len / groups, g.out_h * g.out_w, wd.taps.len());
-    let hp = g.in_h + g.cfg.pad_begin.0 + g.cfg.pad_end.0;
-    let pb = lanes_run(g.out_w);
-    // A run may read pb − 1 values past the last padded row.
-    let xstride = hp * wd.wp + pb;
-    // Weights (groups, opg/V, C_g·taps, V): one vector of V output channels per tap.
+    let plane = g.out_h * g.out_w;
+    let (hp, wp) = (
+        g.in_h + c.pad_begin.0 + c.pad_end.0,
+        g.in_w + c.pad_begin.1 + c.pad_end.1,
+    );
+    let taps: Vec<usize> = (0..c.kernel.0)
+        .flat_map(|ki| (0..c.kernel.1).map(move |kj| ki * wp + kj))
+        .collect();
+    let nt = taps.len();
+    let (cb, pb) = lanes_block(g);
+    let bw = cb * V;
+    // A run may read (pb − 1)·s values past the last padded row.
+    let xstride = hp * wp + pb * s;
+    // Weights (C_out/bw, C_g·taps, bw): CB vectors of V output channels per tap.
     let mut wpk = vec![T::zero(); g.weight_len()];
-    for (oc_all, wrow) in w.chunks_exact(cg * nt).enumerate() {
-        let (gi, oc) = (oc_all / opg, oc_all % opg);
+    for (oc, wrow) in w.chunks_exact(cg * nt).enumerate() {
         for (r, &v) in wrow.iter().enumerate() {
-            wpk[(((gi * opg / V + oc / V) * cg * nt) + r) * V + oc % V] = v;
+            wpk[((oc / bw) * cg * nt + r) * bw + oc % bw] = v;
         }
     }
     let zeros = vec![T::zero(); g.out_channels];
     let bias = b.unwrap_or(&zeros);
-    let dims = (g.out_h, g.out_w, wd.wp);
+    let dims = (g.out_h, g.out_w, wp);
+    let blocks = g.out_channels / bw;
+    // Blocks per task: at least ~1 MFLOP of work each, so that LeNet-sized blocks are not
+    // handed out one by one.
+    let flops = 2 * bw * cg * nt * plane;
+    let min_len = (1usize << 20).div_ceil(flops.max(1));
+    let in_group = cg * g.in_h * g.in_w;
     y[..n * out_len]
-        .par_chunks_mut(CHUNK * out_len)
-        .zip(x[..n * in_len].par_chunks(CHUNK * in_len))
+        .par_chunks_mut(bw * plane)
+        .with_min_len(min_len)
+        .enumerate()
         .for_each_init(
-            || vec![T::zero(); cg * xstride], // padded input (C_g, xstride), zero slack
-            |xp, (ys, xs)| {
-                for (xs1, ys1) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-                    for gi in 0..groups {
-                        let xg = &xs1[gi * in_group..(gi + 1) * in_group];
-                        wd.pad_input_at(g, xg, xp, xstride);
-                        let wg = &wpk[gi * opg * cg * nt..][..opg * cg * nt];
-                        let bg = &bias[gi * opg..][..opg];
-                        let yg = &mut ys1[gi * opg * plane..][..opg * plane];
-                        let taps = &wd.taps[..];
-                        match pb {
-                            14 => forward_lanes::<T, 14>(isa, taps, xstride, dims, xp, wg, bg, yg),
-                            12 => forward_lanes::<T, 12>(isa, taps, xstride, dims, xp, wg, bg, yg),
-                            10 => forward_lanes::<T, 10>(isa, taps, xstride, dims, xp, wg, bg, yg),
-                            _ => forward_lanes::<T, 8>(isa, taps, xstride, dims, xp, wg, bg, yg),
+            // The padded input (C_g, xstride) of one sample's group, zero borders and slack,
+            // and which one it holds: consecutive blocks of a sample pad it once, and it stays
+            // in cache for the kernel (padding the whole batch up front took 28 MB of
+            // traffic on 64→64 56² at batch 32).
+            || (vec![T::zero(); cg * xstride], usize::MAX),
+            |(xp, held), (i, yb)| {
+                let (si, bi) = (i / blocks, i % blocks);
+                let gi = bi * bw / opg;
+                if *held != si * groups + gi {
+                    let xg = &x[si * in_len + gi * in_group..][..in_group];
+                    for (pc, xc) in xp
+                        .chunks_exact_mut(xstride)
+                        .zip(xg.chunks_exact(g.in_h * g.in_w))
+                    {
+                        for (r, src) in xc.chunks_exact(g.in_w).enumerate() {
+                            pc[(r + c.pad_begin.0) * wp + c.pad_begin.1..][..g.in_w]
+                                .copy_from_slice(src);
                         }
                     }
+                    *held = si * groups + gi;
+                }
+                let xs = &xp[..];
+                let wb = &wpk[bi * cg * nt * bw..][..cg * nt * bw];
+                let bb = &bias[bi * bw..][..bw];
+                // One instance per supported (CB, PB, stride): all are compile-time constants.
+                macro_rules! run {
+                    ($cb:literal, $pb:literal, $s:literal) => {
+                        forward_lanes::<T, $cb, $pb, $s>(isa, &taps, xstride, dims, xs, wb, bb, yb)
+                    };
+                }
+                match (cb, pb, s) {
+                    (2, 14, 1) => run!(2, 14, 1),
+                    (2, 12, 1) => run!(2, 12, 1),
+                    (2, 10, 1) => run!(2, 10, 1),
+                    (2, _, 1) => run!(2, 8, 1),
+                    (2, 14, _) => run!(2, 14, 2),
+                    (2, 12, _) => run!(2, 12, 2),
+                    (2, 10, _) => run!(2, 10, 2),
+                    (2, _, _) => run!(2, 8, 2),
+                    (_, 14, 1) => run!(1, 14, 1),
+                    (_, 12, 1) => run!(1, 12, 1),
+                    (_, 10, 1) => run!(1, 10, 1),
+                    (_, _, 1) => run!(1, 8, 1),
+                    (_, 14, _) => run!(1, 14, 2),
+                    (_, 12, _) => run!(1, 12, 2),
+                    (_, 10, _) => run!(1, 10, 2),
+                    _ => run!(1, 8, 2),
                 }
             },
         );
@@ -402,7 +595,7 @@ fn weight_grad_kernel<T: Float, const FMA: bool, const U: usize, const OB: usize
         }
     }
 }
-multiversion!(weight_grad_wide => weight_grad_kernel(taps: &[usize], blocks: (usize, usize), sizes: (usize, usize), xp: &[T], dyw: &[T], lanes: &mut [T]));
+multiversion!(weight_grad_wide<OB> => weight_grad_kernel(taps: &[usize], blocks: (usize, usize), sizes: (usize, usize), xp: &[T], dyw: &[T], lanes: &mut [T]));
 
 /// Fewest wide output columns per sample for [`weight_grad`]: below, the per-block overhead
 /// outweighs the multiply-adds.
@@ -410,7 +603,7 @@ const MIN_GRAD_COLS: usize = 128;
 
 /// Whether [`weight_grad`] handles this convolution's dW.
 pub(crate) fn applies_weight_grad(g: &Conv2dGeometry) -> bool {
-    applies(g) && g.out_h * (g.in_w + g.cfg.pad_begin.1 + g.cfg.pad_end.1) >= MIN_GRAD_COLS
+    stride1(g) && g.out_h * (g.in_w + g.cfg.pad_begin.1 + g.cfg.pad_end.1) >= MIN_GRAD_COLS
 }
 
 /// Output channels per register block of [`weight_grad`] with this instruction set: 3 taps ×
@@ -541,9 +734,12 @@ pub(crate) fn forward_by_wide<T: Float>(
     let nb = opg.div_ceil(ob);
     let wpk = pack_forward(g, w, ob); // (groups, ⌈opg/ob⌉, C_g·taps, ob)
     let per_group = wpk.len() / groups;
+    // Up to CHUNK samples per task, fewer where that leaves a thread idle (a small batch of
+    // large images).
+    let chunk = n.div_ceil(4 * rayon::current_num_threads()).clamp(1, CHUNK);
     y[..n * out_len]
-        .par_chunks_mut(CHUNK * out_len)
-        .zip(x[..n * in_len].par_chunks(CHUNK * in_len))
+        .par_chunks_mut(chunk * out_len)
+        .zip(x[..n * in_len].par_chunks(chunk * in_len))
         .for_each_init(
             || {
                 (
