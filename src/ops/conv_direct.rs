@@ -103,19 +103,20 @@ macro_rules! multiversion {
     };
 }
 
-/// Calls `$f(p)` for p = 0, 1, …, n − 1 (n ≤ 16 a constant) as straight-line code. Written as a
-/// loop, whether LLVM unrolls it depends on a size estimate, and a loop left rolled indexes
-/// the sums at run time, which keeps them in memory: 2 vectors of channels × 14 pixels ran
-/// 30× slower at stride 1 while the same blocking at stride 2 was unrolled.
+/// Runs `$body` with `$p` = 0, 1, …, n − 1 (n ≤ 16 a constant) as straight-line code. Written
+/// as a loop, whether LLVM unrolls it depends on a size estimate, and a loop left rolled
+/// indexes the sums at run time, which keeps them in memory: 2 vectors of channels × 14 pixels
+/// ran 30× slower at stride 1 while the same blocking at stride 2 was unrolled. Not a closure
+/// either: one that was not inlined ran outside the AVX-512 build and called `fmaf`.
 macro_rules! unroll16 {
-    ($n:expr, $f:expr) => {{
-        let mut f = $f;
-        unroll16!(@ $n, f; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
-    }};
-    (@ $n:expr, $f:ident; $($p:literal)*) => {
+    ($n:expr, |$p:ident| $body:block) => {
+        unroll16!(@ $n, $p, $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $n:expr, $p:ident, $body:block; $($i:literal)*) => {
         $(
-            if $p < $n {
-                $f($p);
+            if $i < $n {
+                let $p: usize = $i;
+                $body
             }
         )*
     };
@@ -257,7 +258,7 @@ fn forward_lanes_kernel<
                         d.copy_from_slice(src);
                     }
                     let xs = &xr[off..off + (PB - 1) * S + 1];
-                    unroll16!(PB, |p: usize| {
+                    unroll16!(PB, |p| {
                         let xv = xs[p * S];
                         for (a, w) in acc[p].iter_mut().zip(&wv) {
                             for l in 0..V {
@@ -596,6 +597,105 @@ fn weight_grad_kernel<T: Float, const FMA: bool, const U: usize, const OB: usize
     }
 }
 multiversion!(weight_grad_wide<OB> => weight_grad_kernel(taps: &[usize], blocks: (usize, usize), sizes: (usize, usize), xp: &[T], dyw: &[T], lanes: &mut [T]));
+
+/// Weight gradient of one sample with the output channels across the lanes (the dual of
+/// [`forward_lanes_kernel`]): for one block of R (channel, tap) pairs and CB·V output
+/// channels, out[r][oc] += Σ_pixels xp[offs[r] + pixel] · dyt[pixel][oc]; each pixel loads CB
+/// vectors of dY and broadcasts R input values. The first `valid` rows are stored (a last
+/// block is padded with offset 0).
+/// xp: (C_in, Hp·Wp) padded, rows Wp apart; dyt: dY transposed, (H_out·W_out, C_out), from
+/// this block's first channel on; out: (pairs, C_out) from this block's first pair and
+/// channel, C_out apart.
+#[inline(always)]
+fn weight_grad_lanes_kernel<
+    T: Float,
+    const FMA: bool,
+    const U: usize,
+    const CB: usize,
+    const R: usize,
+>(
+    offs: &[usize],
+    (valid, cout): (usize, usize),
+    (out_h, out_w, wp): (usize, usize, usize),
+    xp: &[T],
+    dyt: &[T],
+    out: &mut [T],
+) {
+    let mut acc = [[[T::zero(); V]; CB]; R];
+    for oh in 0..out_h {
+        let rows: [&[T]; R] = std::array::from_fn(|r| &xp[offs[r] + oh * wp..][..out_w]);
+        let drow = &dyt[oh * out_w * cout..];
+        for ow in 0..out_w {
+            let mut dv = [[T::zero(); V]; CB];
+            for (cb, d) in dv.iter_mut().enumerate() {
+                d.copy_from_slice(&drow[ow * cout + cb * V..][..V]);
+            }
+            unroll16!(R, |r| {
+                let xv = rows[r][ow];
+                for (a, d) in acc[r].iter_mut().zip(&dv) {
+                    for l in 0..V {
+                        a[l] = madd::<T, FMA>(a[l], xv, d[l]);
+                    }
+                }
+            });
+        }
+    }
+    let res = acc;
+    for (r, rr) in res.iter().enumerate().take(valid) {
+        for (cb, rc) in rr.iter().enumerate() {
+            let o = &mut out[r * cout + cb * V..][..V];
+            for l in 0..V {
+                o[l] += rc[l];
+            }
+        }
+    }
+}
+multiversion!(weight_grad_lanes_block<CB, R> => weight_grad_lanes_kernel(offs: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
+
+/// (channel, tap) pairs per block of [`weight_grad_lanes`].
+const GRAD_PAIRS: usize = 12;
+
+/// Whether [`weight_grad_lanes`] runs on this CPU for `cout` output channels: AVX-512 and
+/// whole vectors of channels.
+pub(crate) fn weight_grad_lanes_fits(cout: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::detect() == Isa::Avx512 && cout.is_multiple_of(V)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = cout;
+        false
+    }
+}
+
+/// dW of one sample, added into out (C_in·taps, C_out) (pair-major: transpose it once per
+/// chunk). offs: every (channel, tap) pair's offset c·Hp·Wp + ki·Wp + kj in xp (C_in, Hp·Wp);
+/// dyt: (H_out·W_out, C_out). Needs [`weight_grad_lanes_fits`].
+pub(crate) fn weight_grad_lanes<T: Float>(
+    offs: &[usize],
+    dims: (usize, usize, usize),
+    xp: &[T],
+    dyt: &[T],
+    cout: usize,
+    out: &mut [T],
+) {
+    let isa = Isa::detect();
+    let cb = if cout.is_multiple_of(2 * V) { 2 } else { 1 };
+    for oc0 in (0..cout).step_by(cb * V) {
+        for p0 in (0..offs.len()).step_by(GRAD_PAIRS) {
+            let valid = GRAD_PAIRS.min(offs.len() - p0);
+            let block: [usize; GRAD_PAIRS] =
+                std::array::from_fn(|r| if r < valid { offs[p0 + r] } else { 0 });
+            let o = &mut out[p0 * cout + oc0..];
+            let (d, sz) = (&dyt[oc0..], (valid, cout));
+            match cb {
+                2 => weight_grad_lanes_block::<T, 2, GRAD_PAIRS>(isa, &block, sz, dims, xp, d, o),
+                _ => weight_grad_lanes_block::<T, 1, GRAD_PAIRS>(isa, &block, sz, dims, xp, d, o),
+            }
+        }
+    }
+}
 
 /// Fewest wide output columns per sample for [`weight_grad`]: below, the per-block overhead
 /// outweighs the multiply-adds.

@@ -7,8 +7,11 @@
 //! shifted window of Xp (C_in × P), with no column matrix: the GEMM's own packing reads the
 //! window, and each GEMM reduces over all channels (dW: over the whole plane), long enough to
 //! run at full speed. With the junk columns of dY zeroed, the same windows give the weight
-//! gradient and the input gradient.
+//! gradient and the input gradient. With AVX-512 the weight gradient instead comes from
+//! `conv_direct::weight_grad_lanes` on the same padded input (its GEMMs packed both thin
+//! operands on every call).
 use super::conv::{gemm_par, Conv2dGeometry, ConvScratch};
+use super::conv_direct;
 use super::gemm::{matmul_strided, Strides};
 use crate::tensor::Float;
 use rayon::prelude::*;
@@ -220,6 +223,12 @@ pub(crate) fn backward<T: Float>(
     let taps = taps(g, &wd);
     let par = gemm_par(g, n, n.div_ceil(CHUNK));
     let want_dx = dx.is_some();
+    let lanes_dw = conv_direct::weight_grad_lanes_fits(cout);
+    // Every (channel, tap) pair's offset in Xp, channel-major as dW's rows.
+    let in_plane = wd.in_plane();
+    let pair_offs: Vec<usize> = (0..cin)
+        .flat_map(|c| taps.iter().map(move |&(_, off)| c * in_plane + off))
+        .collect();
     // Per thread: xp (C_in, Hp, Wp), dyw (C_out, H_out·Wp), dxp (C_in, Hp, Wp).
     let sizes = [
         cin * wd.in_plane(),
@@ -230,6 +239,9 @@ pub(crate) fn backward<T: Float>(
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, kh, kw)
         let mut pdb = vec![0.0f64; cout]; // (C_out), summed in f64 as in the im2col path
         let [xp, dyw, dxp] = bufs;
+        // With AVX-512 dW comes from the lanes kernel, pair-major (C_in·taps, C_out).
+        let mut pdw_t = lanes_dw.then(|| vec![T::zero(); g.weight_len()]);
+        let mut dyt = vec![T::zero(); if lanes_dw { g.out_len() } else { 0 }];
         for si in 0..s {
             let xs = &x[(s0 + si) * in_len..(s0 + si + 1) * in_len];
             let dys = &dy[(s0 + si) * out_len..(s0 + si + 1) * out_len];
@@ -242,7 +254,19 @@ pub(crate) fn backward<T: Float>(
                 rs: wd.out_plane,
                 cs: 1,
             };
-            for &(t, off) in &taps {
+            if let Some(pt) = pdw_t.as_deref_mut() {
+                // dY transposed (H_out·W_out, C_out) for the lanes kernel.
+                let plane = g.out_h * g.out_w;
+                for (oc, dc) in dys.chunks_exact(plane).enumerate() {
+                    for (p, &v) in dc.iter().enumerate() {
+                        dyt[p * cout + oc] = v;
+                    }
+                }
+                let dims = (g.out_h, g.out_w, wd.wp);
+                conv_direct::weight_grad_lanes(&pair_offs, dims, xp, &dyt, cout, pt);
+            }
+            // Without the lanes kernel: one GEMM per tap.
+            for &(t, off) in taps.iter().filter(|_| pdw_t.is_none()) {
                 // dW_tap (C_out × C_in) += dYw (C_out × cols) · Xp[:, off..off + cols]ᵀ
                 matmul_strided(
                     &mut pdw[t..],
@@ -297,6 +321,15 @@ pub(crate) fn backward<T: Float>(
                         let at = (r + top) * wd.wp + left;
                         row.copy_from_slice(&pc[at..at + wi]);
                     }
+                }
+            }
+        }
+        if let Some(pt) = pdw_t {
+            let kk = taps.len();
+            for (pair, row) in pt.chunks_exact(cout).enumerate() {
+                let (c, t) = (pair / kk, pair % kk);
+                for (oc, &v) in row.iter().enumerate() {
+                    pdw[(oc * cin + c) * kk + t] = v;
                 }
             }
         }
