@@ -167,9 +167,14 @@ impl Wide {
     /// Copies one sample's group (C_g, H, W) into the interior of xp (C_g, xlen); the padding
     /// and tail of xp are zero from its allocation and never written.
     fn pad_input<T: Float>(&self, g: &Conv2dGeometry, x: &[T], xp: &mut [T]) {
+        self.pad_input_at(g, x, xp, self.xlen)
+    }
+
+    /// [`Wide::pad_input`] with channels `stride` elements apart.
+    fn pad_input_at<T: Float>(&self, g: &Conv2dGeometry, x: &[T], xp: &mut [T], stride: usize) {
         let (h, w) = (g.in_h, g.in_w);
         let (pt, pl) = (g.cfg.pad_begin.0, g.cfg.pad_begin.1);
-        for (xc, pc) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(self.xlen)) {
+        for (xc, pc) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(stride)) {
             for (r, src) in xc.chunks_exact(w).enumerate() {
                 pc[(r + pt) * self.wp + pl..][..w].copy_from_slice(src);
             }
@@ -447,13 +452,10 @@ pub(crate) fn forward_by_lanes<T: Float>(
     let (cg, opg) = (g.in_channels / groups, g.out_channels / groups);
     let (in_len, out_len) = (g.in_len(), g.out_len());
     let plane = g.out_h * g.out_w;
-    let (hp, wp) = (
-        g.in_h + c.pad_begin.0 + c.pad_end.0,
-        g.in_w + c.pad_begin.1 + c.pad_end.1,
-    );
-    let taps: Vec<usize> = (0..c.kernel.0)
-        .flat_map(|ki| (0..c.kernel.1).map(move |kj| ki * wp + kj))
-        .collect();
+    // The wide layout's row pitch, tap offsets and padding (its stride-1 plane sizes unused).
+    let wd = Wide::new(g);
+    let (wp, taps) = (wd.wp, &wd.taps[..]);
+    let hp = g.in_h + c.pad_begin.0 + c.pad_end.0;
     let nt = taps.len();
     let (cb, pb) = lanes_block(g);
     let bw = cb * V;
@@ -490,15 +492,7 @@ pub(crate) fn forward_by_lanes<T: Float>(
                 let gi = bi * bw / opg;
                 if *held != si * groups + gi {
                     let xg = &x[si * in_len + gi * in_group..][..in_group];
-                    for (pc, xc) in xp
-                        .chunks_exact_mut(xstride)
-                        .zip(xg.chunks_exact(g.in_h * g.in_w))
-                    {
-                        for (r, src) in xc.chunks_exact(g.in_w).enumerate() {
-                            pc[(r + c.pad_begin.0) * wp + c.pad_begin.1..][..g.in_w]
-                                .copy_from_slice(src);
-                        }
-                    }
+                    wd.pad_input_at(g, xg, xp, xstride);
                     *held = si * groups + gi;
                 }
                 let xs = &xp[..];
@@ -507,7 +501,7 @@ pub(crate) fn forward_by_lanes<T: Float>(
                 // One instance per supported (CB, PB, stride): all are compile-time constants.
                 macro_rules! run {
                     ($cb:literal, $pb:literal, $s:literal) => {
-                        forward_lanes::<T, $cb, $pb, $s>(isa, &taps, xstride, dims, xs, wb, bb, yb)
+                        forward_lanes::<T, $cb, $pb, $s>(isa, taps, xstride, dims, xs, wb, bb, yb)
                     };
                 }
                 match (cb, pb, s) {
