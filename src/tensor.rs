@@ -114,6 +114,22 @@ impl<T: Float> Tensor<T> {
         }
     }
 
+    /// The row-wise concatenation of `parts` (each (n_i, ...) with the same trailing shape).
+    pub fn concat_rows(parts: Vec<Tensor<T>>) -> Tensor<T> {
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else {
+            return Tensor::zeros(&[0]);
+        };
+        let mut shape = first.shape;
+        let mut data = first.data;
+        for p in parts {
+            debug_assert_eq!(p.shape[1..], shape[1..]);
+            shape[0] += p.shape[0];
+            data.extend_from_slice(&p.data);
+        }
+        Tensor { shape, data }
+    }
+
     /// Largest absolute value (0 for an empty tensor).
     pub fn max_abs(&self) -> f64 {
         self.data.iter().fold(0.0f64, |m, v| m.max(v.f64().abs()))

@@ -198,3 +198,77 @@ fn every_loss_through_a_network() {
         );
     }
 }
+
+/// The batch path of a training step (shards side by side, LeNet's convolution → ReLU →
+/// pooling in one pass on the batch-lanes kernels) against the same network taking one sample
+/// at a time (none of that): outputs, input gradients and parameter gradients, in f64.
+#[test]
+fn sharded_fused_batch_matches_one_sample_at_a_time() {
+    use convnet::nn::{presets, Init};
+    use convnet::{ModelSpec, Network, Tensor};
+    let spec = ModelSpec::parse(presets::LENET5, "lenet5").unwrap();
+    let mut big = Network::<f64>::new(spec.clone(), Init::Pytorch, 3);
+    let mut one = Network::<f64>::new(spec, Init::Pytorch, 3);
+    let n = 40; // 2 shards of 20: a whole group of 16 lanes and a part of one
+    let mut s = 1u64;
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    let x: Vec<f64> = (0..n * 784).map(|_| next()).collect();
+    let dy: Vec<f64> = (0..n * 10).map(|_| next()).collect();
+    let y = big
+        .forward(Tensor::from_vec(&[n, 1, 28, 28], x.clone()).unwrap(), true)
+        .unwrap();
+    let dx = big.backward_with_input_grad(Tensor::from_vec(&[n, 10], dy.clone()).unwrap());
+    for i in 0..n {
+        let xi = Tensor::from_vec(&[1, 1, 28, 28], x[i * 784..(i + 1) * 784].to_vec()).unwrap();
+        let yi = one.forward(xi, true).unwrap();
+        let dxi = one.backward_with_input_grad(
+            Tensor::from_vec(&[1, 10], dy[i * 10..(i + 1) * 10].to_vec()).unwrap(),
+        );
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-10);
+        assert!(
+            close(yi.data(), &y.data()[i * 10..(i + 1) * 10]),
+            "output of sample {i}"
+        );
+        assert!(
+            close(dxi.data(), &dx.data()[i * 784..(i + 1) * 784]),
+            "dx of sample {i}"
+        );
+    }
+    let a = big.named_params();
+    assert_eq!(a.len(), 10);
+    let mut ga = Vec::new();
+    big.visit_params(&mut |name, p| ga.push((name, p.grad.clone())));
+    let mut gb = Vec::new();
+    one.visit_params(&mut |name, p| gb.push((name, p.grad.clone())));
+    for ((na, ta), (nb, tb)) in ga.iter().zip(&gb) {
+        assert_eq!(na, nb);
+        let scale = tb.max_abs().max(1e-3);
+        let err = ta
+            .data()
+            .iter()
+            .zip(tb.data())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-9 * scale, "{na}: {err} against {scale}");
+    }
+    assert_eq!(
+        a.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        [
+            "0.weight",
+            "0.bias",
+            "3.weight",
+            "3.bias",
+            "7.weight",
+            "7.bias",
+            "9.weight",
+            "9.bias",
+            "11.weight",
+            "11.bias"
+        ]
+    );
+}

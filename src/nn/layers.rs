@@ -1,9 +1,12 @@
 //! Layers with paired forward/backward: forward caches exactly what backward needs;
 //! backward takes dOut, returns dIn and adds into the parameter gradients.
 use super::init::Init;
-use super::spec::LayerSpec;
+use super::spec::{Conv2dSpec, LayerSpec, PoolSpec};
 use crate::ops::activation::{self, Activation};
-use crate::ops::conv::{conv2d_backward_with, conv2d_forward, Conv2dGeometry, ConvScratch};
+use crate::ops::conv::{
+    conv2d_backward_with, conv2d_forward, conv2d_pool_applies, conv2d_pool_backward,
+    conv2d_pool_fits, conv2d_pool_forward, conv2d_pool_winners_len, Conv2dGeometry, ConvScratch,
+};
 use crate::ops::gemm::{matmul, Par, Trans};
 use crate::ops::pool::{self, Pool2dGeometry};
 use crate::tensor::{Float, Tensor};
@@ -48,6 +51,14 @@ pub trait Layer<T: Float>: Send {
     fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>>;
     fn visit_params(&self, _prefix: &str, _f: ParamVisitor<T>) {}
     fn visit_params_mut(&mut self, _prefix: &str, _f: ParamVisitorMut<T>) {}
+    /// The parameters in state_dict order (as the visitors see them), for pairing the
+    /// parameters of two copies of a layer.
+    fn params(&self) -> Vec<&Param<T>> {
+        Vec::new()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        Vec::new()
+    }
 }
 
 /// Visits `{prefix}weight` and, if present, `{prefix}bias` (PyTorch's names).
@@ -91,7 +102,8 @@ pub struct Conv2d<T> {
     weight: Param<T>,         // (C_out, C_in/groups, kh, kw)
     bias: Option<Param<T>>,   // (C_out)
     input: Option<Tensor<T>>, // (N, C_in, H, W), cached for dW
-    scratch: ConvScratch<T>,  // backward's buffers, reused step after step
+    scratch: ConvScratch<T>,  // the kernels' buffers, reused step after step (backward, and the
+                              // forward of a ConvPool)
 }
 
 impl<T: Float> Layer<T> for Conv2d<T> {
@@ -132,6 +144,14 @@ impl<T: Float> Layer<T> for Conv2d<T> {
     }
     fn visit_params_mut(&mut self, prefix: &str, f: ParamVisitorMut<T>) {
         visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
+    }
+    fn params(&self) -> Vec<&Param<T>> {
+        std::iter::once(&self.weight).chain(&self.bias).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        std::iter::once(&mut self.weight)
+            .chain(&mut self.bias)
+            .collect()
     }
 }
 
@@ -210,6 +230,14 @@ impl<T: Float> Layer<T> for Linear<T> {
     }
     fn visit_params_mut(&mut self, prefix: &str, f: ParamVisitorMut<T>) {
         visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
+    }
+    fn params(&self) -> Vec<&Param<T>> {
+        std::iter::once(&self.weight).chain(&self.bias).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        std::iter::once(&mut self.weight)
+            .chain(&mut self.bias)
+            .collect()
     }
 }
 
@@ -308,6 +336,7 @@ impl<T: Float> Layer<T> for Flatten {
 
 pub struct Residual<T> {
     body: Vec<Box<dyn Layer<T>>>,
+    index: Vec<usize>, // each body layer's position among the body's specs
 }
 
 impl<T: Float> Layer<T> for Residual<T> {
@@ -337,14 +366,20 @@ impl<T: Float> Layer<T> for Residual<T> {
         })
     }
     fn visit_params(&self, prefix: &str, f: ParamVisitor<T>) {
-        for (j, l) in self.body.iter().enumerate() {
+        for (l, j) in self.body.iter().zip(&self.index) {
             l.visit_params(&format!("{prefix}body.{j}."), f);
         }
     }
     fn visit_params_mut(&mut self, prefix: &str, f: ParamVisitorMut<T>) {
-        for (j, l) in self.body.iter_mut().enumerate() {
+        for (l, j) in self.body.iter_mut().zip(&self.index) {
             l.visit_params_mut(&format!("{prefix}body.{j}."), f);
         }
+    }
+    fn params(&self) -> Vec<&Param<T>> {
+        self.body.iter().flat_map(|l| l.params()).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        self.body.iter_mut().flat_map(|l| l.params_mut()).collect()
     }
 }
 
@@ -356,28 +391,8 @@ pub fn build_layer<T: Float>(
     init: Init,
     rng: &mut ChaCha8Rng,
 ) -> Box<dyn Layer<T>> {
-    let chw = || [input[0], input[1], input[2]];
     match spec {
-        LayerSpec::Conv2d(c) => {
-            let geom =
-                Conv2dGeometry::new(chw(), c.out_channels, c.config()).expect("shape-checked spec");
-            let fan_in = geom.k_per_group();
-            let fan_out = c.out_channels * c.kernel.0 * c.kernel.1;
-            let (wb, bb) = init.bounds(fan_in, fan_out);
-            let weight = Param::uniform(
-                &[c.out_channels, input[0] / c.groups, c.kernel.0, c.kernel.1],
-                wb,
-                rng,
-            );
-            let bias = c.bias.then(|| Param::uniform(&[c.out_channels], bb, rng));
-            Box::new(Conv2d {
-                geom,
-                weight,
-                bias,
-                input: None,
-                scratch: ConvScratch::default(),
-            })
-        }
+        LayerSpec::Conv2d(c) => Box::new(build_conv(c, input, init, rng)),
         LayerSpec::Linear(l) => {
             let (wb, bb) = init.bounds(input[0], l.out_features);
             let weight = Param::uniform(&[l.out_features, input[0]], wb, rng);
@@ -390,21 +405,9 @@ pub fn build_layer<T: Float>(
                 input: None,
             })
         }
-        LayerSpec::MaxPool2d(p) | LayerSpec::AvgPool2d(p) | LayerSpec::Subsample(p) => {
-            let kind = match spec {
-                LayerSpec::MaxPool2d(_) => PoolKind::Max,
-                LayerSpec::AvgPool2d(_) => PoolKind::Avg,
-                _ => PoolKind::Subsample,
-            };
-            let geom = Pool2dGeometry::new(chw(), p.config()).expect("shape-checked spec");
-            Box::new(Pool {
-                kind,
-                geom,
-                argmax: Vec::new(),
-                batch: 0,
-                _t: std::marker::PhantomData,
-            })
-        }
+        LayerSpec::MaxPool2d(p) => Box::new(build_pool::<T>(PoolKind::Max, p, input)),
+        LayerSpec::AvgPool2d(p) => Box::new(build_pool::<T>(PoolKind::Avg, p, input)),
+        LayerSpec::Subsample(p) => Box::new(build_pool::<T>(PoolKind::Subsample, p, input)),
         LayerSpec::Activation(a) => Box::new(Act {
             act: *a,
             output: None,
@@ -413,13 +416,205 @@ pub fn build_layer<T: Float>(
             in_shape: Vec::new(),
         }),
         LayerSpec::Residual(body) => {
-            let mut s = input.to_vec();
-            let mut layers = Vec::with_capacity(body.len());
-            for l in body {
-                layers.push(build_layer(l, &s, init, rng));
-                s = l.output_shape(&s).expect("shape-checked spec");
-            }
-            Box::new(Residual { body: layers })
+            let (body, index) = build_layers(body, input, init, rng);
+            Box::new(Residual { body, index })
         }
+    }
+}
+
+fn build_conv<T: Float>(
+    c: &Conv2dSpec,
+    input: &[usize],
+    init: Init,
+    rng: &mut ChaCha8Rng,
+) -> Conv2d<T> {
+    let chw = [input[0], input[1], input[2]];
+    let geom = Conv2dGeometry::new(chw, c.out_channels, c.config()).expect("shape-checked spec");
+    let fan_in = geom.k_per_group();
+    let fan_out = c.out_channels * c.kernel.0 * c.kernel.1;
+    let (wb, bb) = init.bounds(fan_in, fan_out);
+    let weight = Param::uniform(
+        &[c.out_channels, input[0] / c.groups, c.kernel.0, c.kernel.1],
+        wb,
+        rng,
+    );
+    let bias = c.bias.then(|| Param::uniform(&[c.out_channels], bb, rng));
+    Conv2d {
+        geom,
+        weight,
+        bias,
+        input: None,
+        scratch: ConvScratch::default(),
+    }
+}
+
+fn build_pool<T: Float>(kind: PoolKind, p: &PoolSpec, input: &[usize]) -> Pool<T> {
+    let chw = [input[0], input[1], input[2]];
+    Pool {
+        kind,
+        geom: Pool2dGeometry::new(chw, p.config()).expect("shape-checked spec"),
+        argmax: Vec::new(),
+        batch: 0,
+        _t: std::marker::PhantomData,
+    }
+}
+
+/// Builds the layers of `specs` in sequence on inputs of sample shape `input`. Returns the
+/// layer objects and, for each, the position of its first spec (the prefix of its parameters'
+/// names). One object per spec, except:
+/// - a ReLU followed by max pooling runs as max pooling followed by the ReLU: max commutes
+///   with the ReLU, so values (up to the sign of a zero) and gradients are the same, ties
+///   included (a window whose maximum is ≤ 0 passes no gradient either way), and the ReLU and
+///   its cached output shrink to a quarter;
+/// - a convolution followed by 2×2 max pooling, with or without a ReLU between, is one
+///   [`ConvPool`] object.
+///
+/// None of the merged or moved layers has parameters, so the parameters' names and their
+/// initial draws from `rng` are those of the specs in order.
+pub fn build_layers<T: Float>(
+    specs: &[LayerSpec],
+    input: &[usize],
+    init: Init,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Box<dyn Layer<T>>>, Vec<usize>) {
+    let mut shape = input.to_vec();
+    let (mut layers, mut index) = (Vec::with_capacity(specs.len()), Vec::new());
+    let mut i = 0;
+    let relu = |s: Option<&LayerSpec>| matches!(s, Some(LayerSpec::Activation(Activation::Relu)));
+    fn maxpool(s: Option<&LayerSpec>) -> Option<&PoolSpec> {
+        match s {
+            Some(LayerSpec::MaxPool2d(p)) => Some(p),
+            _ => None,
+        }
+    }
+    while i < specs.len() {
+        index.push(i);
+        if let LayerSpec::Conv2d(c) = &specs[i] {
+            let with_relu = relu(specs.get(i + 1));
+            let at = i + 1 + usize::from(with_relu);
+            if let Some(p) = maxpool(specs.get(at)) {
+                let conv = build_conv::<T>(c, &shape, init, rng);
+                let conv_out = specs[i].output_shape(&shape).expect("shape-checked spec");
+                let pool = build_pool::<T>(PoolKind::Max, p, &conv_out);
+                if conv2d_pool_fits(&conv.geom, &pool.geom) {
+                    shape = specs[at]
+                        .output_shape(&conv_out)
+                        .expect("shape-checked spec");
+                    let relu = with_relu.then_some(Act {
+                        act: Activation::Relu,
+                        output: None,
+                    });
+                    layers.push(Box::new(ConvPool {
+                        conv,
+                        pool,
+                        relu,
+                        winners: Vec::new(),
+                        fused: false,
+                    }) as Box<dyn Layer<T>>);
+                    i = at + 1;
+                    continue;
+                }
+                layers.push(Box::new(conv));
+                shape = conv_out;
+                i += 1;
+                continue;
+            }
+        }
+        if relu(Some(&specs[i])) {
+            if let Some(p) = maxpool(specs.get(i + 1)) {
+                layers.push(Box::new(build_pool::<T>(PoolKind::Max, p, &shape)));
+                index.push(i + 1);
+                layers.push(build_layer(&specs[i], &shape, init, rng));
+                shape = specs[i + 1]
+                    .output_shape(&shape)
+                    .expect("shape-checked spec");
+                i += 2;
+                continue;
+            }
+        }
+        layers.push(build_layer(&specs[i], &shape, init, rng));
+        shape = specs[i].output_shape(&shape).expect("shape-checked spec");
+        i += 1;
+    }
+    (layers, index)
+}
+
+/// Conv2d → [ReLU] → MaxPool2d 2×2, built from their three (or two) specs: one pass of the
+/// batch-lanes kernels where they take the batch ([`conv2d_pool_forward`]), else the layers
+/// in turn, the ReLU after the pooling as [`build_layers`] orders it.
+pub struct ConvPool<T> {
+    conv: Conv2d<T>,
+    pool: Pool<T>,
+    relu: Option<Act<T>>,
+    winners: Vec<u8>, // the one pass's record of each window's winner, for backward
+    fused: bool,      // whether the last forward took the one pass
+}
+
+impl<T: Float> Layer<T> for ConvPool<T> {
+    fn forward(&mut self, x: Tensor<T>, train: bool) -> Tensor<T> {
+        let n = x.shape()[0];
+        let (g, pg) = (&self.conv.geom, &self.pool.geom);
+        self.fused = conv2d_pool_applies(g, pg, n);
+        if !self.fused {
+            let h = self.pool.forward(self.conv.forward(x, train), train);
+            return match &mut self.relu {
+                Some(r) => r.forward(h, train),
+                None => h,
+            };
+        }
+        let mut y = Tensor::zeros(&[n, pg.channels, pg.out_h, pg.out_w]);
+        self.winners.resize(conv2d_pool_winners_len(g, n), 0);
+        conv2d_pool_forward(
+            g,
+            self.relu.is_some(),
+            n,
+            x.data(),
+            self.conv.weight.value.data(),
+            self.conv.bias.as_ref().map(|b| b.value.data()),
+            y.data_mut(),
+            &mut self.winners,
+            &mut self.conv.scratch,
+        );
+        self.conv.input = train.then_some(x);
+        y
+    }
+    fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
+        if !self.fused {
+            let d = match &mut self.relu {
+                Some(r) => r.backward(dy, true).expect("need_dx was true"),
+                None => dy,
+            };
+            let d = self.pool.backward(d, true).expect("need_dx was true");
+            return self.conv.backward(d, need_dx);
+        }
+        let c = &mut self.conv;
+        let x = c.input.take().expect(NO_CACHE);
+        let n = x.shape()[0];
+        let mut dx = need_dx.then(|| Tensor::zeros(x.shape()));
+        conv2d_pool_backward(
+            &c.geom,
+            n,
+            x.data(),
+            c.weight.value.data(),
+            dy.data(),
+            &self.winners,
+            dx.as_mut().map(|d| d.data_mut()),
+            c.weight.grad.data_mut(),
+            c.bias.as_mut().map(|b| b.grad.data_mut()),
+            &mut c.scratch,
+        );
+        dx
+    }
+    fn visit_params(&self, prefix: &str, f: ParamVisitor<T>) {
+        self.conv.visit_params(prefix, f);
+    }
+    fn visit_params_mut(&mut self, prefix: &str, f: ParamVisitorMut<T>) {
+        self.conv.visit_params_mut(prefix, f);
+    }
+    fn params(&self) -> Vec<&Param<T>> {
+        self.conv.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        self.conv.params_mut()
     }
 }

@@ -1,8 +1,9 @@
 //! 2-D cross-correlation (what deep nets call convolution) as im2col + GEMM, forward and
 //! backward, with stride, asymmetric padding, dilation and groups; plus naive references.
 use super::gemm::{matmul, matmul_ld, Ld, Par, Trans};
+use super::pool::Pool2dGeometry;
 use super::shape::conv_output_size;
-use super::{conv_direct, conv_taps};
+use super::{conv_batch, conv_direct, conv_taps};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -360,6 +361,62 @@ pub fn conv2d_forward<T: Float>(
     }
 }
 
+/// Whether a convolution followed by `pool` (with or without a ReLU between) can run as one
+/// pass, [`conv2d_pool_forward`], for some batch sizes: stride 1 without dilation or groups,
+/// pooling 2×2 at stride 2 without padding.
+pub fn conv2d_pool_fits(g: &Conv2dGeometry, pool: &Pool2dGeometry) -> bool {
+    conv_batch::PoolAfter::fits(g, pool)
+}
+
+/// Whether [`conv2d_pool_forward`] takes a batch of `n`: it [`conv2d_pool_fits`] and the
+/// batch-lanes kernels are the ones this convolution would run on.
+pub fn conv2d_pool_applies(g: &Conv2dGeometry, pool: &Pool2dGeometry, n: usize) -> bool {
+    conv2d_pool_fits(g, pool) && conv_batch::applies(g, n)
+}
+
+/// Bytes of the winners' record of [`conv2d_pool_forward`] for `n` samples.
+pub fn conv2d_pool_winners_len(g: &Conv2dGeometry, n: usize) -> usize {
+    conv_batch::PoolAfter::winners_len(g, n)
+}
+
+/// y = maxpool2x2(conv(x, w) + b), or maxpool2x2 then ReLU with `relu` (the same values as the
+/// ReLU before the pooling), in one pass: y (N, C_out, H_out / 2, W_out / 2); `winners`
+/// ([`conv2d_pool_winners_len`]) records each window's winner for [`conv2d_pool_backward`].
+/// Needs [`conv2d_pool_applies`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_pool_forward<T: Float>(
+    g: &Conv2dGeometry,
+    relu: bool,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+    winners: &mut [u8],
+    scratch: &mut ConvScratch<T>,
+) {
+    let pool = conv_batch::PoolAfter { relu };
+    conv_batch::forward_pooled(g, pool, n, x, w, b, y, winners, scratch)
+}
+
+/// Gradients of [`conv2d_pool_forward`] from dy (N, C_out, H_out / 2, W_out / 2) and its
+/// winners: writes dx (if asked), adds into dw and db.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_pool_backward<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    winners: &[u8],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    scratch: &mut ConvScratch<T>,
+) {
+    conv_batch::backward_pooled(g, n, x, w, dy, winners, dx, dw, db, scratch)
+}
+
 /// Scratch buffers of the backward pass, one set per worker thread, kept across calls (a layer
 /// owns one) so that a training step neither allocates nor clears them: every buffer is fully
 /// overwritten before it is read.
@@ -483,6 +540,22 @@ fn forward_im2col<T: Float>(
 }
 
 /// Gradients of [`conv2d_forward`]: writes dx (if asked) and adds into dw and db.
+impl<T: Float> ConvScratch<T> {
+    /// At least `nt` sets, each buffer at least its entry of `sizes` long.
+    fn grow(&mut self, nt: usize, sizes: [usize; 3]) {
+        if self.slots.len() < nt {
+            self.slots.resize_with(nt, Default::default);
+        }
+        for slot in &mut self.slots {
+            for (buf, &size) in slot.iter_mut().zip(&sizes) {
+                if buf.len() < size {
+                    buf.resize(size, T::zero());
+                }
+            }
+        }
+    }
+}
+
 /// dy: (N, C_out, H_out, W_out), dx: (N, C_in, H, W), dw: (C_out, C_in/groups, kh, kw), db: (C_out).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Float>(
@@ -499,8 +572,9 @@ pub fn conv2d_backward<T: Float>(
     conv2d_backward_with(g, n, x, w, dy, dx, dw, db, &mut scratch)
 }
 
-/// [`conv2d_backward`] with scratch buffers kept by the caller across calls. Many channels on
-/// a large plane at stride 1 go to the tap GEMMs, everything else to im2col + GEMM.
+/// [`conv2d_backward`] with scratch buffers kept by the caller across calls. Few channels at
+/// stride 1 go to the batch-lanes kernels, many channels on a large plane at stride 1 to the
+/// tap GEMMs, everything else to im2col + GEMM (with the direct dW kernel at stride 1).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_with<T: Float>(
     g: &Conv2dGeometry,
@@ -513,6 +587,9 @@ pub fn conv2d_backward_with<T: Float>(
     db: Option<&mut [T]>,
     scratch: &mut ConvScratch<T>,
 ) {
+    if conv_batch::applies(g, n) {
+        return conv_batch::backward(g, n, x, w, dy, dx, dw, db, scratch);
+    }
     if conv_taps::applies_backward(g) {
         return conv_taps::backward(g, n, x, w, dy, dx, dw, db, scratch);
     }
@@ -761,14 +838,7 @@ pub(crate) fn backward_chunks<T, F>(
     // Thread t takes chunks first(t)..first(t + 1).
     let nt = rayon::current_num_threads().clamp(1, chunks);
     let first = |t: usize| t * chunks / nt;
-    scratch.slots.resize_with(nt, Default::default);
-    for slot in &mut scratch.slots {
-        for (buf, &size) in slot.iter_mut().zip(&sizes) {
-            if buf.len() < size {
-                buf.resize(size, T::zero());
-            }
-        }
-    }
+    scratch.grow(nt, sizes);
     let mut dx_runs: Vec<Option<&mut [T]>> = Vec::with_capacity(nt);
     match dx {
         Some(dx) => {
@@ -808,6 +878,54 @@ pub(crate) fn backward_chunks<T, F>(
             db.iter_mut().zip(&pdb).for_each(|(a, &b)| *a += b);
         }
     }
+}
+
+/// Runs `work(scratch set, first sample, samples, y of those samples, aux of that chunk)` on
+/// every chunk of `chunk` samples, each thread on a contiguous run of chunks with one scratch
+/// set grown to at least `sizes` (the forward pass's counterpart of [`backward_chunks`]).
+/// `aux` is (bytes per chunk, a record the kernel keeps beside y); (0, []) for none.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_chunks<T, F>(
+    n: usize,
+    chunk: usize,
+    out_len: usize,
+    y: &mut [T],
+    aux: (usize, &mut [u8]),
+    scratch: &mut ConvScratch<T>,
+    sizes: [usize; 3],
+    work: F,
+) where
+    T: Float,
+    F: Fn(&mut [Vec<T>; 3], usize, usize, &mut [T], &mut [u8]) + Sync,
+{
+    let chunks = n.div_ceil(chunk);
+    if chunks == 0 {
+        return;
+    }
+    let nt = rayon::current_num_threads().clamp(1, chunks);
+    let first = |t: usize| t * chunks / nt;
+    scratch.grow(nt, sizes);
+    let (aux_len, aux) = aux;
+    let mut runs: Vec<(usize, &mut [T], &mut [u8])> = Vec::with_capacity(nt);
+    let (mut rest, mut aux_rest) = (&mut y[..n * out_len], &mut aux[..chunks * aux_len]);
+    for t in 0..nt {
+        let len = ((first(t + 1) * chunk).min(n) - first(t) * chunk) * out_len;
+        let (run, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        let alen = (first(t + 1) - first(t)) * aux_len;
+        let (arun, atail) = std::mem::take(&mut aux_rest).split_at_mut(alen);
+        runs.push((first(t) * chunk, run, arun));
+        rest = tail;
+        aux_rest = atail;
+    }
+    scratch.slots[..nt]
+        .par_iter_mut()
+        .zip(runs)
+        .for_each(|(bufs, (s0, run, arun))| {
+            for (ci, yc) in run.chunks_mut(chunk * out_len).enumerate() {
+                let ac = &mut arun[ci * aux_len..(ci + 1) * aux_len];
+                work(bufs, s0 + ci * chunk, yc.len() / out_len, yc, ac);
+            }
+        });
 }
 
 /// Input index (row or column) seen by output `o` at kernel tap `k`, if inside the input.
@@ -910,6 +1028,7 @@ pub fn conv2d_backward_naive<T: Float>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::simd::Isa;
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -939,6 +1058,7 @@ mod tests {
     /// The backward paths, each run on its own whatever the dispatch would pick.
     #[derive(Clone, Copy, Debug)]
     enum BackwardPath {
+        Batch,
         Im2col,
         DirectDw,
         DirectDwDx,
@@ -962,6 +1082,7 @@ mod tests {
             sc: &mut ConvScratch<f64>,
         ) {
             match self {
+                BackwardPath::Batch => conv_batch::backward(g, n, x, w, dy, dx, dw, db, sc),
                 BackwardPath::Im2col => backward_im2col(g, n, x, w, dy, dx, dw, db, sc, false),
                 BackwardPath::DirectDw => backward_im2col(g, n, x, w, dy, dx, dw, db, sc, true),
                 BackwardPath::DirectDwDx => {
@@ -1018,6 +1139,191 @@ mod tests {
         }
     }
 
+    /// The batch-lanes kernels in f32 (where AVX-512 packs by register transposes) against the
+    /// naive f64 kernels: forward, dX, dW and db; planes wider than one transpose, partial groups.
+    #[test]
+    fn batch_f32_matches_naive() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let cases = [
+            // (C_in, H, W, C_out, kernel, pad_begin, pad_end)
+            (1, 28, 28, 6, 5, 2, 2),
+            (6, 14, 14, 16, 5, 0, 0),
+            (3, 9, 37, 5, 3, 1, 0),
+            (2, 17, 5, 10, 4, 3, 1),
+        ];
+        let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let near = |a: &[f32], b: &[f64], what: &str| {
+            for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (a as f64 - b).abs() < 1e-4 * b.abs().max(1.0),
+                    "{what} at {i}: {a} vs {b}"
+                );
+            }
+        };
+        for (ci, h, w, co, k, pb, pe) in cases {
+            let cfg = Conv2dConfig {
+                kernel: (k, k),
+                pad_begin: (pb, pb),
+                pad_end: (pe, pe),
+                ..Default::default()
+            };
+            let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
+            for n in [3, 16, 21] {
+                let x = rand_vec(&mut rng, n * g.in_len());
+                let wt = rand_vec(&mut rng, g.weight_len());
+                let b = rand_vec(&mut rng, co);
+                let dy = rand_vec(&mut rng, n * g.out_len());
+                let mut want = vec![0.0; n * g.out_len()];
+                conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
+                let (mut dx2, mut dw2, mut db2) =
+                    (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
+                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
+
+                let (x, wt, b, dy) = (f32s(&x), f32s(&wt), f32s(&b), f32s(&dy));
+                // This CPU's kernels, and the baseline build with the narrow blockings (AVX2's).
+                for isa in [Isa::detect(), Isa::Baseline] {
+                    let mut sc = ConvScratch {
+                        slots: vec![std::array::from_fn(|_| vec![f32::NAN; 1 << 18]); 2],
+                    };
+                    let mut y = vec![f32::NAN; n * g.out_len()];
+                    let no_pool = &mut [];
+                    conv_batch::forward_impl(
+                        isa,
+                        &g,
+                        None,
+                        n,
+                        &x,
+                        &wt,
+                        Some(&b),
+                        &mut y,
+                        no_pool,
+                        &mut sc,
+                    );
+                    near(&y, &want, &format!("forward {cfg:?} n {n}"));
+                    let (mut dx1, mut dw1, mut db1) =
+                        (vec![f32::NAN; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
+                    let (dxr, dbr) = (Some(&mut dx1[..]), Some(&mut db1[..]));
+                    conv_batch::backward_impl(
+                        isa, &g, n, &x, &wt, &dy, dxr, &mut dw1, dbr, &mut sc,
+                    );
+                    near(&dx1, &dx2, &format!("dx {cfg:?} n {n}"));
+                    near(&dw1, &dw2, &format!("dw {cfg:?} n {n}"));
+                    near(&db1, &db2, &format!("db {cfg:?} n {n}"));
+                }
+            }
+        }
+    }
+
+    /// Convolution → [ReLU] → 2×2 max pooling in one pass against the three run apart: the
+    /// same convolution kernel, then the pooling and ReLU kernels of the layers, bit for bit
+    /// forward; backward against the naive kernels fed the pooling's scatter. A channel of zero
+    /// weights makes every window a tie (and its bias decides the ReLU); NaN scratch.
+    #[test]
+    fn pooled_pass_matches_conv_relu_pool() {
+        use super::super::activation::{self, Activation};
+        use super::super::pool::{self, Pool2dConfig};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let cases = [
+            // (C_in, H, W, C_out, kernel, pad): LeNet's two; odd conv outputs (7×9).
+            (1, 28, 28, 6, 5, 2),
+            (6, 14, 14, 16, 5, 0),
+            (2, 9, 11, 5, 3, 0),
+        ];
+        for (ci, h, w, co, k, p) in cases {
+            let cfg = Conv2dConfig {
+                kernel: (k, k),
+                pad_begin: (p, p),
+                pad_end: (p, p),
+                ..Default::default()
+            };
+            let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
+            let pg = Pool2dGeometry::new([co, g.out_h, g.out_w], Pool2dConfig::default()).unwrap();
+            assert!(conv2d_pool_fits(&g, &pg));
+            for (n, relu) in [(9, true), (16, false), (21, true)] {
+                let x = rand_vec(&mut rng, n * g.in_len());
+                let mut wt = rand_vec(&mut rng, g.weight_len());
+                let mut b = rand_vec(&mut rng, co);
+                let per = g.weight_len() / co;
+                wt[..per].fill(0.0);
+                b[0] = if relu { -0.5 } else { 0.25 };
+                if co > 1 {
+                    wt[per..2 * per].fill(0.0);
+                    b[1] = 0.5;
+                }
+                let nan = || ConvScratch {
+                    slots: vec![std::array::from_fn(|_| vec![f64::NAN; 1 << 18]); 2],
+                };
+                // The three apart.
+                let mut yc = vec![0.0; n * g.out_len()];
+                conv_batch::forward(&g, n, &x, &wt, Some(&b), &mut yc, &mut nan());
+                let q = n * co * pg.out_h * pg.out_w;
+                let (mut want, mut arg) = (vec![0.0; q], vec![0u32; q]);
+                pool::maxpool2d_forward(&pg, &yc, &mut want, &mut arg);
+                if relu {
+                    activation::forward_inplace(Activation::Relu, &mut want);
+                }
+                // In one pass: this CPU's kernels, and the baseline build's narrow blockings.
+                for isa in [Isa::detect(), Isa::Baseline] {
+                    let mut y = vec![f64::NAN; q];
+                    let mut win = vec![9u8; conv2d_pool_winners_len(&g, n)];
+                    let mut sc = nan();
+                    let pool = Some(conv_batch::PoolAfter { relu });
+                    conv_batch::forward_impl(
+                        isa,
+                        &g,
+                        pool,
+                        n,
+                        &x,
+                        &wt,
+                        Some(&b),
+                        &mut y,
+                        &mut win,
+                        &mut sc,
+                    );
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    if isa == Isa::detect() {
+                        assert_eq!(bits(&y), bits(&want), "forward {cfg:?} n {n} relu {relu}");
+                    } else {
+                        let close = |a: &[f64], b: &[f64]| {
+                            a.iter()
+                                .zip(b)
+                                .all(|(a, b)| (a - b).abs() < 1e-12 * b.abs().max(1.0))
+                        };
+                        assert!(
+                            close(&y, &want),
+                            "baseline forward {cfg:?} n {n} relu {relu}"
+                        );
+                    }
+
+                    let dy = rand_vec(&mut rng, q);
+                    let mut dyc = dy.clone();
+                    if relu {
+                        activation::backward_inplace(Activation::Relu, &want, &mut dyc);
+                    }
+                    let mut dyconv = vec![0.0; n * g.out_len()];
+                    pool::maxpool2d_backward(&pg, &dyc, &arg, &mut dyconv);
+                    let (mut dx2, mut dw2, mut db2) =
+                        (vec![0.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                    conv2d_backward_naive(&g, n, &x, &wt, &dyconv, &mut dx2, &mut dw2, &mut db2);
+                    let (mut dx1, mut dw1, mut db1) =
+                        (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
+                    let (dxr, dbr) = (Some(&mut dx1[..]), Some(&mut db1[..]));
+                    conv_batch::backward_pooled_impl(
+                        isa, &g, n, &x, &wt, &dy, &win, dxr, &mut dw1, dbr, &mut sc,
+                    );
+                    let close = |a: &[f64], b: &[f64]| {
+                        a.iter()
+                            .zip(b)
+                            .all(|(a, b)| (a - b).abs() < 1e-12 * b.abs().max(1.0))
+                    };
+                    assert!(close(&dx1, &dx2), "dx {cfg:?} n {n} relu {relu}");
+                    assert!(close(&dw1, &dw2), "dw {cfg:?} n {n} relu {relu}");
+                    assert!(close(&db1, &db2), "db {cfg:?} n {n} relu {relu}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn fast_matches_naive_for_every_option() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -1061,14 +1367,26 @@ mod tests {
         fn lanes(g: &Conv2dGeometry) -> bool {
             conv_direct::lanes_fit(g)
         }
-        let forwards: [(&str, Forward, Handles); 5] = [
+        fn batch_forward(
+            g: &Conv2dGeometry,
+            n: usize,
+            x: &[f64],
+            w: &[f64],
+            b: Option<&[f64]>,
+            y: &mut [f64],
+        ) {
+            conv_batch::forward(g, n, x, w, b, y, &mut ConvScratch::default())
+        }
+        let forwards: [(&str, Forward, Handles); 6] = [
+            ("batch lanes", batch_forward, conv_batch::fits),
             ("im2col", forward_im2col, |_| true),
             ("direct wide", conv_direct::forward_by_wide, stride1),
             ("direct lanes", conv_direct::forward_by_lanes, lanes),
             ("taps", conv_taps::forward, taps),
             ("dispatch", conv2d_forward, |_| true),
         ];
-        let backwards: [(BackwardPath, Handles); 5] = [
+        let backwards: [(BackwardPath, Handles); 6] = [
+            (BackwardPath::Batch, conv_batch::fits),
             (BackwardPath::Im2col, |_| true),
             (BackwardPath::DirectDw, stride1),
             (BackwardPath::DirectDwDx, |g| transposed(g).is_some()),

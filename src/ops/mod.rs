@@ -1,6 +1,9 @@
 //! Pure numeric kernels (no layer state): GEMM, convolution, pooling, activations.
+#[macro_use]
+mod simd;
 pub mod activation;
 pub mod conv;
+mod conv_batch;
 mod conv_direct;
 mod conv_taps;
 pub mod fft;

@@ -120,7 +120,7 @@ pub fn maxpool2d_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], arg
 /// The winner of the pair (first, second) in scan order: the first NaN, else the second only
 /// if strictly greater. Branch-free, so that loops of it vectorise.
 #[inline(always)]
-fn second_wins<T: Float>(first: T, second: T) -> bool {
+pub(crate) fn second_wins<T: Float>(first: T, second: T) -> bool {
     !first.is_nan() & (second.is_nan() | (second > first))
 }
 
@@ -159,39 +159,55 @@ fn maxpool2x2_plane<T: Float>(w: usize, ow: usize, xp: &[T], yp: &mut [T], ap: &
     }
 }
 
-/// [`maxpool2x2_plane`] also compiled for AVX-512 and AVX2, picked at run time: the baseline
-/// build's SSE2 has no blends, and the selects stay scalar there.
-fn maxpool2x2_plane_dispatch<T: Float>(
-    w: usize,
-    ow: usize,
-    xp: &[T],
-    yp: &mut [T],
-    ap: &mut [u32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-        unsafe fn avx512<T: Float>(w: usize, ow: usize, xp: &[T], yp: &mut [T], ap: &mut [u32]) {
-            maxpool2x2_plane(w, ow, xp, yp, ap)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Float>(w: usize, ow: usize, xp: &[T], yp: &mut [T], ap: &mut [u32]) {
-            maxpool2x2_plane(w, ow, xp, yp, ap)
-        }
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU has these features.
-            return unsafe { avx512(w, ow, xp, yp, ap) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { avx2(w, ow, xp, yp, ap) };
+/// One plane of 2×2 stride-2 max pooling, values only: the value [`maxpool2x2_plane`] picks
+/// (the same tournament), without the index arithmetic that keeps its loop from vectorising
+/// as well.
+#[inline(always)]
+fn maxpool2x2_values_plane<T: Float>(w: usize, ow: usize, xp: &[T], yp: &mut [T]) {
+    let pick = |a: T, b: T| if second_wins(a, b) { b } else { a };
+    for (i, yr) in yp.chunks_exact_mut(ow).enumerate() {
+        let r0 = 2 * i * w;
+        let (x0, x1) = (&xp[r0..][..2 * ow], &xp[r0 + w..][..2 * ow]);
+        let pairs = x0.chunks_exact(2).zip(x1.chunks_exact(2));
+        for (y, (p0, p1)) in yr.iter_mut().zip(pairs) {
+            *y = pick(pick(p0[0], p0[1]), pick(p1[0], p1[1]));
         }
     }
-    maxpool2x2_plane(w, ow, xp, yp, ap)
 }
+
+/// Compiles `$plane(args)` for AVX-512 and AVX2 besides the baseline and picks one at run
+/// time: the baseline build's SSE2 has no blends, and the selects stay scalar there.
+macro_rules! plane_dispatch {
+    ($name:ident => $plane:ident($($arg:ident: $ty:ty),*)) => {
+        fn $name<T: Float>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+                unsafe fn avx512<T: Float>($($arg: $ty),*) {
+                    $plane($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2<T: Float>($($arg: $ty),*) {
+                    $plane($($arg),*)
+                }
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has these features.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $plane($($arg),*)
+        }
+    };
+}
+plane_dispatch!(maxpool2x2_plane_dispatch => maxpool2x2_plane(w: usize, ow: usize, xp: &[T], yp: &mut [T], ap: &mut [u32]));
+plane_dispatch!(maxpool2x2_values_dispatch => maxpool2x2_values_plane(w: usize, ow: usize, xp: &[T], yp: &mut [T]));
 
 /// [`maxpool2d_forward`] for 2×2 windows at stride 2 inside the input.
 fn maxpool2x2_forward<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], argmax: &mut [u32]) {
@@ -233,19 +249,16 @@ fn maxpool_forward_general<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T], a
         });
 }
 
-/// Max pooling without keeping the winners (inference): the values of [`maxpool2d_forward`],
-/// the winners going to scratch that is reused instead of a caller's buffer.
+/// Max pooling without keeping the winners (inference): the values of [`maxpool2d_forward`].
 pub fn maxpool2d_forward_values<T: Float>(g: &Pool2dGeometry, x: &[T], y: &mut [T]) {
     if !is_2x2(g) {
         let mut argmax = vec![0u32; y.len()];
         return maxpool_forward_general(g, x, y, &mut argmax);
     }
-    // The winners' tournament, its winners written to a per-thread scratch plane.
     let (ip, op, w, ow) = (g.in_plane(), g.out_plane(), g.in_w, g.out_w);
-    y.par_chunks_mut(op).zip(x.par_chunks(ip)).for_each_init(
-        || vec![0u32; op],
-        |ap, (yp, xp)| maxpool2x2_plane_dispatch(w, ow, xp, yp, ap),
-    );
+    y.par_chunks_mut(op)
+        .zip(x.par_chunks(ip))
+        .for_each(|(yp, xp)| maxpool2x2_values_dispatch(w, ow, xp, yp));
 }
 
 /// dx = scatter of dy to the recorded winners (dx is overwritten).
