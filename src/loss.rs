@@ -46,10 +46,23 @@ pub fn loss<T: Float>(
     out: &[T],
     labels: &[usize],
     k: usize,
-    mut grad: Option<&mut [T]>,
+    grad: Option<&mut [T]>,
 ) -> f64 {
-    let n = labels.len();
-    let inv_n = 1.0 / n.max(1) as f64;
+    loss_part(kind, out, labels, k, grad, labels.len())
+}
+
+/// [`loss`] of some rows of a batch of `batch` samples: their share of the batch's mean loss
+/// (Σ of their losses / batch), and their rows of its gradient, the same values as
+/// [`loss`] of the whole batch gives them. The shares of a batch's parts add up to its loss.
+pub fn loss_part<T: Float>(
+    kind: LossKind,
+    out: &[T],
+    labels: &[usize],
+    k: usize,
+    mut grad: Option<&mut [T]>,
+    batch: usize,
+) -> f64 {
+    let inv_n = 1.0 / batch.max(1) as f64;
     let mut total = 0.0;
     for (s, &y) in labels.iter().enumerate() {
         let z = &out[s * k..(s + 1) * k];

@@ -11,6 +11,11 @@ use rayon::prelude::*;
 
 type Layers<T> = Vec<Box<dyn Layer<T>>>;
 
+/// The loss's gradient for some output rows of a batch, and their share of the loss:
+/// `dloss(rows, output of those rows) = (dL/d(output) of those rows, share)`.
+pub type LossGrad<'a, T> =
+    dyn Fn(std::ops::Range<usize>, &Tensor<T>) -> (Tensor<T>, f64) + Sync + 'a;
+
 /// A built network: its spec and one layer object per top-level layer.
 ///
 /// A batch runs in shards, each through its own copy of the layers (with its own caches), so
@@ -122,17 +127,8 @@ impl<T: Float> Network<T> {
     /// Runs the batch `x` (N, C, H, W) through every layer. With `train`, layers cache
     /// what [`Network::backward`] needs.
     pub fn forward(&mut self, x: Tensor<T>, train: bool) -> Result<Tensor<T>> {
-        let [c, h, w] = self.spec.input;
-        let s = x.shape();
-        if s.len() != 4 || s[1..] != [c, h, w] {
-            let n = s.first().copied().unwrap_or(0);
-            return Err(Error::Shape {
-                what: format!("input of model `{}`", self.spec.name),
-                expected: vec![n, c, h, w],
-                got: s.to_vec(),
-            });
-        }
-        let shards = shard_bounds(s[0], self.param_count, std::mem::size_of::<T>());
+        self.check_input(&x)?;
+        let shards = shard_bounds(x.shape()[0], self.param_count, std::mem::size_of::<T>());
         self.shards = if train { shards.clone() } else { Vec::new() };
         if shards.len() == 1 {
             // On one thread of the pool (a no-op when already there): every layer's parallel
@@ -150,6 +146,71 @@ impl<T: Float> Network<T> {
             .map(|(layers, x)| forward_layers(layers, x, train))
             .collect();
         Ok(Tensor::concat_rows(outs))
+    }
+
+    /// A training step's forward and backward passes in one: each shard runs forward, gets
+    /// dL/d(output) of its rows from `dloss(rows, output rows)` (with the rows' share of the
+    /// loss), and back-propagates it, all in one parallel section: the threads meet once per
+    /// step, not at the loss too. Gradients are added into the parameters' as by
+    /// [`Network::backward`]. Returns the sum of the shares.
+    pub fn forward_backward(&mut self, x: Tensor<T>, dloss: &LossGrad<T>) -> Result<f64> {
+        self.check_input(&x)?;
+        let n = x.shape()[0];
+        let shards = shard_bounds(n, self.param_count, std::mem::size_of::<T>());
+        self.shards.clear();
+        let step = |(i, layers): (usize, &mut Layers<T>), x: Tensor<T>, rows: (usize, usize)| {
+            if i > 0 {
+                params_mut(layers).for_each(|p| p.grad.data_mut().fill(T::zero()));
+            }
+            let out = forward_layers(layers, x, true);
+            let (dy, l) = dloss(rows.0..rows.1, &out);
+            backward_layers(layers, dy, false);
+            l
+        };
+        if shards.len() == 1 {
+            let layers = &mut self.layers;
+            return Ok(rayon::scope(move |_| step((0, layers), x, (0, n))));
+        }
+        self.sync_replicas(shards.len() - 1);
+        let parts: Vec<Tensor<T>> = shards.iter().map(|&(a, b)| x.slice_rows(a, b)).collect();
+        let losses: Vec<f64> = self
+            .shard_layers(shards.len())
+            .into_par_iter()
+            .enumerate()
+            .zip(parts)
+            .zip(shards.clone())
+            .map(|((layers, x), rows)| step(layers, x, rows))
+            .collect();
+        self.add_replica_grads(shards.len() - 1);
+        Ok(losses.iter().sum())
+    }
+
+    /// Adds the gradients of the first `k` replicas into the network's, in replica order.
+    fn add_replica_grads(&mut self, k: usize) {
+        for replica in &self.replicas[..k] {
+            for (dst, src) in params_mut(&mut self.layers).zip(params(replica)) {
+                dst.grad
+                    .data_mut()
+                    .iter_mut()
+                    .zip(src.grad.data())
+                    .for_each(|(a, &b)| *a += b);
+            }
+        }
+    }
+
+    /// An error unless x is (N, C, H, W) with the spec's sample shape.
+    fn check_input(&self, x: &Tensor<T>) -> Result<()> {
+        let [c, h, w] = self.spec.input;
+        let s = x.shape();
+        if s.len() != 4 || s[1..] != [c, h, w] {
+            let n = s.first().copied().unwrap_or(0);
+            return Err(Error::Shape {
+                what: format!("input of model `{}`", self.spec.name),
+                expected: vec![n, c, h, w],
+                got: s.to_vec(),
+            });
+        }
+        Ok(())
     }
 
     /// Back-propagates dL/d(output) through the cached forward pass, adding into every
@@ -184,15 +245,7 @@ impl<T: Float> Network<T> {
                 backward_layers(layers, d, need_input_grad)
             })
             .collect();
-        for replica in &self.replicas[..shards.len() - 1] {
-            for (dst, src) in params_mut(&mut self.layers).zip(params(replica)) {
-                dst.grad
-                    .data_mut()
-                    .iter_mut()
-                    .zip(src.grad.data())
-                    .for_each(|(a, &b)| *a += b);
-            }
-        }
+        self.add_replica_grads(shards.len() - 1);
         need_input_grad.then(|| Tensor::concat_rows(dxs.into_iter().flatten().collect()))
     }
 

@@ -5,7 +5,7 @@ use super::options::TrainOptions;
 use crate::data::{DataSplit, Dataset};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use crate::loss::{loss, LossKind};
+use crate::loss::{loss_part, LossKind};
 use crate::nn::weights::{read_tensors, write_tensors};
 use crate::nn::Network;
 use crate::optim::Optimizer;
@@ -24,17 +24,11 @@ pub struct Trainer {
     pub net: Network<f32>,
     pub opt: Optimizer<f32>,
     pub loss: LossKind,
-    grad: Vec<f32>, // (B, K), reused across steps
 }
 
 impl Trainer {
     pub fn new(net: Network<f32>, opt: Optimizer<f32>, loss: LossKind) -> Self {
-        Trainer {
-            net,
-            opt,
-            loss,
-            grad: Vec::new(),
-        }
+        Trainer { net, opt, loss }
     }
 
     /// Forward, loss, backward and one optimizer update on the batch x (B, C, H, W).
@@ -46,19 +40,27 @@ impl Trainer {
         rayon::scope(|_| self.step_here(x, labels, lr))
     }
 
-    /// [`Trainer::step`] on the calling thread.
+    /// [`Trainer::step`] on the calling thread: forward, loss gradient and backward in one
+    /// parallel pass over the network's shards, then the update.
     fn step_here(&mut self, x: Tensor<f32>, labels: &[usize], lr: f64) -> Result<f64> {
-        let out = self.net.forward(x, true)?; // (B, K)
-        let k = self.net.output_len();
-        self.grad.resize(out.len(), 0.0);
-        let l = loss(self.loss, out.data(), labels, k, Some(&mut self.grad));
-        if !l.is_finite() {
-            return Ok(l);
-        }
+        let (kind, k, batch) = (self.loss, self.net.output_len(), labels.len());
         self.net.zero_grad();
-        self.net
-            .backward(Tensor::from_vec(out.shape(), self.grad.clone())?);
-        self.opt.step(&mut self.net, lr);
+        let dloss = |rows: std::ops::Range<usize>, out: &Tensor<f32>| {
+            let mut grad = Tensor::zeros(out.shape()); // (rows, K)
+            let l = loss_part(
+                kind,
+                out.data(),
+                &labels[rows],
+                k,
+                Some(grad.data_mut()),
+                batch,
+            );
+            (grad, l)
+        };
+        let l = self.net.forward_backward(x, &dloss)?;
+        if l.is_finite() {
+            self.opt.step(&mut self.net, lr);
+        }
         Ok(l)
     }
 }
