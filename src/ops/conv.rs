@@ -3,6 +3,7 @@
 use super::gemm::{matmul, matmul_ld, Ld, Par, Trans};
 use super::pool::Pool2dGeometry;
 use super::shape::conv_output_size;
+use super::simd::Isa;
 use super::{conv_batch, conv_direct, conv_taps};
 use crate::tensor::Float;
 use rayon::prelude::*;
@@ -395,8 +396,8 @@ pub fn conv2d_pool_forward<T: Float>(
     winners: &mut [u8],
     scratch: &mut ConvScratch<T>,
 ) {
-    let pool = conv_batch::PoolAfter { relu };
-    conv_batch::forward_pooled(g, pool, n, x, w, b, y, winners, scratch)
+    let pool = Some(conv_batch::PoolAfter { relu });
+    conv_batch::forward(Isa::detect(), g, pool, n, x, w, b, y, winners, scratch)
 }
 
 /// Gradients of [`conv2d_pool_forward`] from dy (N, C_out, H_out / 2, W_out / 2) and its
@@ -414,7 +415,7 @@ pub fn conv2d_pool_backward<T: Float>(
     db: Option<&mut [T]>,
     scratch: &mut ConvScratch<T>,
 ) {
-    conv_batch::backward_pooled(g, n, x, w, dy, winners, dx, dw, db, scratch)
+    conv_batch::backward_pooled(Isa::detect(), g, n, x, w, dy, winners, dx, dw, db, scratch)
 }
 
 /// Scratch buffers of the backward pass, one set per worker thread, kept across calls (a layer
@@ -588,7 +589,7 @@ pub fn conv2d_backward_with<T: Float>(
     scratch: &mut ConvScratch<T>,
 ) {
     if conv_batch::applies(g, n) {
-        return conv_batch::backward(g, n, x, w, dy, dx, dw, db, scratch);
+        return conv_batch::backward(Isa::detect(), g, n, x, w, dy, dx, dw, db, scratch);
     }
     if conv_taps::applies_backward(g) {
         return conv_taps::backward(g, n, x, w, dy, dx, dw, db, scratch);
@@ -1028,7 +1029,6 @@ pub fn conv2d_backward_naive<T: Float>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::simd::Isa;
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -1082,7 +1082,9 @@ mod tests {
             sc: &mut ConvScratch<f64>,
         ) {
             match self {
-                BackwardPath::Batch => conv_batch::backward(g, n, x, w, dy, dx, dw, db, sc),
+                BackwardPath::Batch => {
+                    conv_batch::backward(Isa::detect(), g, n, x, w, dy, dx, dw, db, sc)
+                }
                 BackwardPath::Im2col => backward_im2col(g, n, x, w, dy, dx, dw, db, sc, false),
                 BackwardPath::DirectDw => backward_im2col(g, n, x, w, dy, dx, dw, db, sc, true),
                 BackwardPath::DirectDwDx => {
@@ -1187,7 +1189,7 @@ mod tests {
                     };
                     let mut y = vec![f32::NAN; n * g.out_len()];
                     let no_pool = &mut [];
-                    conv_batch::forward_impl(
+                    conv_batch::forward(
                         isa,
                         &g,
                         None,
@@ -1203,9 +1205,7 @@ mod tests {
                     let (mut dx1, mut dw1, mut db1) =
                         (vec![f32::NAN; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
                     let (dxr, dbr) = (Some(&mut dx1[..]), Some(&mut db1[..]));
-                    conv_batch::backward_impl(
-                        isa, &g, n, &x, &wt, &dy, dxr, &mut dw1, dbr, &mut sc,
-                    );
+                    conv_batch::backward(isa, &g, n, &x, &wt, &dy, dxr, &mut dw1, dbr, &mut sc);
                     near(&dx1, &dx2, &format!("dx {cfg:?} n {n}"));
                     near(&dw1, &dw2, &format!("dw {cfg:?} n {n}"));
                     near(&db1, &db2, &format!("db {cfg:?} n {n}"));
@@ -1255,7 +1255,19 @@ mod tests {
                 };
                 // The three apart.
                 let mut yc = vec![0.0; n * g.out_len()];
-                conv_batch::forward(&g, n, &x, &wt, Some(&b), &mut yc, &mut nan());
+                let isa0 = Isa::detect();
+                conv_batch::forward(
+                    isa0,
+                    &g,
+                    None,
+                    n,
+                    &x,
+                    &wt,
+                    Some(&b),
+                    &mut yc,
+                    &mut [],
+                    &mut nan(),
+                );
                 let q = n * co * pg.out_h * pg.out_w;
                 let (mut want, mut arg) = (vec![0.0; q], vec![0u32; q]);
                 pool::maxpool2d_forward(&pg, &yc, &mut want, &mut arg);
@@ -1268,7 +1280,7 @@ mod tests {
                     let mut win = vec![9u8; conv2d_pool_winners_len(&g, n)];
                     let mut sc = nan();
                     let pool = Some(conv_batch::PoolAfter { relu });
-                    conv_batch::forward_impl(
+                    conv_batch::forward(
                         isa,
                         &g,
                         pool,
@@ -1308,7 +1320,7 @@ mod tests {
                     let (mut dx1, mut dw1, mut db1) =
                         (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
                     let (dxr, dbr) = (Some(&mut dx1[..]), Some(&mut db1[..]));
-                    conv_batch::backward_pooled_impl(
+                    conv_batch::backward_pooled(
                         isa, &g, n, &x, &wt, &dy, &win, dxr, &mut dw1, dbr, &mut sc,
                     );
                     let close = |a: &[f64], b: &[f64]| {
@@ -1375,7 +1387,8 @@ mod tests {
             b: Option<&[f64]>,
             y: &mut [f64],
         ) {
-            conv_batch::forward(g, n, x, w, b, y, &mut ConvScratch::default())
+            let sc = &mut ConvScratch::default();
+            conv_batch::forward(Isa::detect(), g, None, n, x, w, b, y, &mut [], sc)
         }
         let forwards: [(&str, Forward, Handles); 6] = [
             ("batch lanes", batch_forward, conv_batch::fits),

@@ -604,51 +604,14 @@ fn unpool_kernel<T: Float, const FMA: bool, const U: usize, const R: usize>(
 }
 multiversion!(unpool_group<R> => unpool_kernel(dp: &Plane, qt: &[T], win: &[u8], dyt: &mut [T], db: &mut [f64]));
 
-/// x: (N, C_in, H, W), w: (C_out, C_in, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
-/// Needs [`fits`]. Alone it loses to the other forward kernels ([`applies`]): the tests run it.
-#[cfg(test)]
+/// x: (N, C_in, H, W), w: (C_out, C_in, kh, kw), b: (C_out); without `pool`,
+/// y: (N, C_out, H_out, W_out); with it ([`PoolAfter::fits`]), y: (N, C_out, H_out / 2,
+/// W_out / 2) and the winners for [`backward_pooled`] in `winners`
+/// ([`PoolAfter::winners_len`]). The kernels and blockings are `isa`'s (`Isa::detect()`; tests
+/// run the narrow ones anywhere). Needs [`fits`]; alone, the forward pass loses to the other
+/// kernels ([`applies`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<T: Float>(
-    g: &Conv2dGeometry,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    b: Option<&[T]>,
-    y: &mut [T],
-    scratch: &mut ConvScratch<T>,
-) {
-    forward_impl(Isa::detect(), g, None, n, x, w, b, y, &mut [], scratch)
-}
-
-/// The convolution then `pool` ([`PoolAfter::fits`]): y (N, C_out, H_out / 2, W_out / 2), and
-/// the winners for [`backward_pooled`] in `winners` ([`PoolAfter::winners_len`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward_pooled<T: Float>(
-    g: &Conv2dGeometry,
-    pool: PoolAfter,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    b: Option<&[T]>,
-    y: &mut [T],
-    winners: &mut [u8],
-    scratch: &mut ConvScratch<T>,
-) {
-    forward_impl(
-        Isa::detect(),
-        g,
-        Some(pool),
-        n,
-        x,
-        w,
-        b,
-        y,
-        winners,
-        scratch,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward_impl<T: Float>(
     isa: Isa,
     g: &Conv2dGeometry,
     pool: Option<PoolAfter>,
@@ -827,26 +790,10 @@ impl<T: Float> Backward<T> {
 }
 
 /// dy: (N, C_out, H_out, W_out), dx: (N, C_in, H, W), dw: (C_out, C_in, kh, kw) and db: (C_out)
-/// added into. Groups of L samples in parallel, their (dW, db) summed in group order.
-/// Needs [`applies`].
+/// added into. Groups of L samples in parallel, their (dW, db) summed in group order; `isa` as
+/// for [`forward`]. Needs [`fits`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Float>(
-    g: &Conv2dGeometry,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    dx: Option<&mut [T]>,
-    dw: &mut [T],
-    db: Option<&mut [T]>,
-    scratch: &mut ConvScratch<T>,
-) {
-    backward_impl(Isa::detect(), g, n, x, w, dy, dx, dw, db, scratch)
-}
-
-/// [`backward`] with the kernels and blockings of `isa` (tests run the narrow ones anywhere).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_impl<T: Float>(
     isa: Isa,
     g: &Conv2dGeometry,
     n: usize,
@@ -877,27 +824,10 @@ pub(crate) fn backward_impl<T: Float>(
     backward_chunks(n, L, in_len, dx, dw, db, scratch, plan.sizes, work);
 }
 
-/// The backward of [`forward_pooled`]: dy (N, C_out, H_out / 2, W_out / 2) the pooled
+/// The backward of [`forward`] with a pooling: dy (N, C_out, H_out / 2, W_out / 2) the pooled
 /// output's gradient, `winners` as the forward pass left them; otherwise as [`backward`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_pooled<T: Float>(
-    g: &Conv2dGeometry,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    winners: &[u8],
-    dx: Option<&mut [T]>,
-    dw: &mut [T],
-    db: Option<&mut [T]>,
-    scratch: &mut ConvScratch<T>,
-) {
-    backward_pooled_impl(Isa::detect(), g, n, x, w, dy, winners, dx, dw, db, scratch)
-}
-
-/// [`backward_pooled`] with the kernels and blockings of `isa`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_pooled_impl<T: Float>(
     isa: Isa,
     g: &Conv2dGeometry,
     n: usize,
