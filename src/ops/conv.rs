@@ -1141,6 +1141,19 @@ mod tests {
         }
     }
 
+    /// The instruction sets this CPU can run the kernels in: the one picked at run time, AVX2
+    /// (the narrow blockings, as on an AVX2-only CPU) and the baseline build.
+    fn test_isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::detect()];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            isas.push(Isa::Avx2Fma);
+        }
+        isas.push(Isa::Baseline);
+        isas.dedup();
+        isas
+    }
+
     /// The batch-lanes kernels in f32 (where AVX-512 packs by register transposes) against the
     /// naive f64 kernels: forward, dX, dW and db; planes wider than one transpose, partial groups.
     #[test]
@@ -1182,8 +1195,8 @@ mod tests {
                 conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
 
                 let (x, wt, b, dy) = (f32s(&x), f32s(&wt), f32s(&b), f32s(&dy));
-                // This CPU's kernels, and the baseline build with the narrow blockings (AVX2's).
-                for isa in [Isa::detect(), Isa::Baseline] {
+                // This CPU's kernels, AVX2's and the baseline build's (the narrow blockings).
+                for isa in test_isas() {
                     let mut sc = ConvScratch {
                         slots: vec![std::array::from_fn(|_| vec![f32::NAN; 1 << 18]); 2],
                     };
@@ -1274,8 +1287,8 @@ mod tests {
                 if relu {
                     activation::forward_inplace(Activation::Relu, &mut want);
                 }
-                // In one pass: this CPU's kernels, and the baseline build's narrow blockings.
-                for isa in [Isa::detect(), Isa::Baseline] {
+                // In one pass: this CPU's kernels, AVX2's and the baseline build's.
+                for isa in test_isas() {
                     let mut y = vec![f64::NAN; q];
                     let mut win = vec![9u8; conv2d_pool_winners_len(&g, n)];
                     let mut sc = nan();
