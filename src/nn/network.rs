@@ -72,6 +72,10 @@ fn params_mut<T: Float>(layers: &mut Layers<T>) -> impl Iterator<Item = &mut Par
     layers.iter_mut().flat_map(|l| l.params_mut())
 }
 
+fn zero_grads<T: Float>(layers: &mut Layers<T>) {
+    params_mut(layers).for_each(|p| p.grad.data_mut().fill(T::zero()));
+}
+
 fn forward_layers<T: Float>(layers: &mut Layers<T>, x: Tensor<T>, train: bool) -> Tensor<T> {
     layers.iter_mut().fold(x, |h, l| l.forward(h, train))
 }
@@ -160,7 +164,7 @@ impl<T: Float> Network<T> {
         self.shards.clear();
         let step = |(i, layers): (usize, &mut Layers<T>), x: Tensor<T>, rows: (usize, usize)| {
             if i > 0 {
-                params_mut(layers).for_each(|p| p.grad.data_mut().fill(T::zero()));
+                zero_grads(layers);
             }
             let out = forward_layers(layers, x, true);
             let (dy, l) = dloss(rows.0..rows.1, &out);
@@ -240,7 +244,7 @@ impl<T: Float> Network<T> {
             .zip(parts)
             .map(|((i, layers), d)| {
                 if i > 0 {
-                    params_mut(layers).for_each(|p| p.grad.data_mut().fill(T::zero()));
+                    zero_grads(layers);
                 }
                 backward_layers(layers, d, need_input_grad)
             })
@@ -288,7 +292,7 @@ impl<T: Float> Network<T> {
 
     /// Sets every parameter gradient to zero.
     pub fn zero_grad(&mut self) {
-        self.visit_params_mut(&mut |_, p| p.grad.data_mut().fill(T::zero()));
+        zero_grads(&mut self.layers);
     }
 
     /// Total number of trainable scalars.
