@@ -4,7 +4,7 @@ use super::init::Init;
 use super::spec::{Conv2dSpec, LayerSpec, PoolSpec};
 use crate::ops::activation::{self, Activation};
 use crate::ops::conv::{
-    conv2d_backward_with, conv2d_forward, conv2d_pool_applies, conv2d_pool_backward,
+    conv2d_backward_with, conv2d_forward_with, conv2d_pool_applies, conv2d_pool_backward,
     conv2d_pool_fits, conv2d_pool_forward, conv2d_pool_winners_len, Conv2dGeometry, ConvScratch,
 };
 use crate::ops::gemm::{matmul, Par, Trans};
@@ -102,8 +102,7 @@ pub struct Conv2d<T> {
     weight: Param<T>,         // (C_out, C_in/groups, kh, kw)
     bias: Option<Param<T>>,   // (C_out)
     input: Option<Tensor<T>>, // (N, C_in, H, W), cached for dW
-    scratch: ConvScratch<T>,  // the kernels' buffers, reused step after step (backward, and the
-                              // forward of a ConvPool)
+    scratch: ConvScratch<T>,  // the kernels' buffers, reused step after step
 }
 
 impl<T: Float> Layer<T> for Conv2d<T> {
@@ -111,13 +110,14 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         let g = &self.geom;
         let n = x.shape()[0];
         let mut y = Tensor::zeros(&[n, g.out_channels, g.out_h, g.out_w]);
-        conv2d_forward(
+        conv2d_forward_with(
             g,
             n,
             x.data(),
             self.weight.value.data(),
             self.bias.as_ref().map(|b| b.value.data()),
             y.data_mut(),
+            &mut self.scratch,
         );
         self.input = train.then_some(x);
         y

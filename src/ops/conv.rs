@@ -4,7 +4,7 @@ use super::gemm::{matmul, matmul_ld, Ld, Par, Trans};
 use super::pool::Pool2dGeometry;
 use super::shape::conv_output_size;
 use super::simd::Isa;
-use super::{conv_batch, conv_direct, conv_taps};
+use super::{conv_batch, conv_direct, conv_taps, conv_winograd};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -339,10 +339,6 @@ fn col2im<T: Float>(
 
 /// y = conv(x, w) + b for a batch of `n` samples.
 /// x: (N, C_in, H, W), w: (C_out, C_in/groups, kh, kw), b: (C_out), y: (N, C_out, H_out, W_out).
-/// With AVX-512, whole vectors of output channels and a short reduction (stride 1 or 2), the
-/// direct kernel with the channels across the lanes; else stride 1 goes to the tap GEMMs when
-/// channels and plane are large, or to the direct kernels; the rest (dilated, other strides,
-/// long reductions) to im2col + GEMM.
 pub fn conv2d_forward<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
@@ -351,7 +347,26 @@ pub fn conv2d_forward<T: Float>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
-    if conv_direct::prefers_lanes(g) {
+    conv2d_forward_with(g, n, x, w, b, y, &mut ConvScratch::default())
+}
+
+/// [`conv2d_forward`] with scratch buffers kept by the caller across calls. 3×3 at stride 1
+/// with many channels goes to Winograd's F(2×2, 3×3); with AVX-512, whole vectors of output
+/// channels and a short reduction (stride 1 or 2), the direct kernel with the channels across
+/// the lanes; else stride 1 goes to the tap GEMMs when channels and plane are large, or to the
+/// direct kernels; the rest (dilated, other strides, long reductions) to im2col + GEMM.
+pub fn conv2d_forward_with<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+    scratch: &mut ConvScratch<T>,
+) {
+    if conv_winograd::prefers_forward(g, n) {
+        conv_winograd::forward(Isa::detect(), g, n, x, w, b, y, scratch)
+    } else if conv_direct::prefers_lanes(g) {
         conv_direct::forward_by_lanes(g, n, x, w, b, y)
     } else if conv_taps::applies_forward(g) {
         conv_taps::forward(g, n, x, w, b, y)
@@ -574,8 +589,9 @@ pub fn conv2d_backward<T: Float>(
 }
 
 /// [`conv2d_backward`] with scratch buffers kept by the caller across calls. Few channels at
-/// stride 1 go to the batch-lanes kernels, many channels on a large plane at stride 1 to the
-/// tap GEMMs, everything else to im2col + GEMM (with the direct dW kernel at stride 1).
+/// stride 1 go to the batch-lanes kernels, 3×3 at stride 1 with at least 16 channels to
+/// Winograd's F(2×2, 3×3), many channels on a large plane at stride 1 to the tap GEMMs,
+/// everything else to im2col + GEMM (with the direct dW kernel at stride 1).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_with<T: Float>(
     g: &Conv2dGeometry,
@@ -590,6 +606,9 @@ pub fn conv2d_backward_with<T: Float>(
 ) {
     if conv_batch::applies(g, n) {
         return conv_batch::backward(Isa::detect(), g, n, x, w, dy, dx, dw, db, scratch);
+    }
+    if conv_winograd::applies(g) {
+        return conv_winograd::backward(Isa::detect(), g, n, x, w, dy, dx, dw, db, scratch);
     }
     if conv_taps::applies_backward(g) {
         return conv_taps::backward(g, n, x, w, dy, dx, dw, db, scratch);
@@ -609,7 +628,7 @@ pub fn conv2d_backward_with<T: Float>(
 /// The geometry whose forward pass is this convolution's input gradient, for stride 1
 /// without dilation or groups: dY (C_out, H_out, W_out) correlated with the flipped kernels,
 /// padded by k − 1 − p on each side (so p ≤ k − 1), gives dX (C_in, H, W).
-fn transposed(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+pub(crate) fn transposed(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
     let c = &g.cfg;
     let (kh, kw) = c.kernel;
     let fits = |p: usize, k: usize| p < k;
@@ -1225,6 +1244,107 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The Winograd kernels against the naive ones, in f64 (to rounding) and in f32 with each
+    /// instruction set's build: forward, dX, dW and db. Channels that fill no register block,
+    /// odd and asymmetric planes, padding 0–2 on each side, several blocks of tile rows, NaN
+    /// scratch (which the kernels must not read).
+    #[test]
+    fn winograd_matches_naive() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let cases = [
+            // (C_in, H, W, C_out, pad_begin, pad_end)
+            (16, 8, 8, 16, (1, 1), (1, 1)),
+            (17, 9, 13, 19, (2, 0), (0, 1)),
+            (20, 5, 6, 33, (0, 0), (0, 0)),
+            (24, 30, 31, 18, (1, 2), (2, 1)),
+            (64, 28, 28, 64, (1, 1), (1, 1)),
+        ];
+        for (ci, h, w, co, pb, pe) in cases {
+            let cfg = Conv2dConfig {
+                pad_begin: pb,
+                pad_end: pe,
+                ..Default::default()
+            };
+            let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
+            assert!(conv_winograd::applies(&g));
+            for n in [1, 3] {
+                let x = rand_vec(&mut rng, n * g.in_len());
+                let wt = rand_vec(&mut rng, g.weight_len());
+                let b = rand_vec(&mut rng, co);
+                let dy = rand_vec(&mut rng, n * g.out_len());
+                let mut want = vec![0.0; n * g.out_len()];
+                conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
+                let (mut dx2, mut dw2, mut db2) =
+                    (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
+                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
+                let what = |part: &str| format!("{part} {cfg:?} C {ci}→{co} {h}×{w} n {n}");
+
+                let check = |isa: Isa, tol: f64, y: &[f64], dx: &[f64], dw: &[f64], db: &[f64]| {
+                    let near = |a: &[f64], b: &[f64], part: &str| {
+                        for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
+                            assert!(
+                                (a - b).abs() < tol * b.abs().max(1.0),
+                                "{} at {i}: {a} vs {b} ({})",
+                                what(part),
+                                isa_name(isa)
+                            );
+                        }
+                    };
+                    near(y, &want, "forward");
+                    near(dx, &dx2, "dx");
+                    near(dw, &dw2, "dw");
+                    near(db, &db2, "db");
+                };
+                for isa in test_isas() {
+                    let (y, dx, dw, db) = winograd_pass(isa, &g, n, &x, &wt, &b, &dy, f64::NAN);
+                    check(isa, 1e-10, &y, &dx, &dw, &db);
+                    let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+                    let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+                    let (x, wt, b, dy) = (f32s(&x), f32s(&wt), f32s(&b), f32s(&dy));
+                    let (y, dx, dw, db) = winograd_pass(isa, &g, n, &x, &wt, &b, &dy, f32::NAN);
+                    check(isa, 1e-4, &f64s(y), &f64s(dx), &f64s(dw), &f64s(db));
+                }
+            }
+        }
+    }
+
+    fn isa_name(isa: Isa) -> &'static str {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "AVX-512",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => "AVX2",
+            Isa::Baseline => "baseline",
+        }
+    }
+
+    /// Winograd forward and backward on scratch and outputs filled with `fill`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn winograd_pass<T: Float>(
+        isa: Isa,
+        g: &Conv2dGeometry,
+        n: usize,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        dy: &[T],
+        fill: T,
+    ) -> (Vec<T>, Vec<T>, Vec<T>, Vec<T>) {
+        let mut sc = ConvScratch {
+            slots: vec![std::array::from_fn(|_| vec![fill; 1 << 20]); 2],
+        };
+        let mut y = vec![fill; n * g.out_len()];
+        conv_winograd::forward(isa, g, n, x, w, Some(b), &mut y, &mut sc);
+        let (mut dx, mut dw, mut db) = (
+            vec![fill; x.len()],
+            vec![T::zero(); w.len()],
+            vec![T::zero(); g.out_channels],
+        );
+        let (dxr, dbr) = (Some(&mut dx[..]), Some(&mut db[..]));
+        conv_winograd::backward(isa, g, n, x, w, dy, dxr, &mut dw, dbr, &mut sc);
+        (y, dx, dw, db)
     }
 
     /// Convolution → [ReLU] → 2×2 max pooling in one pass against the three run apart: the

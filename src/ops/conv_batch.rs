@@ -129,7 +129,7 @@ impl Plane {
 
 /// dst[p·L + s] = src[s·stride + p] for p < np and s < ns ≤ L, and 0 for s ≥ ns: ns rows of
 /// np values into np vectors of lanes.
-fn rows_to_lanes<T: Float>(
+pub(crate) fn rows_to_lanes<T: Float>(
     isa: Isa,
     src: &[T],
     stride: usize,
@@ -160,7 +160,7 @@ fn rows_to_lanes<T: Float>(
 
 /// dst[s·stride + p] = src[p·L + s] for p < np and s < ns ≤ L: the inverse of
 /// [`rows_to_lanes`].
-fn lanes_to_rows<T: Float>(
+pub(crate) fn lanes_to_rows<T: Float>(
     isa: Isa,
     src: &[T],
     ns: usize,

@@ -6,6 +6,7 @@ pub mod conv;
 mod conv_batch;
 mod conv_direct;
 mod conv_taps;
+mod conv_winograd;
 pub mod fft;
 pub mod gemm;
 pub mod kernels;
