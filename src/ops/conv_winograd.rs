@@ -363,28 +363,44 @@ fn transform_output_grad<T: Float>(t: &Tiling, dyb: &[T], t0: usize, nt: usize, 
     }
 }
 
-/// m (nt, K') = v (nt, C') · u (C', K') for one position: blocks of TB tiles × KB vectors of
-/// output channels (fewer at the edges).
+/// Strides of one [`outer_products`] call: between the scalars of two rows, between the
+/// scalars of two steps, between the vectors of two steps, between two rows of sums.
+#[derive(Clone, Copy)]
+struct Strides {
+    row: usize,
+    step: usize,
+    x_step: usize,
+    out_row: usize,
+}
+
+/// out[i, q·L..(q + 1)·L] = (or += with ADD) Σ over `steps` r of s[i·row + r·step] ·
+/// x[r·x_step + q·L..], for every row i < `rows` and vector q < `vecs`: sums of rank-1 updates,
+/// in register blocks of `block` = (rows, vectors) (fewer at the edges). Both GEMM shapes of
+/// this module: the products (rows = tiles, steps = input channels) and the weight gradient
+/// (rows = input channels, steps = tiles).
 #[inline(always)]
-fn products<T: Float, const FMA: bool, const U: usize>(
+#[allow(clippy::too_many_arguments)]
+fn outer_products<T: Float, const FMA: bool, const U: usize, const ADD: bool>(
     block: (usize, usize),
-    (nt, cp, kp): (usize, usize, usize),
-    v: &[T],
-    u: &[T],
-    m: &mut [T],
+    (rows, steps, vecs): (usize, usize, usize),
+    st: Strides,
+    s: &[T],
+    x: &[T],
+    out: &mut [T],
 ) {
-    let (tb, kb) = block;
-    let kvecs = kp / L;
-    let mut t0 = 0;
-    while t0 < nt {
-        let nb = tb.min(nt - t0);
+    let (ib, kb) = block;
+    let mut r0 = 0;
+    while r0 < rows {
+        let ni = ib.min(rows - r0);
         let mut k0 = 0;
-        while k0 < kvecs {
-            let nk = kb.min(kvecs - k0);
+        while k0 < vecs {
+            let nk = kb.min(vecs - k0);
+            let (sb, xb) = (&s[r0 * st.row..], &x[k0 * L..]);
+            let ob = &mut out[r0 * st.out_row + k0 * L..];
             macro_rules! go {
-                ($($tb:literal, $kb:literal);*) => {
-                    match (nb, nk) {
-                        $(($tb, $kb) => product_block::<T, FMA, U, $tb, $kb>(cp, kp, v, u, m, t0, k0),)*
+                ($($i:literal, $k:literal);*) => {
+                    match (ni, nk) {
+                        $(($i, $k) => outer_block::<T, FMA, U, ADD, $i, $k>(steps, st, sb, xb, ob),)*
                         _ => unreachable!("blocks come from `blocking`"),
                     }
                 };
@@ -393,280 +409,150 @@ fn products<T: Float, const FMA: bool, const U: usize>(
                 3, 4; 3, 3; 3, 2; 3, 1; 2, 4; 2, 3; 2, 2; 2, 1; 1, 4; 1, 3; 1, 2; 1, 1);
             k0 += nk;
         }
-        t0 += nb;
+        r0 += ni;
     }
 }
 
-/// m rows t0..t0 + TB, vectors k0..k0 + KB of output channels = v (·, C') · u (C', K').
+/// One register block of [`outer_products`]: I rows × KB vectors of sums, s, x and out at the
+/// block's origin.
 #[inline(always)]
-fn product_block<T: Float, const FMA: bool, const U: usize, const TB: usize, const KB: usize>(
-    cp: usize,
-    kp: usize,
-    v: &[T],
-    u: &[T],
-    m: &mut [T],
-    t0: usize,
-    k0: usize,
+fn outer_block<
+    T: Float,
+    const FMA: bool,
+    const U: usize,
+    const ADD: bool,
+    const I: usize,
+    const KB: usize,
+>(
+    steps: usize,
+    st: Strides,
+    s: &[T],
+    x: &[T],
+    out: &mut [T],
 ) {
+    if steps == 0 {
+        return;
+    }
+    let last = steps - 1;
+    assert!(s.len() > (I - 1) * st.row + last * st.step && x.len() >= last * st.x_step + KB * L);
+    assert!(out.len() >= (I - 1) * st.out_row + KB * L);
     #[cfg(target_arch = "x86_64")]
     if FMA && TypeId::of::<T>() == TypeId::of::<f32>() {
-        assert!(v.len() >= (t0 + TB) * cp && u.len() >= cp * kp && m.len() >= (t0 + TB) * kp);
-        assert!((k0 + KB) * L <= kp);
-        let (v, u) = (v.as_ptr() as *const f32, u.as_ptr() as *const f32);
-        let m = m.as_mut_ptr() as *mut f32;
+        let (s, x) = (s.as_ptr() as *const f32, x.as_ptr() as *const f32);
+        let out = out.as_mut_ptr() as *mut f32;
         // SAFETY: FMA is set only in the AVX2 and AVX-512 builds (`multiversion!`), U == 2
         // only in the latter; T is f32, so the casts are identities; the asserts bound every
-        // access: rows t0 + i < t0 + TB, channels below (k0 + KB)·L ≤ kp, c < cp.
+        // access of the kernels (rows i < I, steps r < steps, vectors q < KB).
         unsafe {
-            let (vb, ub, mb) = (v.add(t0 * cp), u.add(k0 * L), m.add(t0 * kp + k0 * L));
             if U == 2 {
-                product_avx512::<TB, KB>(cp, kp, vb, ub, mb);
+                outer_avx512::<ADD, I, KB>(steps, st, s, x, out);
             } else {
-                product_avx2::<TB, KB>(cp, kp, vb, ub, mb);
+                outer_avx2::<ADD, I, KB>(steps, st, s, x, out);
             }
         }
         return;
     }
-    let mut acc = [[[T::zero(); L]; KB]; TB];
-    for c in 0..cp {
-        let mut uv = [[T::zero(); L]; KB];
-        for (q, x) in uv.iter_mut().enumerate() {
-            x.copy_from_slice(&u[c * kp + (k0 + q) * L..][..L]);
+    let mut acc = [[[T::zero(); L]; KB]; I];
+    for r in 0..steps {
+        let mut xv = [[T::zero(); L]; KB];
+        for (q, v) in xv.iter_mut().enumerate() {
+            v.copy_from_slice(&x[r * st.x_step + q * L..][..L]);
         }
         for (i, ai) in acc.iter_mut().enumerate() {
-            let s = v[(t0 + i) * cp + c];
-            for (a, x) in ai.iter_mut().zip(&uv) {
+            let sv = s[i * st.row + r * st.step];
+            for (a, v) in ai.iter_mut().zip(&xv) {
                 for l in 0..L {
-                    a[l] = madd::<T, FMA>(a[l], s, x[l]);
+                    a[l] = madd::<T, FMA>(a[l], sv, v[l]);
                 }
             }
         }
     }
     for (i, ai) in acc.iter().enumerate() {
         for (q, a) in ai.iter().enumerate() {
-            m[(t0 + i) * kp + (k0 + q) * L..][..L].copy_from_slice(a);
+            let dst = &mut out[i * st.out_row + q * L..][..L];
+            for (d, &a) in dst.iter_mut().zip(a) {
+                *d = if ADD { *d + a } else { a };
+            }
         }
     }
 }
 
-/// [`product_block`] in f32 with AVX-512: v at row t0 (rows `cp` apart), u and m at vector k0
-/// (rows `kp` apart). Plain loops, no closures, so that the sums stay in registers.
+/// [`outer_block`] in f32 with AVX-512. Plain loops, no closures, so that the sums stay in
+/// registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn product_avx512<const TB: usize, const KB: usize>(
-    cp: usize,
-    kp: usize,
-    v: *const f32,
-    u: *const f32,
-    m: *mut f32,
+unsafe fn outer_avx512<const ADD: bool, const I: usize, const KB: usize>(
+    steps: usize,
+    st: Strides,
+    s: *const f32,
+    x: *const f32,
+    out: *mut f32,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); KB]; TB];
-    let mut uv = [_mm512_setzero_ps(); KB];
-    for c in 0..cp {
-        for (q, x) in uv.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(u.add(c * kp + q * L));
+    let mut acc = [[_mm512_setzero_ps(); KB]; I];
+    let mut xv = [_mm512_setzero_ps(); KB];
+    for r in 0..steps {
+        for (q, v) in xv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(x.add(r * st.x_step + q * L));
         }
         for (i, ai) in acc.iter_mut().enumerate() {
-            let s = _mm512_set1_ps(*v.add(i * cp + c));
-            for (a, &x) in ai.iter_mut().zip(&uv) {
-                *a = _mm512_fmadd_ps(s, x, *a);
+            let sv = _mm512_set1_ps(*s.add(i * st.row + r * st.step));
+            for (a, &v) in ai.iter_mut().zip(&xv) {
+                *a = _mm512_fmadd_ps(sv, v, *a);
             }
         }
     }
     for (i, ai) in acc.iter().enumerate() {
         for (q, &a) in ai.iter().enumerate() {
-            _mm512_storeu_ps(m.add(i * kp + q * L), a);
-        }
-    }
-}
-
-/// [`product_avx512`] with AVX2: a vector of L channels in two registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn product_avx2<const TB: usize, const KB: usize>(
-    cp: usize,
-    kp: usize,
-    v: *const f32,
-    u: *const f32,
-    m: *mut f32,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[[_mm256_setzero_ps(); 2]; KB]; TB];
-    let mut uv = [[_mm256_setzero_ps(); 2]; KB];
-    for c in 0..cp {
-        for (q, x) in uv.iter_mut().enumerate() {
-            x[0] = _mm256_loadu_ps(u.add(c * kp + q * L));
-            x[1] = _mm256_loadu_ps(u.add(c * kp + q * L + 8));
-        }
-        for (i, ai) in acc.iter_mut().enumerate() {
-            let s = _mm256_set1_ps(*v.add(i * cp + c));
-            for (a, x) in ai.iter_mut().zip(&uv) {
-                a[0] = _mm256_fmadd_ps(s, x[0], a[0]);
-                a[1] = _mm256_fmadd_ps(s, x[1], a[1]);
-            }
-        }
-    }
-    for (i, ai) in acc.iter().enumerate() {
-        for (q, a) in ai.iter().enumerate() {
-            _mm256_storeu_ps(m.add(i * kp + q * L), a[0]);
-            _mm256_storeu_ps(m.add(i * kp + q * L + 8), a[1]);
-        }
-    }
-}
-
-/// du (C', K') += v (nt, C')ᵀ · dm (nt, K') for one position: blocks of CB input channels × KB
-/// vectors of output channels, each sum running over the tiles.
-#[inline(always)]
-fn grads<T: Float, const FMA: bool, const U: usize>(
-    block: (usize, usize),
-    (nt, cp, kp): (usize, usize, usize),
-    v: &[T],
-    dm: &[T],
-    du: &mut [T],
-) {
-    let (cb, kb) = block;
-    let kvecs = kp / L;
-    let mut c0 = 0;
-    while c0 < cp {
-        // cp is a multiple of L, so what is left past blocks of 6 is 2 or 4.
-        let nc = if c0 + cb <= cp { cb } else { cp - c0 };
-        let mut k0 = 0;
-        while k0 < kvecs {
-            let nk = kb.min(kvecs - k0);
-            macro_rules! go {
-                ($($cb:literal, $kb:literal);*) => {
-                    match (nc, nk) {
-                        $(($cb, $kb) => grad_block::<T, FMA, U, $cb, $kb>((nt, cp, kp), v, dm, du, c0, k0),)*
-                        _ => unreachable!("blocks come from `blocking`"),
-                    }
-                };
-            }
-            go!(6, 4; 6, 3; 6, 2; 6, 1; 4, 4; 4, 3; 4, 2; 4, 1; 2, 4; 2, 3; 2, 2; 2, 1);
-            k0 += nk;
-        }
-        c0 += nc;
-    }
-}
-
-/// du rows c0..c0 + CB, vectors k0..k0 + KB += Σ over the tiles of v[t][c] · dm[t][k].
-#[inline(always)]
-fn grad_block<T: Float, const FMA: bool, const U: usize, const CB: usize, const KB: usize>(
-    (nt, cp, kp): (usize, usize, usize),
-    v: &[T],
-    dm: &[T],
-    du: &mut [T],
-    c0: usize,
-    k0: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if FMA && TypeId::of::<T>() == TypeId::of::<f32>() {
-        assert!(v.len() >= nt * cp && dm.len() >= nt * kp && du.len() >= cp * kp);
-        assert!(c0 + CB <= cp && (k0 + KB) * L <= kp);
-        let (v, dm) = (v.as_ptr() as *const f32, dm.as_ptr() as *const f32);
-        let du = du.as_mut_ptr() as *mut f32;
-        // SAFETY: as in `product_block`; the asserts bound tiles below nt, channels c0 + i < cp
-        // and (k0 + KB)·L ≤ kp.
-        unsafe {
-            let (vb, db, ub) = (v.add(c0), dm.add(k0 * L), du.add(c0 * kp + k0 * L));
-            if U == 2 {
-                grad_avx512::<CB, KB>((nt, cp, kp), vb, db, ub);
+            let d = out.add(i * st.out_row + q * L);
+            let a = if ADD {
+                _mm512_add_ps(_mm512_loadu_ps(d), a)
             } else {
-                grad_avx2::<CB, KB>((nt, cp, kp), vb, db, ub);
-            }
-        }
-        return;
-    }
-    let mut acc = [[[T::zero(); L]; KB]; CB];
-    for ti in 0..nt {
-        let mut dv = [[T::zero(); L]; KB];
-        for (q, x) in dv.iter_mut().enumerate() {
-            x.copy_from_slice(&dm[ti * kp + (k0 + q) * L..][..L]);
-        }
-        for (i, ai) in acc.iter_mut().enumerate() {
-            let s = v[ti * cp + c0 + i];
-            for (a, x) in ai.iter_mut().zip(&dv) {
-                for l in 0..L {
-                    a[l] = madd::<T, FMA>(a[l], s, x[l]);
-                }
-            }
-        }
-    }
-    for (i, ai) in acc.iter().enumerate() {
-        for (q, a) in ai.iter().enumerate() {
-            for (d, &a) in du[(c0 + i) * kp + (k0 + q) * L..][..L].iter_mut().zip(a) {
-                *d += a;
-            }
+                a
+            };
+            _mm512_storeu_ps(d, a);
         }
     }
 }
 
-/// [`grad_block`] in f32 with AVX-512: v at channel c0 (rows `cp` apart), dm at vector k0
-/// (rows `kp` apart), du at (c0, k0).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn grad_avx512<const CB: usize, const KB: usize>(
-    (nt, cp, kp): (usize, usize, usize),
-    v: *const f32,
-    dm: *const f32,
-    du: *mut f32,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); KB]; CB];
-    let mut dv = [_mm512_setzero_ps(); KB];
-    for ti in 0..nt {
-        for (q, x) in dv.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(dm.add(ti * kp + q * L));
-        }
-        for (i, ai) in acc.iter_mut().enumerate() {
-            let s = _mm512_set1_ps(*v.add(ti * cp + i));
-            for (a, &x) in ai.iter_mut().zip(&dv) {
-                *a = _mm512_fmadd_ps(s, x, *a);
-            }
-        }
-    }
-    for (i, ai) in acc.iter().enumerate() {
-        for (q, &a) in ai.iter().enumerate() {
-            let d = du.add(i * kp + q * L);
-            _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), a));
-        }
-    }
-}
-
-/// [`grad_avx512`] with AVX2.
+/// [`outer_avx512`] with AVX2: a vector of L lanes in two registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn grad_avx2<const CB: usize, const KB: usize>(
-    (nt, cp, kp): (usize, usize, usize),
-    v: *const f32,
-    dm: *const f32,
-    du: *mut f32,
+unsafe fn outer_avx2<const ADD: bool, const I: usize, const KB: usize>(
+    steps: usize,
+    st: Strides,
+    s: *const f32,
+    x: *const f32,
+    out: *mut f32,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[[_mm256_setzero_ps(); 2]; KB]; CB];
-    let mut dv = [[_mm256_setzero_ps(); 2]; KB];
-    for ti in 0..nt {
-        for (q, x) in dv.iter_mut().enumerate() {
-            x[0] = _mm256_loadu_ps(dm.add(ti * kp + q * L));
-            x[1] = _mm256_loadu_ps(dm.add(ti * kp + q * L + 8));
+    let mut acc = [[[_mm256_setzero_ps(); 2]; KB]; I];
+    let mut xv = [[_mm256_setzero_ps(); 2]; KB];
+    for r in 0..steps {
+        for (q, v) in xv.iter_mut().enumerate() {
+            v[0] = _mm256_loadu_ps(x.add(r * st.x_step + q * L));
+            v[1] = _mm256_loadu_ps(x.add(r * st.x_step + q * L + 8));
         }
         for (i, ai) in acc.iter_mut().enumerate() {
-            let s = _mm256_set1_ps(*v.add(ti * cp + i));
-            for (a, x) in ai.iter_mut().zip(&dv) {
-                a[0] = _mm256_fmadd_ps(s, x[0], a[0]);
-                a[1] = _mm256_fmadd_ps(s, x[1], a[1]);
+            let sv = _mm256_set1_ps(*s.add(i * st.row + r * st.step));
+            for (a, v) in ai.iter_mut().zip(&xv) {
+                a[0] = _mm256_fmadd_ps(sv, v[0], a[0]);
+                a[1] = _mm256_fmadd_ps(sv, v[1], a[1]);
             }
         }
     }
     for (i, ai) in acc.iter().enumerate() {
         for (q, a) in ai.iter().enumerate() {
             for (h, &a) in a.iter().enumerate() {
-                let d = du.add(i * kp + q * L + 8 * h);
-                _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), a));
+                let d = out.add(i * st.out_row + q * L + 8 * h);
+                let a = if ADD {
+                    _mm256_add_ps(_mm256_loadu_ps(d), a)
+                } else {
+                    a
+                };
+                _mm256_storeu_ps(d, a);
             }
         }
     }
@@ -701,7 +587,14 @@ fn correlate_sample_kernel<
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let up = &u[p * cp * kp..(p + 1) * cp * kp];
             let mp = &mut m[p * nt * kp..(p + 1) * nt * kp];
-            products::<T, FMA, U>((TB, KB), (nt, cp, kp), vp, up, mp);
+            // m_p (nt, K') = v_p (nt, C') · u_p (C', K')
+            let st = Strides {
+                row: cp,
+                step: 1,
+                x_step: kp,
+                out_row: kp,
+            };
+            outer_products::<T, FMA, U, false>((TB, KB), (nt, cp, kp / L), st, vp, up, mp);
         }
         transform_output(t, m, bias, t0, nt, yb);
     }
@@ -736,7 +629,14 @@ fn grad_sample_kernel<
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let dmp = &dm[p * nt * kp..(p + 1) * nt * kp];
             let dup = &mut du[p * cp * kp..(p + 1) * cp * kp];
-            grads::<T, FMA, U>((CB, KB), (nt, cp, kp), vp, dmp, dup);
+            // du_p (C', K') += v_p (nt, C')ᵀ · dm_p (nt, K')
+            let st = Strides {
+                row: 1,
+                step: cp,
+                x_step: kp,
+                out_row: kp,
+            };
+            outer_products::<T, FMA, U, true>((CB, KB), (cp, nt, kp / L), st, vp, dmp, dup);
         }
     }
 }
