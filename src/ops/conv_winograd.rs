@@ -220,6 +220,8 @@ fn untransform_grad<T: Float>(du: &[T], k: usize, c: usize, cp: usize, kp: usize
     }
 }
 
+/// L channels of one pixel or transformed position; the transforms' element-wise arithmetic
+/// on them compiles to whole-vector instructions.
 type Vector<T> = [T; L];
 
 #[inline(always)]
