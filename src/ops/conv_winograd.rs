@@ -582,6 +582,13 @@ fn correlate_sample_kernel<
 ) {
     let (cp, kp) = (t.cp, t.kp);
     let tiles = t.th * t.tw;
+    // m_p (nt, K') = v_p (nt, C') · u_p (C', K')
+    let st = Strides {
+        row: cp,
+        step: 1,
+        x_step: kp,
+        out_row: kp,
+    };
     for t0 in (0..tiles).step_by(BLOCK_TILES) {
         let nt = BLOCK_TILES.min(tiles - t0);
         transform_input(t, xb, t0, nt, v);
@@ -589,13 +596,6 @@ fn correlate_sample_kernel<
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let up = &u[p * cp * kp..(p + 1) * cp * kp];
             let mp = &mut m[p * nt * kp..(p + 1) * nt * kp];
-            // m_p (nt, K') = v_p (nt, C') · u_p (C', K')
-            let st = Strides {
-                row: cp,
-                step: 1,
-                x_step: kp,
-                out_row: kp,
-            };
             outer_products::<T, FMA, U, false>((TB, KB), (nt, cp, kp / L), st, vp, up, mp);
         }
         transform_output(t, m, bias, t0, nt, yb);
@@ -623,6 +623,13 @@ fn grad_sample_kernel<
 ) {
     let (cp, kp) = (t.cp, t.kp);
     let tiles = t.th * t.tw;
+    // du_p (C', K') += v_p (nt, C')ᵀ · dm_p (nt, K')
+    let st = Strides {
+        row: 1,
+        step: cp,
+        x_step: kp,
+        out_row: kp,
+    };
     for t0 in (0..tiles).step_by(BLOCK_TILES) {
         let nt = BLOCK_TILES.min(tiles - t0);
         transform_input(t, xb, t0, nt, v);
@@ -631,13 +638,6 @@ fn grad_sample_kernel<
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let dmp = &dm[p * nt * kp..(p + 1) * nt * kp];
             let dup = &mut du[p * cp * kp..(p + 1) * cp * kp];
-            // du_p (C', K') += v_p (nt, C')ᵀ · dm_p (nt, K')
-            let st = Strides {
-                row: 1,
-                step: cp,
-                x_step: kp,
-                out_row: kp,
-            };
             outer_products::<T, FMA, U, true>((CB, KB), (cp, nt, kp / L), st, vp, dmp, dup);
         }
     }
