@@ -31,6 +31,7 @@ TARGETS = {
     "conv2d_n32_c64_56_k64_3x3_fwd": 1.0,
     "conv2d_n32_c64_56_k64_3x3_fwdbwd": 1.0,
     "conv2d_n8_c3_224_k64_7x7_s2_fwd": 1.0,
+    "conv2d_n8_c3_224_k64_7x7_s2_fwdbwd": 1.0,
     # LeNet-5's convolutions at batch 64: no targets of their own, they explain the step's.
     "conv2d_n64_c1_28_k6_5x5_p2_fwd": None,
     "conv2d_n64_c1_28_k6_5x5_p2_fwdbwd": None,
@@ -100,6 +101,8 @@ def peer_times():
     out["conv2d_n32_c64_56_k64_3x3_fwd"] = conv(32, 64, 56, 64, 3, 1, 1, False)
     out["conv2d_n32_c64_56_k64_3x3_fwdbwd"] = conv(32, 64, 56, 64, 3, 1, 1, True)
     out["conv2d_n8_c3_224_k64_7x7_s2_fwd"] = conv(8, 3, 224, 64, 7, 2, 3, False)
+    # A stem layer: its input needs no gradient.
+    out["conv2d_n8_c3_224_k64_7x7_s2_fwdbwd"] = conv(8, 3, 224, 64, 7, 2, 3, True, need_dx=False)
     out["conv2d_n64_c1_28_k6_5x5_p2_fwd"] = conv(64, 1, 28, 6, 5, 1, 2, False)
     out["conv2d_n64_c1_28_k6_5x5_p2_fwdbwd"] = conv(64, 1, 28, 6, 5, 1, 2, True, need_dx=False)
     out["conv2d_n64_c6_14_k16_5x5_fwd"] = conv(64, 6, 14, 16, 5, 1, 0, False)

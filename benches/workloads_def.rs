@@ -129,10 +129,7 @@ pub fn all() -> Vec<Workload> {
                 .expect("shape");
                 Box::new(move || {
                     for s in (0..10_000).step_by(500) {
-                        black_box(
-                            net.forward(x.slice_rows(s, s + 500), false)
-                                .expect("forward"),
-                        );
+                        black_box(net.infer_rows(&x, s..s + 500).expect("forward"));
                     }
                 })
             },
@@ -154,6 +151,13 @@ pub fn all() -> Vec<Workload> {
             warmup: 2,
             repeats: 10,
             setup: || conv_case(8, 3, 224, 64, 7, 2, 3, Pass::Forward),
+        },
+        // A stem layer: its input needs no gradient.
+        Workload {
+            name: "conv2d_n8_c3_224_k64_7x7_s2_fwdbwd",
+            warmup: 2,
+            repeats: 10,
+            setup: || conv_case(8, 3, 224, 64, 7, 2, 3, Pass::BothNoDx),
         },
         // LeNet-5's two convolutions at batch 64 (the training step's building blocks).
         Workload {

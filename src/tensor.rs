@@ -71,6 +71,15 @@ impl<T: Float> Tensor<T> {
         })
     }
 
+    /// A copy of `data` with `shape`, which the caller guarantees to match.
+    pub(crate) fn copy_of(shape: &[usize], data: &[T]) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape: shape.to_vec(),
+            data: data.to_vec(),
+        }
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }

@@ -272,3 +272,46 @@ fn sharded_fused_batch_matches_one_sample_at_a_time() {
         ]
     );
 }
+
+/// Inference on rows of a batch read in place (`infer_rows`: sharded, the first layer on
+/// borrowed samples) against the training forward of the same rows, in f64: LeNet-5 (its
+/// first layer a fused convolution) and a network whose first layer has no in-place pass.
+/// Rows outside the batch are an error.
+#[test]
+fn inference_on_rows_in_place_matches_forward() {
+    use convnet::nn::{presets, Init};
+    use convnet::{ModelSpec, Network, Tensor};
+    let mlp = model(
+        "[2, 5, 5]",
+        "[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 7\n",
+    );
+    let specs = [
+        ModelSpec::parse(presets::LENET5, "lenet5").unwrap(),
+        ModelSpec::parse(&mlp, "mlp").unwrap(),
+    ];
+    for spec in specs {
+        let mut net = Network::<f64>::new(spec.clone(), Init::Pytorch, 5);
+        let [c, h, w] = spec.input;
+        let n = 90;
+        let x: Vec<f64> = (0..n * c * h * w)
+            .map(|i| ((i * 7919) % 1013) as f64 / 1013.0 - 0.5)
+            .collect();
+        let x = Tensor::from_vec(&[n, c, h, w], x).unwrap();
+        for (a, b) in [(0, 90), (3, 74), (17, 18), (40, 40)] {
+            let got = net.infer_rows(&x, a..b).unwrap();
+            let want = net.forward(x.slice_rows(a, b), true).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            for (i, (p, q)) in got.data().iter().zip(want.data()).enumerate() {
+                assert!(
+                    (p - q).abs() < 1e-12,
+                    "{} rows {a}..{b} at {i}: {p} vs {q}",
+                    spec.name
+                );
+            }
+        }
+        assert!(net.infer_rows(&x, 80..91).is_err());
+        assert!(net
+            .infer_rows(&x, std::ops::Range { start: 5, end: 4 })
+            .is_err());
+    }
+}

@@ -285,10 +285,7 @@ fn predict(
     let mut out = Vec::with_capacity(n * k); // (N, K)
     let batch = 500;
     for s in (0..n).step_by(batch) {
-        out.extend_from_slice(
-            net.forward(x.slice_rows(s, (s + batch).min(n)), false)?
-                .data(),
-        );
+        out.extend_from_slice(net.infer_rows(&x, s..(s + batch).min(n))?.data());
     }
     match output {
         Some(path) => {

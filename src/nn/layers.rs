@@ -47,6 +47,12 @@ pub type ParamVisitorMut<'a, T> = &'a mut dyn FnMut(String, &mut Param<T>);
 pub trait Layer<T: Float>: Send {
     /// y = layer(x) for a batch; with `train`, caches what backward needs.
     fn forward(&mut self, x: Tensor<T>, train: bool) -> Tensor<T>;
+    /// [`Layer::forward`] without `train` on borrowed samples x with `shape` (N first), so
+    /// that the rows of a batch need no copy of their own. Layers that only read their
+    /// input (the convolutions) override it.
+    fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        self.forward(Tensor::copy_of(shape, x), false)
+    }
     /// Takes dL/dy, adds into the parameter gradients, returns dL/dx when `need_dx`.
     fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>>;
     fn visit_params(&self, _prefix: &str, _f: ParamVisitor<T>) {}
@@ -105,22 +111,33 @@ pub struct Conv2d<T> {
     scratch: ConvScratch<T>,  // the kernels' buffers, reused step after step
 }
 
-impl<T: Float> Layer<T> for Conv2d<T> {
-    fn forward(&mut self, x: Tensor<T>, train: bool) -> Tensor<T> {
+impl<T: Float> Conv2d<T> {
+    /// y (N, C_out, H_out, W_out) of n samples x (N, C_in, H, W).
+    fn run(&mut self, x: &[T], n: usize) -> Tensor<T> {
         let g = &self.geom;
-        let n = x.shape()[0];
         let mut y = Tensor::zeros(&[n, g.out_channels, g.out_h, g.out_w]);
         conv2d_forward_with(
             g,
             n,
-            x.data(),
+            x,
             self.weight.value.data(),
             self.bias.as_ref().map(|b| b.value.data()),
             y.data_mut(),
             &mut self.scratch,
         );
+        y
+    }
+}
+
+impl<T: Float> Layer<T> for Conv2d<T> {
+    fn forward(&mut self, x: Tensor<T>, train: bool) -> Tensor<T> {
+        let y = self.run(x.data(), x.shape()[0]);
         self.input = train.then_some(x);
         y
+    }
+    fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        self.input = None;
+        self.run(x, shape[0])
     }
     fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
         let x = self.input.take().expect(NO_CACHE);
@@ -550,33 +567,57 @@ pub struct ConvPool<T> {
     fused: bool,      // whether the last forward took the one pass
 }
 
-impl<T: Float> Layer<T> for ConvPool<T> {
-    fn forward(&mut self, x: Tensor<T>, train: bool) -> Tensor<T> {
-        let n = x.shape()[0];
+impl<T: Float> ConvPool<T> {
+    /// The one pass of n samples x (N, C_in, H, W): pooled y (N, C_out, H_q, W_q).
+    fn run_fused(&mut self, x: &[T], n: usize) -> Tensor<T> {
         let (g, pg) = (&self.conv.geom, &self.pool.geom);
-        self.fused = conv2d_pool_applies(g, pg, n);
-        if !self.fused {
-            let h = self.pool.forward(self.conv.forward(x, train), train);
-            return match &mut self.relu {
-                Some(r) => r.forward(h, train),
-                None => h,
-            };
-        }
         let mut y = Tensor::zeros(&[n, pg.channels, pg.out_h, pg.out_w]);
         self.winners.resize(conv2d_pool_winners_len(g, n), 0);
         conv2d_pool_forward(
             g,
             self.relu.is_some(),
             n,
-            x.data(),
+            x,
             self.conv.weight.value.data(),
             self.conv.bias.as_ref().map(|b| b.value.data()),
             y.data_mut(),
             &mut self.winners,
             &mut self.conv.scratch,
         );
+        y
+    }
+
+    /// The pooling and ReLU after a convolution's output h, as separate layers.
+    fn pool_after(&mut self, h: Tensor<T>, train: bool) -> Tensor<T> {
+        let h = self.pool.forward(h, train);
+        match &mut self.relu {
+            Some(r) => r.forward(h, train),
+            None => h,
+        }
+    }
+}
+
+impl<T: Float> Layer<T> for ConvPool<T> {
+    fn forward(&mut self, x: Tensor<T>, train: bool) -> Tensor<T> {
+        let n = x.shape()[0];
+        self.fused = conv2d_pool_applies(&self.conv.geom, &self.pool.geom, n);
+        if !self.fused {
+            let h = self.conv.forward(x, train);
+            return self.pool_after(h, train);
+        }
+        let y = self.run_fused(x.data(), n);
         self.conv.input = train.then_some(x);
         y
+    }
+    fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        let n = shape[0];
+        self.fused = conv2d_pool_applies(&self.conv.geom, &self.pool.geom, n);
+        self.conv.input = None;
+        if !self.fused {
+            let h = self.conv.infer(x, shape);
+            return self.pool_after(h, false);
+        }
+        self.run_fused(x, n)
     }
     fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
         if !self.fused {

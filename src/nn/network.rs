@@ -80,6 +80,17 @@ fn forward_layers<T: Float>(layers: &mut Layers<T>, x: Tensor<T>, train: bool) -
     layers.iter_mut().fold(x, |h, l| l.forward(h, train))
 }
 
+/// Inference through `layers` on borrowed samples x with `shape`: the first layer reads them
+/// in place.
+fn infer_layers<T: Float>(layers: &mut Layers<T>, x: &[T], shape: &[usize]) -> Tensor<T> {
+    match layers.split_first_mut() {
+        Some((first, rest)) => rest
+            .iter_mut()
+            .fold(first.infer(x, shape), |h, l| l.forward(h, false)),
+        None => Tensor::copy_of(shape, x),
+    }
+}
+
 /// Back-propagates through `layers`; layer 0 computes its input gradient only if asked.
 fn backward_layers<T: Float>(
     layers: &mut Layers<T>,
@@ -131,9 +142,12 @@ impl<T: Float> Network<T> {
     /// Runs the batch `x` (N, C, H, W) through every layer. With `train`, layers cache
     /// what [`Network::backward`] needs.
     pub fn forward(&mut self, x: Tensor<T>, train: bool) -> Result<Tensor<T>> {
+        if !train {
+            return self.infer_rows(&x, 0..x.shape().first().copied().unwrap_or(0));
+        }
         self.check_input(&x)?;
         let shards = shard_bounds(x.shape()[0], self.param_count, std::mem::size_of::<T>());
-        self.shards = if train { shards.clone() } else { Vec::new() };
+        self.shards = shards.clone();
         if shards.len() == 1 {
             // On one thread of the pool (a no-op when already there): every layer's parallel
             // sections then share their work with the other workers directly, instead of
@@ -148,6 +162,44 @@ impl<T: Float> Network<T> {
             .into_par_iter()
             .zip(parts)
             .map(|(layers, x)| forward_layers(layers, x, train))
+            .collect();
+        Ok(Tensor::concat_rows(outs))
+    }
+
+    /// Inference (no caches) on the samples `rows` of the batch x (N, C, H, W), read in place:
+    /// `forward(x.slice_rows(a, b), false)` without the copy of the rows, or of each shard.
+    pub fn infer_rows(&mut self, x: &Tensor<T>, rows: std::ops::Range<usize>) -> Result<Tensor<T>> {
+        self.check_input(x)?;
+        let n = x.shape()[0];
+        if rows.start > rows.end || rows.end > n {
+            return Err(Error::Invalid(format!(
+                "rows {}..{} of a batch of {n} samples",
+                rows.start, rows.end
+            )));
+        }
+        self.shards.clear();
+        let sample: usize = x.shape()[1..].iter().product();
+        let shape_of = |len: usize| {
+            let mut s = x.shape().to_vec();
+            s[0] = len;
+            s
+        };
+        let data = &x.data()[rows.start * sample..rows.end * sample];
+        let shards = shard_bounds(rows.len(), self.param_count, std::mem::size_of::<T>());
+        if shards.len() == 1 {
+            // On one thread of the pool, as in `forward`.
+            let layers = &mut self.layers;
+            let shape = shape_of(rows.len());
+            return Ok(rayon::scope(move |_| infer_layers(layers, data, &shape)));
+        }
+        self.sync_replicas(shards.len() - 1);
+        let outs: Vec<Tensor<T>> = self
+            .shard_layers(shards.len())
+            .into_par_iter()
+            .zip(shards)
+            .map(|(layers, (a, b))| {
+                infer_layers(layers, &data[a * sample..b * sample], &shape_of(b - a))
+            })
             .collect();
         Ok(Tensor::concat_rows(outs))
     }
