@@ -1,6 +1,7 @@
 //! Optimizers with PyTorch's update rules (SGD with momentum/Nesterov, Adam, AdamW) and
 //! per-epoch learning-rate schedules.
 use crate::nn::Network;
+use crate::ops::simd::Isa;
 use crate::tensor::{Float, Tensor};
 use std::str::FromStr;
 
@@ -175,22 +176,17 @@ impl<T: Float> Optimizer<T> {
                         }
                         return;
                     }
-                    let mu = T::of(c.momentum);
                     if first_step {
                         // PyTorch starts the buffer at the first gradient itself.
                         state1.push(Tensor::zeros(p.grad.shape()));
                     }
-                    let buf = state1[i].data_mut();
-                    for ((w, &g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
-                        let d = if c.weight_decay != 0.0 {
-                            g + wd * *w
-                        } else {
-                            g
-                        };
-                        *b = if t == 1 { d } else { mu * *b + d };
-                        let step = if c.nesterov { d + mu * *b } else { *b };
-                        *w -= lr_t * step;
-                    }
+                    let k = SgdConsts {
+                        lr: lr_t,
+                        wd,
+                        mu: T::of(c.momentum),
+                    };
+                    let flags = (t == 1, c.weight_decay != 0.0, c.nesterov);
+                    sgd_momentum_update(k, flags, w, g, state1[i].data_mut());
                 }
                 OptimizerKind::Adam | OptimizerKind::AdamW => {
                     if first_step {
@@ -250,6 +246,95 @@ fn adam_body<T: Float>(k: AdamConsts<T>, w: &mut [T], g: &[T], m: &mut [T], v: &
         *v = k.b2t * *v + k.one_b2 * g * g;
         let denom = v.sqrt() / k.bc2_sqrt + k.eps;
         *w -= k.step_size * *m / denom;
+    }
+}
+
+/// Constants of one SGD-with-momentum update.
+#[derive(Clone, Copy)]
+struct SgdConsts<T> {
+    lr: T,
+    wd: T,
+    mu: T,
+}
+
+/// SGD with momentum on one parameter, in PyTorch's order of operations: d = g (+ wd·w), the
+/// buffer b = d on the first step (FIRST) and μ·b + d after, w −= lr·(d + μ·b with NESTEROV,
+/// else b).
+#[inline(always)]
+fn sgd_momentum_body<T: Float, const FIRST: bool, const WD: bool, const NESTEROV: bool>(
+    k: SgdConsts<T>,
+    w: &mut [T],
+    g: &[T],
+    buf: &mut [T],
+) {
+    for ((w, &g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
+        let d = if WD { g + k.wd * *w } else { g };
+        *b = if FIRST { d } else { k.mu * *b + d };
+        let step = if NESTEROV { d + k.mu * *b } else { *b };
+        *w -= k.lr * step;
+    }
+}
+
+/// [`sgd_momentum_body`] with its flags (first step, weight decay, Nesterov) as constants, so
+/// that the loop has no branches, and compiled also for AVX-512 and AVX2 as [`adam_update`]
+/// is. With the flags tested inside the loop, it ran two floats at a time, 2.5 % of a
+/// one-thread LeNet-5 step. The results are the same bits.
+fn sgd_momentum_update<T: Float>(
+    k: SgdConsts<T>,
+    flags: (bool, bool, bool),
+    w: &mut [T],
+    g: &[T],
+    buf: &mut [T],
+) {
+    fn body<T: Float, const F: bool, const D: bool, const N: bool>(
+        isa: Isa,
+        k: SgdConsts<T>,
+        w: &mut [T],
+        g: &[T],
+        buf: &mut [T],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<T: Float, const F: bool, const D: bool, const N: bool>(
+                k: SgdConsts<T>,
+                w: &mut [T],
+                g: &[T],
+                buf: &mut [T],
+            ) {
+                sgd_momentum_body::<T, F, D, N>(k, w, g, buf)
+            }
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<T: Float, const F: bool, const D: bool, const N: bool>(
+                k: SgdConsts<T>,
+                w: &mut [T],
+                g: &[T],
+                buf: &mut [T],
+            ) {
+                sgd_momentum_body::<T, F, D, N>(k, w, g, buf)
+            }
+            match isa {
+                // SAFETY: Isa::detect found AVX-512F on this CPU.
+                Isa::Avx512 => return unsafe { avx512::<T, F, D, N>(k, w, g, buf) },
+                // SAFETY: Isa::detect found AVX2 on this CPU.
+                Isa::Avx2Fma => return unsafe { avx2::<T, F, D, N>(k, w, g, buf) },
+                Isa::Baseline => {}
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
+        sgd_momentum_body::<T, F, D, N>(k, w, g, buf)
+    }
+    let isa = Isa::detect();
+    match flags {
+        (false, false, false) => body::<T, false, false, false>(isa, k, w, g, buf),
+        (false, false, true) => body::<T, false, false, true>(isa, k, w, g, buf),
+        (false, true, false) => body::<T, false, true, false>(isa, k, w, g, buf),
+        (false, true, true) => body::<T, false, true, true>(isa, k, w, g, buf),
+        (true, false, false) => body::<T, true, false, false>(isa, k, w, g, buf),
+        (true, false, true) => body::<T, true, false, true>(isa, k, w, g, buf),
+        (true, true, false) => body::<T, true, true, false>(isa, k, w, g, buf),
+        (true, true, true) => body::<T, true, true, true>(isa, k, w, g, buf),
     }
 }
 

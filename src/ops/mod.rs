@@ -1,6 +1,6 @@
 //! Pure numeric kernels (no layer state): GEMM, convolution, pooling, activations.
 #[macro_use]
-mod simd;
+pub(crate) mod simd;
 pub mod activation;
 pub mod conv;
 mod conv_batch;
