@@ -9,6 +9,7 @@
 //! output Yw with Yw[r·Wp + c] = Σ_taps w[ki, kj] · P[r·Wp + c + ki·Wp + kj]; columns c ≥ W_out
 //! of Yw are junk and never read back.
 use super::conv::Conv2dGeometry;
+use super::conv_batch::rows_to_lanes;
 #[cfg(target_arch = "x86_64")]
 use super::simd::transpose16;
 use super::simd::{madd, Isa};
@@ -470,12 +471,12 @@ multiversion!(weight_grad_wide<OB> => weight_grad_kernel(taps: &[usize], blocks:
 
 /// Weight gradient of one sample with the output channels across the lanes (the dual of
 /// [`forward_lanes_kernel`]): for one block of R (channel, tap) pairs and CB·V output
-/// channels, out[r][oc] += Σ_pixels xp[offs[r] + pixel] · dyt[pixel][oc]; each pixel loads CB
-/// vectors of dY and broadcasts R input values. The first `valid` rows are stored (a last
-/// block is padded with offset 0).
-/// xp: (C_in, Hp·Wp) padded, rows Wp apart; dyt: dY transposed, (H_out·W_out, C_out), from
-/// this block's first channel on; out: (pairs, C_out) from this block's first pair and
-/// channel, C_out apart.
+/// channels, out[r][oc] += Σ_(oh, ow) xp[offs[r] + S·(oh·Wp + ow)] · dyt[oh·W_out + ow][oc]
+/// (stride S); each pixel loads CB vectors of dY and broadcasts R input values. The first
+/// `valid` rows are stored (a last block is padded with offset 0).
+/// xp: (C_in, Hp·Wp) padded, rows Wp apart; dyt: dY by vectors of channels, (C_out/V,
+/// H_out·W_out, V), from this block's first vector on; out: (pairs, C_out) from this block's
+/// first pair and channel, C_out apart.
 #[inline(always)]
 fn weight_grad_lanes_kernel<
     T: Float,
@@ -483,6 +484,7 @@ fn weight_grad_lanes_kernel<
     const U: usize,
     const CB: usize,
     const R: usize,
+    const S: usize,
 >(
     offs: &[usize],
     (valid, cout): (usize, usize),
@@ -492,16 +494,18 @@ fn weight_grad_lanes_kernel<
     out: &mut [T],
 ) {
     let mut acc = [[[T::zero(); V]; CB]; R];
+    let plane = out_h * out_w;
     for oh in 0..out_h {
-        let rows: [&[T]; R] = std::array::from_fn(|r| &xp[offs[r] + oh * wp..][..out_w]);
-        let drow = &dyt[oh * out_w * cout..];
+        let rows: [&[T]; R] =
+            std::array::from_fn(|r| &xp[offs[r] + S * oh * wp..][..S * (out_w - 1) + 1]);
+        let drow = &dyt[oh * out_w * V..];
         for ow in 0..out_w {
             let mut dv = [[T::zero(); V]; CB];
             for (cb, d) in dv.iter_mut().enumerate() {
-                d.copy_from_slice(&drow[ow * cout + cb * V..][..V]);
+                d.copy_from_slice(&drow[(cb * plane + ow) * V..][..V]);
             }
             unroll16!(R, |r| {
-                let xv = rows[r][ow];
+                let xv = rows[r][S * ow];
                 for (a, d) in acc[r].iter_mut().zip(&dv) {
                     for l in 0..V {
                         a[l] = madd::<T, FMA>(a[l], xv, d[l]);
@@ -520,7 +524,7 @@ fn weight_grad_lanes_kernel<
         }
     }
 }
-multiversion!(weight_grad_lanes_block<CB, R> => weight_grad_lanes_kernel(offs: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
+multiversion!(weight_grad_lanes_block<CB, R, S> => weight_grad_lanes_kernel(offs: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
 
 /// (channel, tap) pairs per block of [`weight_grad_lanes`].
 const GRAD_PAIRS: usize = 12;
@@ -541,8 +545,10 @@ pub(crate) fn weight_grad_lanes_fits(cout: usize) -> bool {
 
 /// dW of one sample, added into out (C_in·taps, C_out) (pair-major: transpose it once per
 /// chunk). offs: every (channel, tap) pair's offset c·Hp·Wp + ki·Wp + kj in xp (C_in, Hp·Wp);
-/// dyt: (H_out·W_out, C_out). Needs [`weight_grad_lanes_fits`].
+/// dyt: (C_out/V, H_out·W_out, V) ([`dy_to_lanes`]); stride 1 or 2 both ways. Needs
+/// [`weight_grad_lanes_fits`].
 pub(crate) fn weight_grad_lanes<T: Float>(
+    stride: usize,
     offs: &[usize],
     dims: (usize, usize, usize),
     xp: &[T],
@@ -558,12 +564,120 @@ pub(crate) fn weight_grad_lanes<T: Float>(
             let block: [usize; GRAD_PAIRS] =
                 std::array::from_fn(|r| if r < valid { offs[p0 + r] } else { 0 });
             let o = &mut out[p0 * cout + oc0..];
-            let (d, sz) = (&dyt[oc0..], (valid, cout));
-            match cb {
-                2 => weight_grad_lanes_block::<T, 2, GRAD_PAIRS>(isa, &block, sz, dims, xp, d, o),
-                _ => weight_grad_lanes_block::<T, 1, GRAD_PAIRS>(isa, &block, sz, dims, xp, d, o),
+            let (d, sz) = (&dyt[oc0 * dims.0 * dims.1..], (valid, cout));
+            match (cb, stride) {
+                (2, 1) => {
+                    weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 1>(isa, &block, sz, dims, xp, d, o)
+                }
+                (_, 1) => {
+                    weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 1>(isa, &block, sz, dims, xp, d, o)
+                }
+                (2, _) => {
+                    weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 2>(isa, &block, sz, dims, xp, d, o)
+                }
+                _ => {
+                    weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 2>(isa, &block, sz, dims, xp, d, o)
+                }
             }
         }
+    }
+}
+
+/// Longest reduction C_in·kh·kw whose stride-2 weight gradient goes to
+/// [`weight_grad_strided`]: the 224² stem's (147) was measured; with many channels the
+/// im2col GEMM reads its operands from cache more often than this kernel does.
+const STRIDED_GRAD_MAX_REDUCTION: usize = 256;
+
+/// Whether [`weight_grad_strided`] computes this convolution's dW and db (a layer whose dX
+/// is not needed): stride 2 without dilation or groups, few input taps, the lanes kernel
+/// on this CPU.
+pub(crate) fn applies_weight_grad_strided(g: &Conv2dGeometry) -> bool {
+    let c = &g.cfg;
+    c.stride == (2, 2)
+        && c.dilation == (1, 1)
+        && c.groups == 1
+        && g.k_per_group() <= STRIDED_GRAD_MAX_REDUCTION
+        && weight_grad_lanes_fits(g.out_channels)
+}
+
+/// Samples per chunk of [`weight_grad_strided`]: a constant, so that the partial sums, added
+/// in chunk order, do not depend on the thread count.
+const STRIDED_GRAD_CHUNK: usize = 2;
+
+/// dW (C_out, C_in, kh, kw) and db (C_out) added into, for a stride-2 convolution, by the
+/// lanes kernel over each sample's padded input and its dY transposed (pixels, C_out): no
+/// column matrix (the 224² stem's is 12× its input). Needs [`applies_weight_grad_strided`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn weight_grad_strided<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    dy: &[T],
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    scratch: &mut super::conv::ConvScratch<T>,
+) {
+    let c = &g.cfg;
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let (in_len, out_len, plane) = (g.in_len(), g.out_len(), g.out_h * g.out_w);
+    let wd = Wide::new(g);
+    let hp = g.in_h + c.pad_begin.0 + c.pad_end.0;
+    // The farthest read, (kh − 1 + 2·(H_out − 1))·Wp + kw − 1 + 2·(W_out − 1), is inside the
+    // padded plane: the output size is what fits in it.
+    let in_plane = hp * wd.wp;
+    let pair_offs: Vec<usize> = (0..cin)
+        .flat_map(|ci| wd.taps.iter().map(move |&off| ci * in_plane + off))
+        .collect();
+    let taps = wd.taps.len();
+    let dims = (g.out_h, g.out_w, wd.wp);
+    // Per thread: xp (C_in, Hp, Wp) and dY by vectors of channels (C_out/V, H_out·W_out, V).
+    let sizes = [cin * in_plane, plane * cout, 0];
+    let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, _: Option<&mut [T]>| {
+        let [xp, dyt, _] = bufs;
+        let mut pt = vec![T::zero(); g.weight_len()]; // (C_in·taps, C_out)
+        let mut pdb = vec![0.0f64; cout];
+        // Zero borders once per chunk: the samples overwrite only the interior.
+        xp[..cin * in_plane].fill(T::zero());
+        for si in s0..s0 + s {
+            wd.pad_input_at(g, &x[si * in_len..][..in_len], xp, in_plane);
+            let dys = &dy[si * out_len..][..out_len];
+            for (oc, dc) in dys.chunks_exact(plane).enumerate() {
+                pdb[oc] += super::conv::sum_f64(dc);
+            }
+            dy_to_lanes(dys, plane, dyt);
+            weight_grad_lanes(2, &pair_offs, dims, xp, dyt, cout, &mut pt);
+        }
+        let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, kh, kw)
+        for (pair, row) in pt.chunks_exact(cout).enumerate() {
+            let (ci, t) = (pair / taps, pair % taps);
+            for (oc, &v) in row.iter().enumerate() {
+                pdw[(oc * cin + ci) * taps + t] = v;
+            }
+        }
+        (pdw, pdb.into_iter().map(T::of).collect())
+    };
+    super::conv::backward_chunks(
+        n,
+        STRIDED_GRAD_CHUNK,
+        in_len,
+        None,
+        dw,
+        db,
+        scratch,
+        sizes,
+        work,
+    );
+}
+
+/// One sample's dY (C_out, H_out·W_out) by vectors of channels into dyt (C_out/V,
+/// H_out·W_out, V), by the batch-lanes kernels' register transposes; C_out a multiple of V.
+pub(crate) fn dy_to_lanes<T: Float>(dy: &[T], plane: usize, dyt: &mut [T]) {
+    let isa = Isa::detect();
+    for (src, dst) in dy
+        .chunks_exact(V * plane)
+        .zip(dyt.chunks_exact_mut(V * plane))
+    {
+        rows_to_lanes(isa, src, plane, V, plane, dst);
     }
 }
 

@@ -255,15 +255,10 @@ pub(crate) fn backward<T: Float>(
                 cs: 1,
             };
             if let Some(pt) = pdw_t.as_deref_mut() {
-                // dY transposed (H_out·W_out, C_out) for the lanes kernel.
-                let plane = g.out_h * g.out_w;
-                for (oc, dc) in dys.chunks_exact(plane).enumerate() {
-                    for (p, &v) in dc.iter().enumerate() {
-                        dyt[p * cout + oc] = v;
-                    }
-                }
+                // dY by vectors of channels (C_out/V, H_out·W_out, V) for the lanes kernel.
+                conv_direct::dy_to_lanes(dys, g.out_h * g.out_w, &mut dyt);
                 let dims = (g.out_h, g.out_w, wd.wp);
-                conv_direct::weight_grad_lanes(&pair_offs, dims, xp, &dyt, cout, pt);
+                conv_direct::weight_grad_lanes(1, &pair_offs, dims, xp, &dyt, cout, pt);
             }
             // Without the lanes kernel: one GEMM per tap.
             for &(t, off) in taps.iter().filter(|_| pdw_t.is_none()) {
