@@ -605,9 +605,8 @@ pub(crate) fn applies_weight_grad_strided(g: &Conv2dGeometry) -> bool {
 const STRIDED_GRAD_CHUNK: usize = 2;
 
 /// dW (C_out, C_in, kh, kw) and db (C_out) added into, for a stride-2 convolution, by the
-/// lanes kernel over each sample's padded input and its dY transposed (pixels, C_out): no
-/// column matrix (the 224² stem's is 12× its input). Needs [`applies_weight_grad_strided`].
-#[allow(clippy::too_many_arguments)]
+/// lanes kernel over each sample's padded input and its dY by vectors of channels: no column
+/// matrix (the 224² stem's is 12× its input). Needs [`applies_weight_grad_strided`].
 pub(crate) fn weight_grad_strided<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
