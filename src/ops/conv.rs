@@ -1083,6 +1083,44 @@ mod tests {
         (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
     }
 
+    /// Random inputs of `n` samples for `g` (x, w, b and dY, drawn in that order) and what the
+    /// naive kernels make of them: the reference the fast kernels are tested against.
+    struct Reference {
+        x: Vec<f64>,
+        w: Vec<f64>,
+        b: Vec<f64>,
+        dy: Vec<f64>,
+        y: Vec<f64>,
+        dx: Vec<f64>,
+        dw: Vec<f64>,
+        db: Vec<f64>,
+    }
+
+    fn reference(rng: &mut impl Rng, g: &Conv2dGeometry, n: usize) -> Reference {
+        let x = rand_vec(rng, n * g.in_len());
+        let w = rand_vec(rng, g.weight_len());
+        let b = rand_vec(rng, g.out_channels);
+        let dy = rand_vec(rng, n * g.out_len());
+        let mut y = vec![0.0; n * g.out_len()];
+        conv2d_forward_naive(g, n, &x, &w, Some(&b), &mut y);
+        let (mut dx, mut dw, mut db) = (
+            vec![0.0; x.len()],
+            vec![0.0; w.len()],
+            vec![0.0; g.out_channels],
+        );
+        conv2d_backward_naive(g, n, &x, &w, &dy, &mut dx, &mut dw, &mut db);
+        Reference {
+            x,
+            w,
+            b,
+            dy,
+            y,
+            dx,
+            dw,
+            db,
+        }
+    }
+
     #[test]
     fn lecture_5x5_input_2x2_filter_gives_4x4() {
         let x: Vec<f64> = (0..25).map(|v| v as f64).collect();
@@ -1231,15 +1269,16 @@ mod tests {
             };
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
             for n in [3, 16, 21] {
-                let x = rand_vec(&mut rng, n * g.in_len());
-                let wt = rand_vec(&mut rng, g.weight_len());
-                let b = rand_vec(&mut rng, co);
-                let dy = rand_vec(&mut rng, n * g.out_len());
-                let mut want = vec![0.0; n * g.out_len()];
-                conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
-                let (mut dx2, mut dw2, mut db2) =
-                    (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
-                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
+                let Reference {
+                    x,
+                    w: wt,
+                    b,
+                    dy,
+                    y: want,
+                    dx: dx2,
+                    dw: dw2,
+                    db: db2,
+                } = reference(&mut rng, &g, n);
 
                 let (x, wt, b, dy) = (f32s(&x), f32s(&wt), f32s(&b), f32s(&dy));
                 // This CPU's kernels, AVX2's and the baseline build's (the narrow blockings).
@@ -1298,15 +1337,16 @@ mod tests {
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
             assert!(conv_winograd::applies(&g));
             for n in [1, 3] {
-                let x = rand_vec(&mut rng, n * g.in_len());
-                let wt = rand_vec(&mut rng, g.weight_len());
-                let b = rand_vec(&mut rng, co);
-                let dy = rand_vec(&mut rng, n * g.out_len());
-                let mut want = vec![0.0; n * g.out_len()];
-                conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
-                let (mut dx2, mut dw2, mut db2) =
-                    (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
-                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx2, &mut dw2, &mut db2);
+                let Reference {
+                    x,
+                    w: wt,
+                    b,
+                    dy,
+                    y: want,
+                    dx: dx2,
+                    dw: dw2,
+                    db: db2,
+                } = reference(&mut rng, &g, n);
                 let what = |part: &str| format!("{part} {cfg:?} C {ci}→{co} {h}×{w} n {n}");
 
                 let check = |isa: Isa, tol: f64, y: &[f64], dx: &[f64], dw: &[f64], db: &[f64]| {
@@ -1365,12 +1405,14 @@ mod tests {
                 assert!(conv_direct::applies_weight_grad_strided(&g));
             }
             for n in [1, 5] {
-                let x = rand_vec(&mut rng, n * g.in_len());
-                let wt = rand_vec(&mut rng, g.weight_len());
-                let dy = rand_vec(&mut rng, n * g.out_len());
-                let (mut dx0, mut dw0, mut db0) =
-                    (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
-                conv2d_backward_naive(&g, n, &x, &wt, &dy, &mut dx0, &mut dw0, &mut db0);
+                let Reference {
+                    x,
+                    w: wt,
+                    dy,
+                    dw: dw0,
+                    db: db0,
+                    ..
+                } = reference(&mut rng, &g, n);
                 let near = |got: &[f64], want: &[f64], tol: f64, part: &str| {
                     for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
                         assert!(
