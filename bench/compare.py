@@ -4,9 +4,10 @@ a table of ratios (peer time / convnet time; above 1 means convnet is faster).
     python3 -m venv venv && venv/bin/pip install torch scipy numpy
     venv/bin/python bench/compare.py            # from the repository root
 
-convnet's side is `cargo run --release --example workloads`. Both sides use every core
-(PyTorch: torch.set_num_threads(os.cpu_count())); each round reports the median of repeats,
-and the table shows each side's best of ROUNDS rounds taken in alternation.
+convnet's side is `cargo run --release --example workloads NAME`, a process per workload and
+round. Both sides use every core (PyTorch: torch.set_num_threads(os.cpu_count())); each round
+times every workload on both sides, one right after the other, as the median of repeats, and
+the table shows each side's best of ROUNDS rounds.
 """
 import os
 import platform
@@ -62,7 +63,9 @@ def lenet():
         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
 
 
-def peer_times():
+def peer_workloads():
+    """Each workload's timing function: called once per round, it returns the median time of
+    its repeats. The inputs are made once, up front."""
     g = torch.Generator().manual_seed(0)
     out = {}
     model = lenet()
@@ -74,16 +77,15 @@ def peer_times():
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    out["lenet5_train_step_b64"] = median_time(step, 20, 200)
+    out["lenet5_train_step_b64"] = lambda: median_time(step, 20, 200)
 
     xs = torch.rand(10_000, 1, 28, 28, generator=g)
-    model.eval()
 
     def infer():
         with torch.no_grad():
             for s in range(0, 10_000, 500):
                 model(xs[s:s + 500])
-    out["lenet5_inference_10k"] = median_time(infer, 2, 10)
+    out["lenet5_inference_10k"] = lambda: median_time(infer, 2, 10)
 
     def conv(n, c, hw, k, ks, stride, pad, backward, need_dx=True):
         x = torch.randn(n, c, hw, hw, generator=g, requires_grad=backward and need_dx)
@@ -97,7 +99,9 @@ def peer_times():
             else:
                 with torch.no_grad():
                     F.conv2d(x, w, b, stride=stride, padding=pad)
-        return median_time(run, 2, 10) if n * k * hw * hw > 1 << 20 else median_time(run, 5, 50)
+        if n * k * hw * hw > 1 << 20:
+            return lambda: median_time(run, 2, 10)
+        return lambda: median_time(run, 5, 50)
     out["conv2d_n32_c64_56_k64_3x3_fwd"] = conv(32, 64, 56, 64, 3, 1, 1, False)
     out["conv2d_n32_c64_56_k64_3x3_fwdbwd"] = conv(32, 64, 56, 64, 3, 1, 1, True)
     out["conv2d_n8_c3_224_k64_7x7_s2_fwd"] = conv(8, 3, 224, 64, 7, 2, 3, False)
@@ -109,25 +113,32 @@ def peer_times():
     out["conv2d_n64_c6_14_k16_5x5_fwdbwd"] = conv(64, 6, 14, 16, 5, 1, 0, True)
 
     a, b = torch.randn(1024, 1024, generator=g), torch.randn(1024, 1024, generator=g)
-    out["sgemm_1024"] = median_time(lambda: torch.mm(a, b), 3, 20)
+    out["sgemm_1024"] = lambda: median_time(lambda: torch.mm(a, b), 3, 20)
     xp = torch.randn(64, 16, 28, 28, generator=g)
-    out["maxpool_n64_c16_28_2x2"] = median_time(lambda: F.max_pool2d(xp, 2), 5, 50)
+    out["maxpool_n64_c16_28_2x2"] = lambda: median_time(lambda: F.max_pool2d(xp, 2), 5, 50)
 
     rng = np.random.default_rng(0)
     img = rng.standard_normal((512, 512))
-    out["filter_direct_3x3_512"] = median_time(lambda: ss.convolve2d(img, rng.standard_normal((3, 3))), 3, 30)
+    k3 = rng.standard_normal((3, 3))
+    out["filter_direct_3x3_512"] = lambda: median_time(lambda: ss.convolve2d(img, k3), 3, 30)
     k31 = rng.standard_normal((31, 31))
-    out["filter_fft_31x31_512"] = median_time(lambda: ss.fftconvolve(img, k31), 3, 30)
+    out["filter_fft_31x31_512"] = lambda: median_time(lambda: ss.fftconvolve(img, k31), 3, 30)
     return out
 
 
-def ours():
+def build_ours():
+    """Builds convnet's side once; returns the path of its binary."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(["cargo", "build", "--release", "--example", "workloads"], cwd=root, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    text = subprocess.run(["cargo", "run", "--release", "-q", "--example", "workloads"], cwd=root,
-                          check=True, capture_output=True, text=True).stdout
-    return {name: float(t) for name, t in (line.split("\t") for line in text.strip().splitlines())}
+    return os.path.join(root, "target", "release", "examples", "workloads")
+
+
+def ours(binary, name):
+    """convnet's median time of one workload, in a process of its own."""
+    text = subprocess.run([binary, name], check=True, capture_output=True, text=True).stdout
+    times = {n: float(t) for n, t in (line.split("\t") for line in text.strip().splitlines())}
+    return times[name]
 
 
 def cpu_name():
@@ -140,18 +151,26 @@ def cpu_name():
     return platform.processor()
 
 
-# Rounds of (peer, convnet) taken in alternation. A VM's speed drifts by tens of percent over
-# seconds; each side's best round estimates its uncontended time, measured in the same minutes.
-ROUNDS = 3
+# Rounds of (peer, convnet), workload by workload: both sides of a workload are timed within
+# seconds of each other, and which goes first alternates from round to round. A VM's speed
+# drifts by tens of percent over seconds to minutes; each side's best round estimates its
+# uncontended time.
+ROUNDS = 5
 
 
 def main():
-    rounds = [(peer_times(), ours()) for _ in range(ROUNDS)]
-    peer = {k: min(r[0][k] for r in rounds) for k in rounds[0][0]}
-    mine = {k: min(r[1][k] for r in rounds) for k in rounds[0][1]}
+    binary = build_ours()
+    workloads = peer_workloads()
+    peer, mine = {}, {}
+    for r in range(ROUNDS):
+        for name in TARGETS:
+            sides = [(peer, workloads[name]), (mine, lambda: ours(binary, name))]
+            for best, timed in (sides if r % 2 == 0 else sides[::-1]):
+                t = timed()
+                best[name] = min(best.get(name, t), t)
     print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {THREADS} threads; "
           f"torch {torch.__version__}, scipy {ss.__name__ and __import__('scipy').__version__}; "
-          f"best of {ROUNDS} alternating rounds, each the median of repeats")
+          f"best of {ROUNDS} alternating rounds, each the median of repeats, workload by workload")
     print()
     print("| workload | peer | peer time | convnet time | ratio (peer / convnet) | target | met |")
     print("|---|---|---:|---:|---:|---:|---|")

@@ -1,5 +1,6 @@
 //! The speed workloads, timed: `cargo run --release --example workloads [NAME ...]` prints one
-//! "name<TAB>median seconds" line per workload (bench/compare.py runs this beside PyTorch/scipy).
+//! "name<TAB>median seconds" line per workload named (or, for a NAME no workload has, per
+//! workload whose name contains it) (bench/compare.py runs this beside PyTorch/scipy).
 //! `benches/workloads.rs` runs the same workloads under criterion.
 #[path = "../benches/workloads_def.rs"]
 mod workloads_def;
@@ -8,8 +9,16 @@ fn main() {
     // The binary's allocator settings, so that both time the same thing.
     convnet::alloc::keep_freed_memory();
     let only: Vec<String> = std::env::args().skip(1).collect();
-    for w in workloads_def::all() {
-        if !only.is_empty() && !only.iter().any(|o| w.name.contains(o.as_str())) {
+    let all = workloads_def::all();
+    // A NAME selects the workload of that name, or else every workload whose name contains it.
+    let picked = |name: &str| {
+        only.is_empty()
+            || only.iter().any(|o| {
+                name == o || (!all.iter().any(|w| w.name == o) && name.contains(o.as_str()))
+            })
+    };
+    for w in &all {
+        if !picked(w.name) {
             continue;
         }
         let mut run = (w.setup)();

@@ -819,10 +819,11 @@ fn backward_im2col<T: Float>(
     backward_chunks(n, chunk, in_len, dx, dw, db, scratch, sizes, work);
 }
 
-/// Σ v in f64, in 8 interleaved partial sums (a fixed order): a long f32 running sum loses
+/// Σ v in f64, in 32 interleaved partial sums (a fixed order): a long f32 running sum loses
 /// digits that Adam then amplifies, and one f64 chain waits on every add's latency. Compiled
-/// also for AVX-512 and AVX2 (the 8 sums one or two registers, the same bits): in the SSE
-/// build the bias gradient of the 224² stem took 9 % of its forward + backward.
+/// also for AVX-512 and AVX2 (the sums 4 or 8 registers, the same bits): in the SSE build the
+/// bias gradient of the 224² stem took 9 % of its forward + backward, and with 8 sums (one
+/// AVX-512 register, one chain of additions) still 7 %.
 pub(crate) fn sum_f64<T: Float>(v: &[T]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -847,8 +848,8 @@ pub(crate) fn sum_f64<T: Float>(v: &[T]) -> f64 {
 
 #[inline(always)]
 fn sum_f64_body<T: Float>(v: &[T]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut blocks = v.chunks_exact(8);
+    let mut acc = [0.0f64; 32];
+    let mut blocks = v.chunks_exact(32);
     for b in &mut blocks {
         for (a, x) in acc.iter_mut().zip(b) {
             *a += x.f64();
@@ -1390,6 +1391,8 @@ mod tests {
             (3, 30, 30, 64, (7, 7), (3, 3), (3, 3)),
             (1, 17, 23, 16, (3, 5), (1, 0), (0, 2)),
             (4, 12, 9, 32, (4, 4), (0, 1), (1, 0)),
+            // In tiles of output rows (f64: 16 of the 22 rows, then 6), by kernel rows.
+            (2, 44, 250, 32, (7, 7), (3, 3), (3, 3)),
         ];
         for (ci, h, w, co, kernel, pb, pe) in cases {
             let cfg = Conv2dConfig {
@@ -1655,6 +1658,8 @@ mod tests {
             (3, 13, 13, 64, (7, 7), (2, 2), (1, 1), (3, 3), (3, 3), 1),
             // Forward across the lanes (2 vectors, rows of 20 in runs of 10), backward by tap GEMMs.
             (32, 12, 20, 32, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),
+            // The tap GEMMs' dW by kernel rows in tiles of output rows (f64: 32 of 40, then 8).
+            (16, 40, 64, 32, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),
         ];
         // Every path that handles each case; the tap GEMMs one group only.
         fn stride1(g: &Conv2dGeometry) -> bool {

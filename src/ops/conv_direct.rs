@@ -472,8 +472,8 @@ multiversion!(weight_grad_wide<OB> => weight_grad_kernel(taps: &[usize], blocks:
 /// Weight gradient of one sample with the output channels across the lanes (the dual of
 /// [`forward_lanes_kernel`]): for one block of R (channel, tap) pairs and CB·V output
 /// channels, out[r][oc] += Σ_(oh, ow) xp[offs[r] + S·(oh·Wp + ow)] · dyt[oh·W_out + ow][oc]
-/// (stride S); each pixel loads CB vectors of dY and broadcasts R input values. The first
-/// `valid` rows are stored (a last block is padded with offset 0).
+/// (stride S), over output rows oh0..oh1; each pixel loads CB vectors of dY and broadcasts R
+/// input values. The first `valid` rows are stored (a last block is padded with offset 0).
 /// xp: (C_in, Hp·Wp) padded, rows Wp apart; dyt: dY by vectors of channels, (C_out/V,
 /// H_out·W_out, V), from this block's first vector on; out: (pairs, C_out) from this block's
 /// first pair and channel, C_out apart.
@@ -489,13 +489,14 @@ fn weight_grad_lanes_kernel<
     offs: &[usize],
     (valid, cout): (usize, usize),
     (out_h, out_w, wp): (usize, usize, usize),
+    (oh0, oh1): (usize, usize),
     xp: &[T],
     dyt: &[T],
     out: &mut [T],
 ) {
     let mut acc = [[[T::zero(); V]; CB]; R];
     let plane = out_h * out_w;
-    for oh in 0..out_h {
+    for oh in oh0..oh1 {
         let rows: [&[T]; R] =
             std::array::from_fn(|r| &xp[offs[r] + S * oh * wp..][..S * (out_w - 1) + 1]);
         let drow = &dyt[oh * out_w * V..];
@@ -524,10 +525,76 @@ fn weight_grad_lanes_kernel<
         }
     }
 }
-multiversion!(weight_grad_lanes_block<CB, R, S> => weight_grad_lanes_kernel(offs: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
+multiversion!(weight_grad_lanes_block<CB, R, S> => weight_grad_lanes_kernel(offs: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), rows: (usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
+
+/// [`weight_grad_lanes_kernel`] for pairs that come as whole kernel rows: block q of RB rows
+/// holds the KW taps of each row, whose inputs are adjacent (xp[rows[q] + S·ow + j] for tap
+/// j). RB base addresses instead of RB·KW keep them in registers: with the 12 independent
+/// pairs above, five row addresses and both dY addresses were reloaded from the stack for
+/// every pixel. The first `valid` rows are stored.
+#[inline(always)]
+fn weight_grad_rows_kernel<
+    T: Float,
+    const FMA: bool,
+    const U: usize,
+    const CB: usize,
+    const RB: usize,
+    const KW: usize,
+    const S: usize,
+>(
+    rows: &[usize],
+    (valid, cout): (usize, usize),
+    (out_h, out_w, wp): (usize, usize, usize),
+    (oh0, oh1): (usize, usize),
+    xp: &[T],
+    dyt: &[T],
+    out: &mut [T],
+) {
+    let mut acc = [[[[T::zero(); V]; CB]; KW]; RB];
+    let plane = out_h * out_w;
+    let run = S * (out_w - 1) + KW;
+    for oh in oh0..oh1 {
+        let xr: [&[T]; RB] = std::array::from_fn(|q| &xp[rows[q] + S * oh * wp..][..run]);
+        let drow = &dyt[oh * out_w * V..];
+        for ow in 0..out_w {
+            let mut dv = [[T::zero(); V]; CB];
+            for (cb, d) in dv.iter_mut().enumerate() {
+                d.copy_from_slice(&drow[(cb * plane + ow) * V..][..V]);
+            }
+            unroll16!(RB, |q| {
+                let xs = &xr[q][S * ow..][..KW];
+                unroll16!(KW, |j| {
+                    let xv = xs[j];
+                    for (a, d) in acc[q][j].iter_mut().zip(&dv) {
+                        for l in 0..V {
+                            a[l] = madd::<T, FMA>(a[l], xv, d[l]);
+                        }
+                    }
+                });
+            });
+        }
+    }
+    let res = acc;
+    for (q, rq) in res.iter().enumerate().take(valid) {
+        for (j, rj) in rq.iter().enumerate() {
+            for (cb, rc) in rj.iter().enumerate() {
+                let o = &mut out[(q * KW + j) * cout + cb * V..][..V];
+                for l in 0..V {
+                    o[l] += rc[l];
+                }
+            }
+        }
+    }
+}
+multiversion!(weight_grad_rows_block<CB, RB, KW, S> => weight_grad_rows_kernel(rows: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), oh: (usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
 
 /// (channel, tap) pairs per block of [`weight_grad_lanes`].
 const GRAD_PAIRS: usize = 12;
+
+/// Bytes of dY per tile of output rows of [`weight_grad_lanes`]: every block of pairs reads
+/// the tile again, so it should stay in the L2 cache (with the input rows it needs). Over a
+/// whole plane, the 224² stem's dY is 3.2 MB a sample and came from the L3 cache.
+const GRAD_TILE_BYTES: usize = 512 << 10;
 
 /// Whether [`weight_grad_lanes`] runs on this CPU for `cout` output channels: AVX-512 and
 /// whole vectors of channels.
@@ -544,11 +611,13 @@ pub(crate) fn weight_grad_lanes_fits(cout: usize) -> bool {
 }
 
 /// dW of one sample, added into out (C_in·taps, C_out) (pair-major: transpose it once per
-/// chunk). offs: every (channel, tap) pair's offset c·Hp·Wp + ki·Wp + kj in xp (C_in, Hp·Wp);
-/// dyt: (C_out/V, H_out·W_out, V) ([`dy_to_lanes`]); stride 1 or 2 both ways. Needs
-/// [`weight_grad_lanes_fits`].
+/// chunk). offs: every (channel, tap) pair's offset c·Hp·Wp + ki·Wp + kj in xp (C_in, Hp·Wp),
+/// in that order, kw taps per kernel row; dyt: (C_out/V, H_out·W_out, V) ([`dy_to_lanes`]);
+/// stride 1 or 2 both ways. Needs [`weight_grad_lanes_fits`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn weight_grad_lanes<T: Float>(
     stride: usize,
+    kw: usize,
     offs: &[usize],
     dims: (usize, usize, usize),
     xp: &[T],
@@ -558,29 +627,78 @@ pub(crate) fn weight_grad_lanes<T: Float>(
 ) {
     let isa = Isa::detect();
     let cb = if cout.is_multiple_of(2 * V) { 2 } else { 1 };
-    for oc0 in (0..cout).step_by(cb * V) {
-        for p0 in (0..offs.len()).step_by(GRAD_PAIRS) {
-            let valid = GRAD_PAIRS.min(offs.len() - p0);
-            let block: [usize; GRAD_PAIRS] =
-                std::array::from_fn(|r| if r < valid { offs[p0 + r] } else { 0 });
-            let o = &mut out[p0 * cout + oc0..];
-            let (d, sz) = (&dyt[oc0 * dims.0 * dims.1..], (valid, cout));
-            match (cb, stride) {
-                (2, 1) => {
-                    weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 1>(isa, &block, sz, dims, xp, d, o)
-                }
-                (_, 1) => {
-                    weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 1>(isa, &block, sz, dims, xp, d, o)
-                }
-                (2, _) => {
-                    weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 2>(isa, &block, sz, dims, xp, d, o)
-                }
-                _ => {
-                    weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 2>(isa, &block, sz, dims, xp, d, o)
+    let (out_h, out_w, _) = dims;
+    let tile = (GRAD_TILE_BYTES / (cout * out_w * std::mem::size_of::<T>()).max(1)).max(1);
+    for oh0 in (0..out_h).step_by(tile) {
+        let rows = (oh0, (oh0 + tile).min(out_h));
+        if cb == 2 && weight_grad_by_rows(isa, stride, kw, offs, dims, rows, xp, dyt, cout, out) {
+            continue;
+        }
+        for oc0 in (0..cout).step_by(cb * V) {
+            for p0 in (0..offs.len()).step_by(GRAD_PAIRS) {
+                let valid = GRAD_PAIRS.min(offs.len() - p0);
+                let block: [usize; GRAD_PAIRS] =
+                    std::array::from_fn(|r| if r < valid { offs[p0 + r] } else { 0 });
+                let o = &mut out[p0 * cout + oc0..];
+                let (d, sz) = (&dyt[oc0 * out_h * out_w..], (valid, cout));
+                let (b, x) = (&block, xp);
+                match (cb, stride) {
+                    (2, 1) => weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 1>(
+                        isa, b, sz, dims, rows, x, d, o,
+                    ),
+                    (_, 1) => weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 1>(
+                        isa, b, sz, dims, rows, x, d, o,
+                    ),
+                    (2, _) => weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 2>(
+                        isa, b, sz, dims, rows, x, d, o,
+                    ),
+                    _ => weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 2>(
+                        isa, b, sz, dims, rows, x, d, o,
+                    ),
                 }
             }
         }
     }
+}
+
+/// [`weight_grad_lanes`] over output rows `oh` by [`weight_grad_rows_kernel`], two vectors of
+/// channels per block, where it has a blocking for this kernel width and stride (the 224²
+/// stem's 7 taps at stride 2: 2 rows of 7 taps, 28 sums; 3×3 at stride 1: 4 rows, 24 sums).
+/// Returns whether it did.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_by_rows<T: Float>(
+    isa: Isa,
+    stride: usize,
+    kw: usize,
+    offs: &[usize],
+    dims: (usize, usize, usize),
+    oh: (usize, usize),
+    xp: &[T],
+    dyt: &[T],
+    cout: usize,
+    out: &mut [T],
+) -> bool {
+    let rb = match (kw, stride) {
+        (7, 2) => 2,
+        (3, 1) => 4,
+        _ => return false,
+    };
+    let rows: Vec<usize> = offs.iter().step_by(kw).copied().collect();
+    for oc0 in (0..cout).step_by(2 * V) {
+        for q0 in (0..rows.len()).step_by(rb) {
+            let valid = rb.min(rows.len() - q0);
+            // A last partial block repeats row 0: computed, not stored.
+            let block: [usize; 4] =
+                std::array::from_fn(|q| if q < valid { rows[q0 + q] } else { 0 });
+            let o = &mut out[q0 * kw * cout + oc0..];
+            let (d, sz) = (&dyt[oc0 * dims.0 * dims.1..], (valid, cout));
+            match rb {
+                2 => weight_grad_rows_block::<T, 2, 2, 7, 2>(isa, &block, sz, dims, oh, xp, d, o),
+                _ => weight_grad_rows_block::<T, 2, 4, 3, 1>(isa, &block, sz, dims, oh, xp, d, o),
+            }
+        }
+    }
+    true
 }
 
 /// Longest reduction C_in·kh·kw whose stride-2 weight gradient goes to
@@ -639,12 +757,21 @@ pub(crate) fn weight_grad_strided<T: Float>(
         xp[..cin * in_plane].fill(T::zero());
         for si in s0..s0 + s {
             wd.pad_input_at(g, &x[si * in_len..][..in_len], xp, in_plane);
+            // Per vector of channels, the bias sums and then the transpose: the transpose
+            // reads the planes from the L2 cache where the sums left them (the whole sample's
+            // dY, 3.2 MB for the stem, does not fit).
             let dys = &dy[si * out_len..][..out_len];
-            for (oc, dc) in dys.chunks_exact(plane).enumerate() {
-                pdb[oc] += super::conv::sum_f64(dc);
+            for ((src, dst), db) in dys
+                .chunks_exact(V * plane)
+                .zip(dyt.chunks_exact_mut(V * plane))
+                .zip(pdb.chunks_exact_mut(V))
+            {
+                for (b, dc) in db.iter_mut().zip(src.chunks_exact(plane)) {
+                    *b += super::conv::sum_f64(dc);
+                }
+                dy_to_lanes(src, plane, dst);
             }
-            dy_to_lanes(dys, plane, dyt);
-            weight_grad_lanes(2, &pair_offs, dims, xp, dyt, cout, &mut pt);
+            weight_grad_lanes(2, c.kernel.1, &pair_offs, dims, xp, dyt, cout, &mut pt);
         }
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, kh, kw)
         for (pair, row) in pt.chunks_exact(cout).enumerate() {

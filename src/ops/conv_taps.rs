@@ -258,7 +258,16 @@ pub(crate) fn backward<T: Float>(
                 // dY by vectors of channels (C_out/V, H_out·W_out, V) for the lanes kernel.
                 conv_direct::dy_to_lanes(dys, g.out_h * g.out_w, &mut dyt);
                 let dims = (g.out_h, g.out_w, wd.wp);
-                conv_direct::weight_grad_lanes(1, &pair_offs, dims, xp, &dyt, cout, pt);
+                conv_direct::weight_grad_lanes(
+                    1,
+                    g.cfg.kernel.1,
+                    &pair_offs,
+                    dims,
+                    xp,
+                    &dyt,
+                    cout,
+                    pt,
+                );
             }
             // Without the lanes kernel: one GEMM per tap.
             for &(t, off) in taps.iter().filter(|_| pdw_t.is_none()) {
