@@ -819,11 +819,10 @@ fn backward_im2col<T: Float>(
     backward_chunks(n, chunk, in_len, dx, dw, db, scratch, sizes, work);
 }
 
-/// Σ v in f64, in 32 interleaved partial sums (a fixed order): a long f32 running sum loses
+/// Σ v in f64, in 8 interleaved partial sums (a fixed order): a long f32 running sum loses
 /// digits that Adam then amplifies, and one f64 chain waits on every add's latency. Compiled
-/// also for AVX-512 and AVX2 (the sums 4 or 8 registers, the same bits): in the SSE build the
-/// bias gradient of the 224² stem took 9 % of its forward + backward, and with 8 sums (one
-/// AVX-512 register, one chain of additions) still 7 %.
+/// also for AVX-512 and AVX2 (the 8 sums one or two registers, the same bits): in the SSE
+/// build the bias gradient of the 224² stem took 9 % of its forward + backward.
 pub(crate) fn sum_f64<T: Float>(v: &[T]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -848,8 +847,8 @@ pub(crate) fn sum_f64<T: Float>(v: &[T]) -> f64 {
 
 #[inline(always)]
 fn sum_f64_body<T: Float>(v: &[T]) -> f64 {
-    let mut acc = [0.0f64; 32];
-    let mut blocks = v.chunks_exact(32);
+    let mut acc = [0.0f64; 8];
+    let mut blocks = v.chunks_exact(8);
     for b in &mut blocks {
         for (a, x) in acc.iter_mut().zip(b) {
             *a += x.f64();

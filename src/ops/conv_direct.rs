@@ -757,20 +757,11 @@ pub(crate) fn weight_grad_strided<T: Float>(
         xp[..cin * in_plane].fill(T::zero());
         for si in s0..s0 + s {
             wd.pad_input_at(g, &x[si * in_len..][..in_len], xp, in_plane);
-            // Per vector of channels, the bias sums and then the transpose: the transpose
-            // reads the planes from the L2 cache where the sums left them (the whole sample's
-            // dY, 3.2 MB for the stem, does not fit).
             let dys = &dy[si * out_len..][..out_len];
-            for ((src, dst), db) in dys
-                .chunks_exact(V * plane)
-                .zip(dyt.chunks_exact_mut(V * plane))
-                .zip(pdb.chunks_exact_mut(V))
-            {
-                for (b, dc) in db.iter_mut().zip(src.chunks_exact(plane)) {
-                    *b += super::conv::sum_f64(dc);
-                }
-                dy_to_lanes(src, plane, dst);
+            for (oc, dc) in dys.chunks_exact(plane).enumerate() {
+                pdb[oc] += super::conv::sum_f64(dc);
             }
+            dy_to_lanes(dys, plane, dyt);
             weight_grad_lanes(2, c.kernel.1, &pair_offs, dims, xp, dyt, cout, &mut pt);
         }
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, kh, kw)
