@@ -470,70 +470,18 @@ fn weight_grad_kernel<T: Float, const FMA: bool, const U: usize, const OB: usize
 multiversion!(weight_grad_wide<OB> => weight_grad_kernel(taps: &[usize], blocks: (usize, usize), sizes: (usize, usize), xp: &[T], dyw: &[T], lanes: &mut [T]));
 
 /// Weight gradient of one sample with the output channels across the lanes (the dual of
-/// [`forward_lanes_kernel`]): for one block of R (channel, tap) pairs and CB·V output
-/// channels, out[r][oc] += Σ_(oh, ow) xp[offs[r] + S·(oh·Wp + ow)] · dyt[oh·W_out + ow][oc]
-/// (stride S), over output rows oh0..oh1; each pixel loads CB vectors of dY and broadcasts R
-/// input values. The first `valid` rows are stored (a last block is padded with offset 0).
+/// [`forward_lanes_kernel`]), for one block of RB runs of KW adjacent (channel, tap) pairs (a
+/// kernel row's taps, or single pairs with KW = 1) and CB·V output channels:
+/// out[q·KW + j][oc] += Σ_(oh, ow) xp[rows[q] + S·(oh·Wp + ow) + j] · dyt[oh·W_out + ow][oc]
+/// (stride S), over output rows oh0..oh1; each pixel loads CB vectors of dY and broadcasts
+/// RB·KW input values. One base address per run: with 12 single pairs, five input addresses
+/// and both dY addresses were reloaded from the stack for every pixel. The first `valid` runs
+/// are stored (a last block is padded with offset 0).
 /// xp: (C_in, Hp·Wp) padded, rows Wp apart; dyt: dY by vectors of channels, (C_out/V,
 /// H_out·W_out, V), from this block's first vector on; out: (pairs, C_out) from this block's
 /// first pair and channel, C_out apart.
 #[inline(always)]
 fn weight_grad_lanes_kernel<
-    T: Float,
-    const FMA: bool,
-    const U: usize,
-    const CB: usize,
-    const R: usize,
-    const S: usize,
->(
-    offs: &[usize],
-    (valid, cout): (usize, usize),
-    (out_h, out_w, wp): (usize, usize, usize),
-    (oh0, oh1): (usize, usize),
-    xp: &[T],
-    dyt: &[T],
-    out: &mut [T],
-) {
-    let mut acc = [[[T::zero(); V]; CB]; R];
-    let plane = out_h * out_w;
-    for oh in oh0..oh1 {
-        let rows: [&[T]; R] =
-            std::array::from_fn(|r| &xp[offs[r] + S * oh * wp..][..S * (out_w - 1) + 1]);
-        let drow = &dyt[oh * out_w * V..];
-        for ow in 0..out_w {
-            let mut dv = [[T::zero(); V]; CB];
-            for (cb, d) in dv.iter_mut().enumerate() {
-                d.copy_from_slice(&drow[(cb * plane + ow) * V..][..V]);
-            }
-            unroll16!(R, |r| {
-                let xv = rows[r][S * ow];
-                for (a, d) in acc[r].iter_mut().zip(&dv) {
-                    for l in 0..V {
-                        a[l] = madd::<T, FMA>(a[l], xv, d[l]);
-                    }
-                }
-            });
-        }
-    }
-    let res = acc;
-    for (r, rr) in res.iter().enumerate().take(valid) {
-        for (cb, rc) in rr.iter().enumerate() {
-            let o = &mut out[r * cout + cb * V..][..V];
-            for l in 0..V {
-                o[l] += rc[l];
-            }
-        }
-    }
-}
-multiversion!(weight_grad_lanes_block<CB, R, S> => weight_grad_lanes_kernel(offs: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), rows: (usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
-
-/// [`weight_grad_lanes_kernel`] for pairs that come as whole kernel rows: block q of RB rows
-/// holds the KW taps of each row, whose inputs are adjacent (xp[rows[q] + S·ow + j] for tap
-/// j). RB base addresses instead of RB·KW keep them in registers: with the 12 independent
-/// pairs above, five row addresses and both dY addresses were reloaded from the stack for
-/// every pixel. The first `valid` rows are stored.
-#[inline(always)]
-fn weight_grad_rows_kernel<
     T: Float,
     const FMA: bool,
     const U: usize,
@@ -586,9 +534,10 @@ fn weight_grad_rows_kernel<
         }
     }
 }
-multiversion!(weight_grad_rows_block<CB, RB, KW, S> => weight_grad_rows_kernel(rows: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), oh: (usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
+multiversion!(weight_grad_block<CB, RB, KW, S> => weight_grad_lanes_kernel(rows: &[usize], sizes: (usize, usize), dims: (usize, usize, usize), oh: (usize, usize), xp: &[T], dyt: &[T], out: &mut [T]));
 
-/// (channel, tap) pairs per block of [`weight_grad_lanes`].
+/// (channel, tap) pairs per block of [`weight_grad_lanes`] where they are not taken by kernel
+/// rows.
 const GRAD_PAIRS: usize = 12;
 
 /// Bytes of dY per tile of output rows of [`weight_grad_lanes`]: every block of pairs reads
@@ -627,78 +576,50 @@ pub(crate) fn weight_grad_lanes<T: Float>(
 ) {
     let isa = Isa::detect();
     let cb = if cout.is_multiple_of(2 * V) { 2 } else { 1 };
+    // Blocks of whole kernel rows where there is a blocking for this width and stride (the
+    // 224² stem's 7 taps at stride 2: 2 rows, 28 sums; 3×3 at stride 1: 4 rows, 24 sums),
+    // else of GRAD_PAIRS single pairs.
+    let (rb, run) = match (cb, kw, stride) {
+        (2, 7, 2) => (2, 7),
+        (2, 3, 1) => (4, 3),
+        _ => (GRAD_PAIRS, 1),
+    };
+    let bases: Vec<usize> = offs.iter().step_by(run).copied().collect();
     let (out_h, out_w, _) = dims;
     let tile = (GRAD_TILE_BYTES / (cout * out_w * std::mem::size_of::<T>()).max(1)).max(1);
     for oh0 in (0..out_h).step_by(tile) {
         let rows = (oh0, (oh0 + tile).min(out_h));
-        if cb == 2 && weight_grad_by_rows(isa, stride, kw, offs, dims, rows, xp, dyt, cout, out) {
-            continue;
-        }
         for oc0 in (0..cout).step_by(cb * V) {
-            for p0 in (0..offs.len()).step_by(GRAD_PAIRS) {
-                let valid = GRAD_PAIRS.min(offs.len() - p0);
+            for q0 in (0..bases.len()).step_by(rb) {
+                let valid = rb.min(bases.len() - q0);
                 let block: [usize; GRAD_PAIRS] =
-                    std::array::from_fn(|r| if r < valid { offs[p0 + r] } else { 0 });
-                let o = &mut out[p0 * cout + oc0..];
+                    std::array::from_fn(|q| if q < valid { bases[q0 + q] } else { 0 });
+                let o = &mut out[q0 * run * cout + oc0..];
                 let (d, sz) = (&dyt[oc0 * out_h * out_w..], (valid, cout));
-                let (b, x) = (&block, xp);
-                match (cb, stride) {
-                    (2, 1) => weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 1>(
-                        isa, b, sz, dims, rows, x, d, o,
-                    ),
-                    (_, 1) => weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 1>(
-                        isa, b, sz, dims, rows, x, d, o,
-                    ),
-                    (2, _) => weight_grad_lanes_block::<T, 2, GRAD_PAIRS, 2>(
-                        isa, b, sz, dims, rows, x, d, o,
-                    ),
-                    _ => weight_grad_lanes_block::<T, 1, GRAD_PAIRS, 2>(
-                        isa, b, sz, dims, rows, x, d, o,
-                    ),
+                let (b, x) = (&block[..], xp);
+                match (cb, run, stride) {
+                    (2, 7, _) => {
+                        weight_grad_block::<T, 2, 2, 7, 2>(isa, b, sz, dims, rows, x, d, o)
+                    }
+                    (2, 3, _) => {
+                        weight_grad_block::<T, 2, 4, 3, 1>(isa, b, sz, dims, rows, x, d, o)
+                    }
+                    (2, _, 1) => {
+                        weight_grad_block::<T, 2, GRAD_PAIRS, 1, 1>(isa, b, sz, dims, rows, x, d, o)
+                    }
+                    (_, _, 1) => {
+                        weight_grad_block::<T, 1, GRAD_PAIRS, 1, 1>(isa, b, sz, dims, rows, x, d, o)
+                    }
+                    (2, _, _) => {
+                        weight_grad_block::<T, 2, GRAD_PAIRS, 1, 2>(isa, b, sz, dims, rows, x, d, o)
+                    }
+                    _ => {
+                        weight_grad_block::<T, 1, GRAD_PAIRS, 1, 2>(isa, b, sz, dims, rows, x, d, o)
+                    }
                 }
             }
         }
     }
-}
-
-/// [`weight_grad_lanes`] over output rows `oh` by [`weight_grad_rows_kernel`], two vectors of
-/// channels per block, where it has a blocking for this kernel width and stride (the 224²
-/// stem's 7 taps at stride 2: 2 rows of 7 taps, 28 sums; 3×3 at stride 1: 4 rows, 24 sums).
-/// Returns whether it did.
-#[allow(clippy::too_many_arguments)]
-fn weight_grad_by_rows<T: Float>(
-    isa: Isa,
-    stride: usize,
-    kw: usize,
-    offs: &[usize],
-    dims: (usize, usize, usize),
-    oh: (usize, usize),
-    xp: &[T],
-    dyt: &[T],
-    cout: usize,
-    out: &mut [T],
-) -> bool {
-    let rb = match (kw, stride) {
-        (7, 2) => 2,
-        (3, 1) => 4,
-        _ => return false,
-    };
-    let rows: Vec<usize> = offs.iter().step_by(kw).copied().collect();
-    for oc0 in (0..cout).step_by(2 * V) {
-        for q0 in (0..rows.len()).step_by(rb) {
-            let valid = rb.min(rows.len() - q0);
-            // A last partial block repeats row 0: computed, not stored.
-            let block: [usize; 4] =
-                std::array::from_fn(|q| if q < valid { rows[q0 + q] } else { 0 });
-            let o = &mut out[q0 * kw * cout + oc0..];
-            let (d, sz) = (&dyt[oc0 * dims.0 * dims.1..], (valid, cout));
-            match rb {
-                2 => weight_grad_rows_block::<T, 2, 2, 7, 2>(isa, &block, sz, dims, oh, xp, d, o),
-                _ => weight_grad_rows_block::<T, 2, 4, 3, 1>(isa, &block, sz, dims, oh, xp, d, o),
-            }
-        }
-    }
-    true
 }
 
 /// Longest reduction C_in·kh·kw whose stride-2 weight gradient goes to
