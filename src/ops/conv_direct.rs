@@ -584,16 +584,17 @@ pub(crate) fn weight_grad_lanes<T: Float>(
         (2, 3, 1) => (4, 3),
         _ => (GRAD_PAIRS, 1),
     };
-    let bases: Vec<usize> = offs.iter().step_by(run).copied().collect();
+    // Runs start every `run` pairs: a kernel row's taps are adjacent in offs.
+    let runs = offs.len() / run;
     let (out_h, out_w, _) = dims;
     let tile = (GRAD_TILE_BYTES / (cout * out_w * std::mem::size_of::<T>()).max(1)).max(1);
     for oh0 in (0..out_h).step_by(tile) {
         let rows = (oh0, (oh0 + tile).min(out_h));
         for oc0 in (0..cout).step_by(cb * V) {
-            for q0 in (0..bases.len()).step_by(rb) {
-                let valid = rb.min(bases.len() - q0);
+            for q0 in (0..runs).step_by(rb) {
+                let valid = rb.min(runs - q0);
                 let block: [usize; GRAD_PAIRS] =
-                    std::array::from_fn(|q| if q < valid { bases[q0 + q] } else { 0 });
+                    std::array::from_fn(|q| if q < valid { offs[(q0 + q) * run] } else { 0 });
                 let o = &mut out[q0 * run * cout + oc0..];
                 let (d, sz) = (&dyt[oc0 * out_h * out_w..], (valid, cout));
                 let (b, x) = (&block[..], xp);
