@@ -2,12 +2,12 @@
 a table of ratios (peer time / convnet time; above 1 means convnet is faster).
 
     python3 -m venv venv && venv/bin/pip install torch scipy numpy
-    venv/bin/python bench/compare.py            # from the repository root
+    venv/bin/python bench/compare.py [ROUNDS]   # from the repository root; ROUNDS defaults to 10
 
 convnet's side is `cargo run --release --example workloads NAME`, a process per workload and
 round. Both sides use every core (PyTorch: torch.set_num_threads(os.cpu_count())); each round
 times every workload on both sides, one right after the other, as the median of repeats, and
-the table shows each side's best of ROUNDS rounds.
+the table shows each side's best of ROUNDS rounds and the median of the rounds' ratios.
 """
 import os
 import platform
@@ -153,41 +153,60 @@ def cpu_name():
 
 # Rounds of (peer, convnet), workload by workload: both sides of a workload are timed within
 # seconds of each other, and which goes first alternates from round to round. A VM's speed
-# drifts by tens of percent over seconds to minutes; each side's best round estimates its
-# uncontended time.
-ROUNDS = 5
+# drifts by tens of percent over seconds to minutes, and a slow stretch can last through several
+# rounds: each side's best round estimates its uncontended time, and more rounds make it likelier
+# that each side meets a quiet stretch (at 5 rounds, one side's best was often still a slow
+# round's). The median of the rounds' own ratios (both sides timed back to back, so under about
+# the same conditions) is printed beside it.
+ROUNDS = 10
 
 
 def main():
+    rounds = ROUNDS
+    if len(sys.argv) > 1:
+        try:
+            rounds = int(sys.argv[1])
+        except ValueError:
+            rounds = 0
+        if rounds < 1:
+            print(f"usage: {sys.argv[0]} [ROUNDS]: ROUNDS must be a positive integer, got {sys.argv[1]!r}",
+                  file=sys.stderr)
+            return 2
     binary = build_ours()
     workloads = peer_workloads()
-    peer, mine = {}, {}
-    for r in range(ROUNDS):
+    peer = {name: [] for name in TARGETS}
+    mine = {name: [] for name in TARGETS}
+    for r in range(rounds):
         for name in TARGETS:
-            sides = [(peer, workloads[name]), (mine, lambda: ours(binary, name))]
-            for best, timed in (sides if r % 2 == 0 else sides[::-1]):
-                t = timed()
-                best[name] = min(best.get(name, t), t)
+            sides = [(peer[name], workloads[name]), (mine[name], lambda: ours(binary, name))]
+            for times, timed in (sides if r % 2 == 0 else sides[::-1]):
+                times.append(timed())
     print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {THREADS} threads; "
           f"torch {torch.__version__}, scipy {ss.__name__ and __import__('scipy').__version__}; "
-          f"best of {ROUNDS} alternating rounds, each the median of repeats, workload by workload")
+          f"best of {rounds} alternating rounds, each the median of repeats, workload by workload")
     print()
-    print("| workload | peer | peer time | convnet time | ratio (peer / convnet) | target | met |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| workload | peer | peer time | convnet time | ratio (peer / convnet) | median of the rounds' ratios "
+          "| target | met |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     ok = True
+    best = {}
     for name, target in TARGETS.items():
-        p, m = peer[name], mine[name]
+        p, m = min(peer[name]), min(mine[name])
+        best[name] = (p, m)
         ratio = p / m
+        paired = statistics.median(a / b for a, b in zip(peer[name], mine[name]))
         who = "scipy" if name.startswith("filter") else "PyTorch"
         met = "" if target is None else ("yes" if ratio >= target else "no")
         ok &= target is None or ratio >= target
         tgt = "" if target is None else f"≥ {target:g}×"
-        print(f"| {name} | {who} | {p * 1e3:.2f} ms | {m * 1e3:.2f} ms | {ratio:.2f}× | {tgt} | {met} |")
-    lenet_ips = 64 / mine["lenet5_train_step_b64"]
+        print(f"| {name} | {who} | {p * 1e3:.2f} ms | {m * 1e3:.2f} ms | {ratio:.2f}× | {paired:.2f}× "
+              f"| {tgt} | {met} |")
+    lenet_peer, lenet_ours = best["lenet5_train_step_b64"]
+    sgemm_peer, sgemm_ours = best["sgemm_1024"]
     print()
-    print(f"LeNet-5 training: convnet {lenet_ips:,.0f} images/s, PyTorch {64 / peer['lenet5_train_step_b64']:,.0f} images/s")
-    print(f"sgemm 1024³: convnet {2 * 1024 ** 3 / mine['sgemm_1024'] / 1e9:.0f} GFLOP/s, "
-          f"PyTorch {2 * 1024 ** 3 / peer['sgemm_1024'] / 1e9:.0f} GFLOP/s")
+    print(f"LeNet-5 training: convnet {64 / lenet_ours:,.0f} images/s, PyTorch {64 / lenet_peer:,.0f} images/s")
+    print(f"sgemm 1024³: convnet {2 * 1024 ** 3 / sgemm_ours / 1e9:.0f} GFLOP/s, "
+          f"PyTorch {2 * 1024 ** 3 / sgemm_peer / 1e9:.0f} GFLOP/s")
     return 0 if ok else 1
 
 
