@@ -96,6 +96,40 @@ impl Wide {
             }
         }
     }
+
+    /// Rebuilds xp as one sample's group (C_g, H, W) padded, its channels `stride` ≥ Hp·Wp
+    /// elements apart: every element written once, zeros around the input and in each
+    /// channel's slack (no zero-filled allocation first, no copy of padding kept from before).
+    fn pad_input_into<T: Float>(
+        &self,
+        g: &Conv2dGeometry,
+        x: &[T],
+        xp: &mut Vec<T>,
+        stride: usize,
+    ) {
+        let (h, w) = (g.in_h, g.in_w);
+        let (pt, pl) = (g.cfg.pad_begin.0, g.cfg.pad_begin.1);
+        let zeros = |xp: &mut Vec<T>, k: usize| {
+            if k > 0 {
+                xp.resize(xp.len() + k, T::zero())
+            }
+        };
+        xp.clear();
+        for xc in x.chunks_exact(h * w) {
+            let start = xp.len();
+            zeros(xp, pt * self.wp);
+            if self.wp == w {
+                xp.extend_from_slice(xc);
+            } else {
+                for src in xc.chunks_exact(w) {
+                    zeros(xp, pl);
+                    xp.extend_from_slice(src);
+                    zeros(xp, self.wp - pl - w);
+                }
+            }
+            zeros(xp, start + stride - xp.len());
+        }
+    }
 }
 
 /// Forward of one sample's group: yw (⌈opg/OB⌉·OB, lv) = Σ_ci Σ_taps w · shifted xp.
@@ -349,55 +383,67 @@ pub(crate) fn forward_by_lanes<T: Float>(
     let bias = b.unwrap_or(&zeros);
     let dims = (g.out_h, g.out_w, wp);
     let blocks = g.out_channels / bw;
+    let group_blocks = opg / bw;
     // Blocks per task: at least ~1 MFLOP of work each, so that LeNet-sized blocks are not
-    // handed out one by one.
-    let flops = 2 * bw * cg * nt * plane;
-    let min_len = (1usize << 20).div_ceil(flops.max(1));
+    // handed out one by one; and whole sample's groups where there are enough of those to
+    // keep every thread busy, so that each input is padded once (with a task per block, the
+    // 7×7 stride-2 stem at batch 8 padded every sample twice and zero-filled 16 buffers of
+    // 635 KB per call).
+    let min_blocks = (1usize << 20).div_ceil((2 * bw * cg * nt * plane).max(1));
+    let per_task = if n * groups >= 2 * rayon::current_num_threads() {
+        min_blocks.div_ceil(group_blocks) * group_blocks
+    } else {
+        min_blocks
+    };
     let in_group = cg * g.in_h * g.in_w;
     y[..n * out_len]
-        .par_chunks_mut(bw * plane)
-        .with_min_len(min_len)
+        .par_chunks_mut(bw * plane * per_task)
         .enumerate()
         .for_each_init(
-            // The padded input (C_g, xstride) of one sample's group, zero borders and slack,
-            // and which one it holds: consecutive blocks of a sample pad it once, and it stays
-            // in cache for the kernel (padding the whole batch up front took 28 MB of
-            // traffic on 64→64 56² at batch 32).
-            || (vec![T::zero(); cg * xstride], usize::MAX),
-            |(xp, held), (i, yb)| {
-                let (si, bi) = (i / blocks, i % blocks);
-                let gi = bi * bw / opg;
-                if *held != si * groups + gi {
-                    let xg = &x[si * in_len + gi * in_group..][..in_group];
-                    wd.pad_input_at(g, xg, xp, xstride);
-                    *held = si * groups + gi;
-                }
-                let xs = &xp[..];
-                let wb = &wpk[bi * cg * nt * bw..][..cg * nt * bw];
-                let bb = &bias[bi * bw..][..bw];
-                // One instance per supported (CB, PB, stride): all are compile-time constants.
-                macro_rules! run {
-                    ($cb:literal, $pb:literal, $s:literal) => {
-                        forward_lanes::<T, $cb, $pb, $s>(isa, taps, xstride, dims, xs, wb, bb, yb)
-                    };
-                }
-                match (cb, pb, s) {
-                    (2, 14, 1) => run!(2, 14, 1),
-                    (2, 12, 1) => run!(2, 12, 1),
-                    (2, 10, 1) => run!(2, 10, 1),
-                    (2, _, 1) => run!(2, 8, 1),
-                    (2, 14, _) => run!(2, 14, 2),
-                    (2, 12, _) => run!(2, 12, 2),
-                    (2, 10, _) => run!(2, 10, 2),
-                    (2, _, _) => run!(2, 8, 2),
-                    (_, 14, 1) => run!(1, 14, 1),
-                    (_, 12, 1) => run!(1, 12, 1),
-                    (_, 10, 1) => run!(1, 10, 1),
-                    (_, _, 1) => run!(1, 8, 1),
-                    (_, 14, _) => run!(1, 14, 2),
-                    (_, 12, _) => run!(1, 12, 2),
-                    (_, 10, _) => run!(1, 10, 2),
-                    _ => run!(1, 8, 2),
+            // The padded input (C_g, xstride) of one sample's group, and which one it holds:
+            // consecutive blocks of a sample pad it once, and it stays in cache for the kernel
+            // (padding the whole batch up front took 28 MB of traffic on 64→64 56² at batch
+            // 32).
+            || (Vec::with_capacity(cg * xstride), usize::MAX),
+            |(xp, held), (task, yt)| {
+                for (k, yb) in yt.chunks_mut(bw * plane).enumerate() {
+                    let i = task * per_task + k;
+                    let (si, bi) = (i / blocks, i % blocks);
+                    let gi = bi * bw / opg;
+                    if *held != si * groups + gi {
+                        let xg = &x[si * in_len + gi * in_group..][..in_group];
+                        wd.pad_input_into(g, xg, xp, xstride);
+                        *held = si * groups + gi;
+                    }
+                    let xs = &xp[..];
+                    let wb = &wpk[bi * cg * nt * bw..][..cg * nt * bw];
+                    let bb = &bias[bi * bw..][..bw];
+                    // One instance per supported (CB, PB, stride): all are compile-time constants.
+                    macro_rules! run {
+                        ($cb:literal, $pb:literal, $s:literal) => {
+                            forward_lanes::<T, $cb, $pb, $s>(
+                                isa, taps, xstride, dims, xs, wb, bb, yb,
+                            )
+                        };
+                    }
+                    match (cb, pb, s) {
+                        (2, 14, 1) => run!(2, 14, 1),
+                        (2, 12, 1) => run!(2, 12, 1),
+                        (2, 10, 1) => run!(2, 10, 1),
+                        (2, _, 1) => run!(2, 8, 1),
+                        (2, 14, _) => run!(2, 14, 2),
+                        (2, 12, _) => run!(2, 12, 2),
+                        (2, 10, _) => run!(2, 10, 2),
+                        (2, _, _) => run!(2, 8, 2),
+                        (_, 14, 1) => run!(1, 14, 1),
+                        (_, 12, 1) => run!(1, 12, 1),
+                        (_, 10, 1) => run!(1, 10, 1),
+                        (_, _, 1) => run!(1, 8, 1),
+                        (_, 14, _) => run!(1, 14, 2),
+                        (_, 12, _) => run!(1, 12, 2),
+                        (_, 10, _) => run!(1, 10, 2),
+                        _ => run!(1, 8, 2),
+                    }
                 }
             },
         );
