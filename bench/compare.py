@@ -155,7 +155,7 @@ def cpu_name():
 # seconds of each other, and which goes first alternates from round to round. A VM's speed
 # drifts by tens of percent over seconds to minutes, and a slow stretch can last through several
 # rounds: each side's best round estimates its uncontended time, and more rounds make it likelier
-# that each side meets a quiet stretch (at 5 rounds, one side's best was often still a slow
+# that each side meets a quiet stretch (at 5 rounds, one side's best was at times still a slow
 # round's). The median of the rounds' own ratios (both sides timed back to back, so under about
 # the same conditions) is printed beside it.
 ROUNDS = 10
