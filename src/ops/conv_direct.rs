@@ -395,6 +395,33 @@ pub(crate) fn forward_by_lanes<T: Float>(
     } else {
         min_blocks
     };
+    // One block of channels of one sample's group, by the kernel instance for its (CB, PB,
+    // stride): all are compile-time constants.
+    let run_block = |xs: &[T], wb: &[T], bb: &[T], yb: &mut [T]| {
+        macro_rules! run {
+            ($cb:literal, $pb:literal, $s:literal) => {
+                forward_lanes::<T, $cb, $pb, $s>(isa, taps, xstride, dims, xs, wb, bb, yb)
+            };
+        }
+        match (cb, pb, s) {
+            (2, 14, 1) => run!(2, 14, 1),
+            (2, 12, 1) => run!(2, 12, 1),
+            (2, 10, 1) => run!(2, 10, 1),
+            (2, _, 1) => run!(2, 8, 1),
+            (2, 14, _) => run!(2, 14, 2),
+            (2, 12, _) => run!(2, 12, 2),
+            (2, 10, _) => run!(2, 10, 2),
+            (2, _, _) => run!(2, 8, 2),
+            (_, 14, 1) => run!(1, 14, 1),
+            (_, 12, 1) => run!(1, 12, 1),
+            (_, 10, 1) => run!(1, 10, 1),
+            (_, _, 1) => run!(1, 8, 1),
+            (_, 14, _) => run!(1, 14, 2),
+            (_, 12, _) => run!(1, 12, 2),
+            (_, 10, _) => run!(1, 10, 2),
+            _ => run!(1, 8, 2),
+        }
+    };
     let in_group = cg * g.in_h * g.in_w;
     y[..n * out_len]
         .par_chunks_mut(bw * plane * per_task)
@@ -415,35 +442,8 @@ pub(crate) fn forward_by_lanes<T: Float>(
                         wd.pad_input_into(g, xg, xp, xstride);
                         *held = si * groups + gi;
                     }
-                    let xs = &xp[..];
                     let wb = &wpk[bi * cg * nt * bw..][..cg * nt * bw];
-                    let bb = &bias[bi * bw..][..bw];
-                    // One instance per supported (CB, PB, stride): all are compile-time constants.
-                    macro_rules! run {
-                        ($cb:literal, $pb:literal, $s:literal) => {
-                            forward_lanes::<T, $cb, $pb, $s>(
-                                isa, taps, xstride, dims, xs, wb, bb, yb,
-                            )
-                        };
-                    }
-                    match (cb, pb, s) {
-                        (2, 14, 1) => run!(2, 14, 1),
-                        (2, 12, 1) => run!(2, 12, 1),
-                        (2, 10, 1) => run!(2, 10, 1),
-                        (2, _, 1) => run!(2, 8, 1),
-                        (2, 14, _) => run!(2, 14, 2),
-                        (2, 12, _) => run!(2, 12, 2),
-                        (2, 10, _) => run!(2, 10, 2),
-                        (2, _, _) => run!(2, 8, 2),
-                        (_, 14, 1) => run!(1, 14, 1),
-                        (_, 12, 1) => run!(1, 12, 1),
-                        (_, 10, 1) => run!(1, 10, 1),
-                        (_, _, 1) => run!(1, 8, 1),
-                        (_, 14, _) => run!(1, 14, 2),
-                        (_, 12, _) => run!(1, 12, 2),
-                        (_, 10, _) => run!(1, 10, 2),
-                        _ => run!(1, 8, 2),
-                    }
+                    run_block(xp, wb, &bias[bi * bw..][..bw], yb);
                 }
             },
         );
