@@ -4,7 +4,7 @@ use super::gemm::{matmul, matmul_ld, Ld, Par, Trans};
 use super::pool::Pool2dGeometry;
 use super::shape::conv_output_size;
 use super::simd::Isa;
-use super::{conv_batch, conv_direct, conv_taps, conv_winograd};
+use super::{conv_batch, conv_direct, conv_rows_winograd, conv_taps, conv_winograd};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -352,8 +352,8 @@ pub fn conv2d_forward<T: Float>(
 
 /// [`conv2d_forward`] with scratch buffers kept by the caller across calls. 3×3 at stride 1
 /// with many channels goes to Winograd's F(2×2, 3×3); with AVX-512, whole vectors of output
-/// channels and a short reduction (stride 1 or 2), the direct kernel with the channels across
-/// the lanes; else stride 1 goes to the tap GEMMs when channels and plane are large, or to the
+/// channels and a short reduction, 7 or 8 wide at stride 2 to Winograd's F(4, 4) along the
+/// rows, else (stride 1 or 2) the direct kernel with the channels across the lanes; else stride 1 goes to the tap GEMMs when channels and plane are large, or to the
 /// direct kernels; the rest (dilated, other strides, long reductions) to im2col + GEMM.
 pub fn conv2d_forward_with<T: Float>(
     g: &Conv2dGeometry,
@@ -366,6 +366,8 @@ pub fn conv2d_forward_with<T: Float>(
 ) {
     if conv_winograd::prefers_forward(g, n) {
         conv_winograd::forward(Isa::detect(), g, n, x, w, b, y, scratch)
+    } else if conv_rows_winograd::prefers(g) {
+        conv_rows_winograd::forward(g, n, x, w, b, y)
     } else if conv_direct::prefers_lanes(g) {
         conv_direct::forward_by_lanes(g, n, x, w, b, y)
     } else if conv_taps::applies_forward(g) {
@@ -1659,6 +1661,13 @@ mod tests {
             (32, 12, 20, 32, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),
             // The tap GEMMs' dW by kernel rows in tiles of output rows (f64: 32 of 40, then 8).
             (16, 40, 64, 32, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),
+            // 1-D Winograd along the rows at stride 2: 8 columns wide (no zero tap), rows of
+            // 11 and 13 (a tile cut short, runs of 8 and 10 tiles), asymmetric and no
+            // padding, 2 groups of 16, a kernel of 3 rows.
+            (2, 15, 24, 32, (5, 8), (2, 2), (1, 1), (1, 0), (2, 3), 1),
+            (4, 9, 27, 32, (7, 7), (2, 2), (1, 1), (0, 2), (1, 0), 2),
+            (3, 20, 32, 16, (3, 7), (2, 2), (1, 1), (0, 0), (0, 0), 1),
+            (1, 8, 120, 32, (7, 7), (2, 2), (1, 1), (3, 3), (3, 3), 1),
         ];
         // Every path that handles each case; the tap GEMMs one group only.
         fn stride1(g: &Conv2dGeometry) -> bool {
@@ -1681,11 +1690,16 @@ mod tests {
             let sc = &mut ConvScratch::default();
             conv_batch::forward(Isa::detect(), g, None, n, x, w, b, y, &mut [], sc)
         }
-        let forwards: [(&str, Forward, Handles); 6] = [
+        let forwards: [(&str, Forward, Handles); 7] = [
             ("batch lanes", batch_forward, conv_batch::fits),
             ("im2col", forward_im2col, |_| true),
             ("direct wide", conv_direct::forward_by_wide, stride1),
             ("direct lanes", conv_direct::forward_by_lanes, lanes),
+            (
+                "rows winograd",
+                conv_rows_winograd::forward,
+                conv_rows_winograd::fits,
+            ),
             ("taps", conv_taps::forward, taps),
             ("dispatch", conv2d_forward, |_| true),
         ];

@@ -326,7 +326,7 @@ const LANES_MAX_REDUCTION: usize = 1152;
 /// [`LANES_MAX_REDUCTION`]; at stride 1 only with two vectors of channels per group, or where
 /// rows are short enough that the wide plane wastes over a fifth of its columns (LeNet's
 /// second layer).
-fn lanes_apply(g: &Conv2dGeometry, isa: Isa) -> bool {
+pub(crate) fn lanes_apply(g: &Conv2dGeometry, isa: Isa) -> bool {
     let wp = g.in_w + g.cfg.pad_begin.1 + g.cfg.pad_end.1;
     #[cfg(target_arch = "x86_64")]
     let wide_isa = isa == Isa::Avx512;

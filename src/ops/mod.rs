@@ -5,6 +5,7 @@ pub mod activation;
 pub mod conv;
 mod conv_batch;
 mod conv_direct;
+mod conv_rows_winograd;
 mod conv_taps;
 mod conv_winograd;
 pub mod fft;

@@ -32,6 +32,29 @@ impl Isa {
 /// vector registers hold 4·2 independent sums (enough to hide the FMA latency), 1 with 16
 /// registers.
 macro_rules! multiversion {
+    ($name:ident => $kernel:ident($($arg:ident: $ty:ty),*)) => {
+        fn $name<T: Float>(isa: Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<T: Float>($($arg: $ty),*) {
+                $kernel::<T, true, 2>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<T: Float>($($arg: $ty),*) {
+                $kernel::<T, true, 1>($($arg),*)
+            }
+            match isa {
+                // SAFETY: Isa::detect found these features on this CPU.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::<T>($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => unsafe { avx2::<T>($($arg),*) },
+                Isa::Baseline => $kernel::<T, false, 1>($($arg),*),
+            }
+        }
+    };
     ($name:ident<$($c:ident),+> => $kernel:ident($($arg:ident: $ty:ty),*)) => {
         #[allow(clippy::too_many_arguments)]
         fn $name<T: Float, $(const $c: usize),+>(isa: Isa, $($arg: $ty),*) {
