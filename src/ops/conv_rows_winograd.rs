@@ -112,8 +112,9 @@ pub(crate) fn fits(g: &Conv2dGeometry) -> bool {
 
 /// Whether the forward pass goes here: it [`fits`] where the direct kernel with the channels
 /// across the lanes would run (AVX-512, a reduction that keeps a block's weights in L2). On
-/// the 7×7 stride-2 stem at batch 8, best of 8 alternating processes: 5.66 against 6.33 ms
-/// (one thread 12.9 against 13.6 ms); storing its 25.7 MB of output is now the larger part.
+/// the 7×7 stride-2 stem at batch 8, best of 8 alternating processes: 5.56 against 6.33 ms
+/// (one thread, best of 4: 12.5 against 14.5 ms); storing its 25.7 MB of output is now the
+/// larger part of the rest.
 pub(crate) fn prefers(g: &Conv2dGeometry) -> bool {
     fits(g) && lanes_apply(g, Isa::detect())
 }
