@@ -2,13 +2,17 @@
 a table of ratios (peer time / convnet time; above 1 means convnet is faster).
 
     python3 -m venv venv && venv/bin/pip install torch scipy numpy
-    venv/bin/python bench/compare.py [ROUNDS]   # from the repository root; ROUNDS defaults to 10
+    venv/bin/python bench/compare.py [ROUNDS] [--avx2]   # from the repository root; ROUNDS: 10
+
+--avx2 runs an AVX-512 machine as an AVX2-only one on both sides: convnet built without its
+AVX-512 kernels (`--no-default-features`), PyTorch with ATen, oneDNN and MKL capped at AVX2.
 
 convnet's side is `cargo run --release --example workloads NAME`, a process per workload and
 round. Both sides use every core (PyTorch: torch.set_num_threads(os.cpu_count())); each round
 times every workload on both sides, one right after the other, as the median of repeats, and
 the table shows each side's best of ROUNDS rounds and the median of the rounds' ratios.
 """
+import argparse
 import os
 import platform
 import statistics
@@ -16,11 +20,32 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import scipy.signal as ss
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+def parse_args():
+    def positive(text):
+        n = int(text)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+        return n
+    ap = argparse.ArgumentParser(description="convnet against PyTorch and scipy, side by side")
+    ap.add_argument("rounds", nargs="?", type=positive, default=10,
+                    help="alternating rounds of every workload (default 10)")
+    ap.add_argument("--avx2", action="store_true",
+                    help="both sides without AVX-512, as on an AVX2-only CPU")
+    return ap.parse_args()
+
+
+# Parsed before torch is imported: the AVX2 caps are read when its libraries load.
+ARGS = parse_args()
+if ARGS.avx2:
+    os.environ.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2",
+                      MKL_ENABLE_INSTRUCTIONS="AVX2")
+
+import numpy as np  # noqa: E402
+import scipy.signal as ss  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 THREADS = os.cpu_count()
 torch.set_num_threads(THREADS)
@@ -126,12 +151,16 @@ def peer_workloads():
     return out
 
 
-def build_ours():
-    """Builds convnet's side once; returns the path of its binary."""
+def build_ours(avx2):
+    """Builds convnet's side once; returns the path of its binary. The AVX2-only build has a
+    target directory of its own, so that the two builds do not replace each other."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run(["cargo", "build", "--release", "--example", "workloads"], cwd=root, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return os.path.join(root, "target", "release", "examples", "workloads")
+    target = os.path.join(root, "target", "avx2") if avx2 else os.path.join(root, "target")
+    cmd = ["cargo", "build", "--release", "--example", "workloads", "--target-dir", target]
+    if avx2:
+        cmd.append("--no-default-features")
+    subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return os.path.join(target, "release", "examples", "workloads")
 
 
 def ours(binary, name):
@@ -158,21 +187,11 @@ def cpu_name():
 # that each side meets a quiet stretch (at 5 rounds, one side's best was at times still a slow
 # round's). The median of the rounds' own ratios (both sides timed back to back, so under about
 # the same conditions) is printed beside it.
-ROUNDS = 10
 
 
 def main():
-    rounds = ROUNDS
-    if len(sys.argv) > 1:
-        try:
-            rounds = int(sys.argv[1])
-        except ValueError:
-            rounds = 0
-        if rounds < 1:
-            print(f"usage: {sys.argv[0]} [ROUNDS]: ROUNDS must be a positive integer, got {sys.argv[1]!r}",
-                  file=sys.stderr)
-            return 2
-    binary = build_ours()
+    rounds = ARGS.rounds
+    binary = build_ours(ARGS.avx2)
     workloads = peer_workloads()
     peer = {name: [] for name in TARGETS}
     mine = {name: [] for name in TARGETS}
@@ -181,7 +200,9 @@ def main():
             sides = [(peer[name], workloads[name]), (mine[name], lambda: ours(binary, name))]
             for times, timed in (sides if r % 2 == 0 else sides[::-1]):
                 times.append(timed())
-    print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {THREADS} threads; "
+    isa = "AVX2 only" if ARGS.avx2 else "every instruction set"
+    print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {THREADS} threads, {isa} "
+          f"(PyTorch's CPU capability: {torch.backends.cpu.get_cpu_capability()}); "
           f"torch {torch.__version__}, scipy {ss.__name__ and __import__('scipy').__version__}; "
           f"best of {rounds} alternating rounds, each the median of repeats, workload by workload")
     print()

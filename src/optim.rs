@@ -358,7 +358,7 @@ fn adam_update<T: Float>(k: AdamConsts<T>, w: &mut [T], g: &[T], m: &mut [T], v:
         unsafe fn avx2<T: Float>(k: AdamConsts<T>, w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
             adam_body(k, w, g, m, v)
         }
-        if is_x86_feature_detected!("avx512f") {
+        if crate::ops::simd::avx512_enabled() {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { avx512(k, w, g, m, v) };
         }

@@ -1078,6 +1078,7 @@ pub fn conv2d_backward_naive<T: Float>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::simd::test_isas;
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -1226,19 +1227,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// The instruction sets this CPU can run the kernels in: the one picked at run time, AVX2
-    /// (the narrow blockings, as on an AVX2-only CPU) and the baseline build.
-    fn test_isas() -> Vec<Isa> {
-        let mut isas = vec![Isa::detect()];
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            isas.push(Isa::Avx2Fma);
-        }
-        isas.push(Isa::Baseline);
-        isas.dedup();
-        isas
     }
 
     /// The batch-lanes kernels in f32 (where AVX-512 packs by register transposes) against the
@@ -1405,7 +1393,7 @@ mod tests {
             };
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
             #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx512f") {
+            if Isa::detect() == Isa::Avx512 {
                 assert!(conv_direct::applies_weight_grad_strided(&g));
             }
             for n in [1, 5] {

@@ -5,9 +5,9 @@
 //! same correlation, of the flipped kernels over the padded dY.
 use super::conv::{backward_chunks, forward_chunks, sum_f64, Conv2dGeometry, ConvScratch};
 use super::pool::{second_wins, Pool2dGeometry};
-#[cfg(target_arch = "x86_64")]
-use super::simd::transpose16;
 use super::simd::{madd, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{transpose16, transpose8};
 use crate::tensor::Float;
 
 /// Samples per group: one AVX-512 register of f32, two AVX2 ones.
@@ -147,6 +147,16 @@ pub(crate) fn rows_to_lanes<T: Float>(
         };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa == Isa::Avx2Fma {
+        assert!(ns <= L && dst.len() >= np * L && (ns == 0 || src.len() >= (ns - 1) * stride + np));
+        // SAFETY: AVX2 is present; T is f32; the assert bounds every access.
+        unsafe {
+            let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
+            transpose_in_avx2(src, stride, ns, np, dst)
+        };
+        return;
+    }
     for (p, d) in dst.chunks_exact_mut(L).take(np).enumerate() {
         for (s, v) in d.iter_mut().enumerate() {
             *v = if s < ns {
@@ -175,6 +185,16 @@ pub(crate) fn lanes_to_rows<T: Float>(
         unsafe {
             let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
             transpose_out_avx512(src, ns, np, dst, stride)
+        };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa == Isa::Avx2Fma {
+        assert!(ns <= L && src.len() >= np * L && (ns == 0 || dst.len() >= (ns - 1) * stride + np));
+        // SAFETY: AVX2 is present; T is f32; the assert bounds every access.
+        unsafe {
+            let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
+            transpose_out_avx2(src, ns, np, dst, stride)
         };
         return;
     }
@@ -231,6 +251,62 @@ unsafe fn transpose_out_avx512(
     }
 }
 
+/// Lane p of the mask is set where p < m (the sign bit of each 32-bit element), for
+/// `_mm256_maskload_ps` and `_mm256_maskstore_ps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn first_lanes(m: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(m as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// [`rows_to_lanes`] for f32 by 8×8 transposes in registers, each half of the L lanes apart.
+/// SAFETY: needs AVX2, ns ≤ 16, src valid for (ns − 1)·stride + np reads and dst for np·16
+/// writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_in_avx2(src: *const f32, stride: usize, ns: usize, np: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    for p0 in (0..np).step_by(8) {
+        let m = (np - p0).min(8);
+        let mask = first_lanes(m);
+        for h in 0..L / 8 {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (i, rs) in r.iter_mut().enumerate().take(ns.saturating_sub(8 * h)) {
+                *rs = _mm256_maskload_ps(src.add((8 * h + i) * stride + p0), mask);
+            }
+            for (p, v) in transpose8(r).into_iter().enumerate().take(m) {
+                _mm256_storeu_ps(dst.add((p0 + p) * L + 8 * h), v);
+            }
+        }
+    }
+}
+
+/// [`lanes_to_rows`] for f32 by 8×8 transposes in registers.
+/// SAFETY: needs AVX2, ns ≤ 16, src valid for np·16 reads and dst for (ns − 1)·stride + np
+/// writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_out_avx2(src: *const f32, ns: usize, np: usize, dst: *mut f32, stride: usize) {
+    use std::arch::x86_64::*;
+    for p0 in (0..np).step_by(8) {
+        let m = (np - p0).min(8);
+        let mask = first_lanes(m);
+        for h in 0..ns.div_ceil(8) {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (p, rp) in r.iter_mut().enumerate().take(m) {
+                *rp = _mm256_loadu_ps(src.add((p0 + p) * L + 8 * h));
+            }
+            for (i, v) in transpose8(r).into_iter().enumerate().take(ns - 8 * h) {
+                _mm256_maskstore_ps(dst.add((8 * h + i) * stride + p0), mask, v);
+            }
+        }
+    }
+}
+
 /// y (ns, c, h, w) ← the first ns lanes of yt (c, h, w, L).
 fn unpack<T: Float>(isa: Isa, yt: &[T], (c, h, w): (usize, usize, usize), ns: usize, y: &mut [T]) {
     let (img, all) = (h * w, c * h * w);
@@ -269,7 +345,9 @@ fn correlate_kernel<T: Float, const FMA: bool, const U: usize, const OB: usize, 
                 for c in 0..cin {
                     for ki in ki0..ki1 {
                         let at = (c * plane + (i + ki) * xp.wp + j0) * L;
-                        let row = &xt[at..at + (kw - 1 + PB) * L];
+                        // The row's kw − 1 + PB vectors, as whole vectors: one bounds check
+                        // per tap instead of two per load.
+                        let row = &xt[at..].as_chunks::<L>().0[..kw - 1 + PB];
                         let wr = (c * kh + ki) * kw;
                         let ws: [&[T]; OB] = std::array::from_fn(|o| &wb[o * cin * k + wr..][..kw]);
                         for kj in 0..kw {
@@ -277,9 +355,11 @@ fn correlate_kernel<T: Float, const FMA: bool, const U: usize, const OB: usize, 
                             for (v, w) in wv.iter_mut().zip(&ws) {
                                 *v = w[kj];
                             }
+                            let Some(xw) = row[kj..].first_chunk::<PB>() else {
+                                unreachable!("the row holds kw − 1 + PB vectors")
+                            };
                             unroll16!(PB, |p| {
-                                let mut xv = [T::zero(); L];
-                                xv.copy_from_slice(&row[(kj + p) * L..(kj + p + 1) * L]);
+                                let xv = xw[p];
                                 for (a, &w) in acc[p].iter_mut().zip(&wv) {
                                     for l in 0..L {
                                         a[l] = madd::<T, FMA>(a[l], w, xv[l]);
@@ -331,19 +411,17 @@ fn weight_grad_kernel<
 ) {
     let mut acc = [[[T::zero(); L]; OB]; TB];
     let dplane = dp.hp * dp.wp;
-    let n = dp.w * L;
     for i in 0..dp.h {
         let dq = (dp.top + i) * dp.wp + dp.left;
-        let ds: [&[T]; OB] = std::array::from_fn(|o| &dyt[(o * dplane + dq) * L..][..n]);
-        let xs: [&[T]; TB] = std::array::from_fn(|t| &xt[(i * wp + offs[t]) * L..][..n]);
+        // Whole vectors, each row exactly dp.w long: no bounds checks in the loop.
+        let ds: [&[[T; L]]; OB] =
+            std::array::from_fn(|o| &dyt[(o * dplane + dq) * L..].as_chunks::<L>().0[..dp.w]);
+        let xs: [&[[T; L]]; TB] =
+            std::array::from_fn(|t| &xt[(i * wp + offs[t]) * L..].as_chunks::<L>().0[..dp.w]);
         for j in 0..dp.w {
-            let mut dv = [[T::zero(); L]; OB];
-            for (d, src) in dv.iter_mut().zip(&ds) {
-                d.copy_from_slice(&src[j * L..(j + 1) * L]);
-            }
+            let dv: [[T; L]; OB] = std::array::from_fn(|o| ds[o][j]);
             unroll16!(TB, |t| {
-                let mut xv = [T::zero(); L];
-                xv.copy_from_slice(&xs[t][j * L..(j + 1) * L]);
+                let xv = xs[t][j];
                 for (a, d) in acc[t].iter_mut().zip(&dv) {
                     for l in 0..L {
                         a[l] = madd::<T, FMA>(a[l], d[l], xv[l]);
@@ -360,8 +438,11 @@ fn weight_grad_kernel<
     }
 }
 
-/// Σ of the L lanes, pairwise (a fixed order).
-#[inline(always)]
+/// Σ of the L lanes, pairwise (a fixed order). Not inlined: where LLVM saw this reduction
+/// beside the kernel's loop, it vectorised the loop across the sums instead of along the
+/// lanes, into 128-bit operations with shuffles (AVX2 builds of the narrow blockings: LeNet's
+/// second layer's dW took 3× the time).
+#[inline(never)]
 fn lane_sum<T: Float>(a: &[T; L]) -> T {
     let mut v = *a;
     let mut m = L / 2;
@@ -384,8 +465,7 @@ enum Kernel {
     WeightGrad,
 }
 
-/// Register blockings with AVX-512 (32 registers of one vector each) and without (AVX2: 16
-/// registers, two per vector of 16 lanes).
+/// Register blockings with AVX-512: 32 registers of one vector each.
 const WIDE_BLOCKS: &[(usize, usize)] = &[
     (8, 3),
     (6, 4),
@@ -398,35 +478,49 @@ const WIDE_BLOCKS: &[(usize, usize)] = &[
     (6, 2),
     (2, 6),
 ];
-const NARROW_BLOCKS: &[(usize, usize)] = &[(6, 1), (3, 1), (2, 2), (1, 6), (1, 4), (2, 1)];
+
+/// Register blockings without AVX-512 (AVX2: 16 registers, two per vector of 16 lanes), one
+/// list per kernel: those whose sums (2·OB·PB registers) leave room for the operands, as
+/// measured on LeNet-5 (AVX2 build, batch 64). Correlate: 6 × 1, 2 × 3, 2 × 2 and 4 × 1 within
+/// 5 % of each other (inference of 10,000 digits 49–52 ms), 3 × 1 59, 1 × 6 65 and 3 × 2 77
+/// ms. Weight gradient: 2 × 3 and 3 × 2 ahead of 2 × 2, 1 × 6, 4 × 1 and 3 × 1 (the 6→16
+/// layer's forward + backward 0.69–0.71 against 0.71–0.85 ms).
+const NARROW_CORRELATE: &[(usize, usize)] = &[(6, 1), (2, 3), (2, 2), (4, 1), (2, 1)];
+const NARROW_WEIGHT_GRAD: &[(usize, usize)] = &[(2, 3), (3, 2), (2, 2), (3, 1), (2, 1)];
 
 /// Register blocking (OB channels × PB pixels or TB taps) of `kernel` on this CPU for
-/// `channels` channels and `along` pixels of a row or taps: among the blockings whose sums and
-/// kept operands fit the registers, the one with the least work, counting each block's
-/// multiply-adds (OB·PB) and its loads (OB + PB) at 0.7 of one, as fitted to LeNet's first
-/// layer's dW (6 channels × 2, 3 and 4 taps: 204, 165 and 159 µs at batch 32; 8 × 3, whose
-/// 33 vectors spill, 2.9 ms).
+/// `channels` channels and `along` pixels of a row or taps: among the blockings that fit the
+/// registers, the one with the least work, counting each block's multiply-adds (OB·PB) and its
+/// loads (OB + PB) at 0.7 of one, as fitted to LeNet's first layer's dW with AVX-512 (6
+/// channels × 2, 3 and 4 taps: 204, 165 and 159 µs at batch 32; 8 × 3, whose 33 vectors
+/// spill, 2.9 ms).
 fn blocking(isa: Isa, kernel: Kernel, channels: usize, along: usize) -> (usize, usize) {
-    let (list, regs) = match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (WIDE_BLOCKS, 31),
-        _ => (NARROW_BLOCKS, 7),
-    };
-    let kept = |&(ob, pb): &(usize, usize)| match kernel {
-        Kernel::Correlate => pb,
-        Kernel::WeightGrad => ob,
-    };
     let cost = |&(ob, pb): &(usize, usize)| {
         channels.div_ceil(ob) * along.div_ceil(pb) * (10 * ob * pb + 7 * (ob + pb))
     };
+    let (list, regs) = match (isa, kernel) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, _) => (WIDE_BLOCKS, 31),
+        (_, Kernel::Correlate) => (NARROW_CORRELATE, usize::MAX),
+        (_, Kernel::WeightGrad) => (NARROW_WEIGHT_GRAD, usize::MAX),
+    };
+    // With AVX-512: the sums and the kept vectors (PB inputs or OB dY vectors) within `regs`.
+    let fits = |&(ob, pb): &(usize, usize)| {
+        let kept = match kernel {
+            Kernel::Correlate => pb,
+            Kernel::WeightGrad => ob,
+        };
+        ob * pb + kept <= regs
+    };
     *list
         .iter()
-        .filter(|b| b.0 * b.1 + kept(b) <= regs)
+        .filter(|b| fits(b))
         .min_by_key(|b| cost(b))
         .expect("a blocking of one row fits")
 }
 
-/// Calls `$f::<T, OB, PB>` for a blocking of [`WIDE_BLOCKS`] or [`NARROW_BLOCKS`].
+/// Calls `$f::<T, OB, PB>` for a blocking of [`WIDE_BLOCKS`], [`NARROW_CORRELATE`] or
+/// [`NARROW_WEIGHT_GRAD`].
 macro_rules! dispatch_blocking {
     ($f:ident, $isa:expr, $blk:expr, ($($arg:expr),*)) => {
         match $blk {
@@ -443,10 +537,11 @@ macro_rules! dispatch_blocking {
             (6, 1) => $f::<T, 6, 1>($isa, $($arg),*),
             (3, 1) => $f::<T, 3, 1>($isa, $($arg),*),
             (2, 2) => $f::<T, 2, 2>($isa, $($arg),*),
-            (1, 6) => $f::<T, 1, 6>($isa, $($arg),*),
-            (1, 4) => $f::<T, 1, 4>($isa, $($arg),*),
             (2, 1) => $f::<T, 2, 1>($isa, $($arg),*),
-            _ => unreachable!("blockings come from WIDE_BLOCKS or NARROW_BLOCKS"),
+            (2, 3) => $f::<T, 2, 3>($isa, $($arg),*),
+            (4, 1) => $f::<T, 4, 1>($isa, $($arg),*),
+            (3, 2) => $f::<T, 3, 2>($isa, $($arg),*),
+            _ => unreachable!("blockings come from the lists of `blocking`"),
         }
     };
 }

@@ -337,7 +337,13 @@ pub(crate) fn lanes_apply(g: &Conv2dGeometry, isa: Isa) -> bool {
     };
     let opg = g.out_channels / g.cfg.groups;
     let shape_fits = g.cfg.stride != (1, 1) || opg.is_multiple_of(2 * V) || 5 * (wp - g.out_w) > wp;
-    wide_isa && lanes_fit(g) && g.k_per_group() <= LANES_MAX_REDUCTION && shape_fits
+    wide_isa && lanes_fit(g) && lanes_reduction_fits(g) && shape_fits
+}
+
+/// Whether a block's weights of a kernel with the channels across the lanes stay in L2
+/// ([`LANES_MAX_REDUCTION`]).
+pub(crate) fn lanes_reduction_fits(g: &Conv2dGeometry) -> bool {
+    g.k_per_group() <= LANES_MAX_REDUCTION
 }
 
 /// Whether [`forward_by_lanes`] is the fastest forward pass for this convolution on this CPU.

@@ -17,16 +17,16 @@
 //! phase, row) with one value per tile; the transformed weights U (7, C_g·kh·2, CB·16) per
 //! block of CB·16 output channels, k = (channel, kernel row, phase).
 use super::conv::Conv2dGeometry;
-use super::conv_direct::lanes_apply;
-#[cfg(target_arch = "x86_64")]
-use super::simd::transpose16;
+use super::conv_direct::{lanes_apply, lanes_reduction_fits};
 use super::simd::{madd, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{transpose16, transpose8};
 use crate::tensor::Float;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
 
-/// Lanes of one accumulator: one AVX-512 register of f32.
+/// Lanes of one accumulator: one AVX-512 register of f32, two AVX2 ones.
 const V: usize = 16;
 /// Outputs per tile, taps per phase, and points of F(4, 4).
 const M: usize = 4;
@@ -114,9 +114,16 @@ pub(crate) fn fits(g: &Conv2dGeometry) -> bool {
 /// across the lanes would run (AVX-512, a reduction that keeps a block's weights in L2). On
 /// the 7×7 stride-2 stem at batch 8, best of 8 alternating processes: 5.56 against 6.33 ms
 /// (one thread, best of 4: 12.5 against 14.5 ms); storing its 25.7 MB of output is now the
-/// larger part of the rest.
+/// larger part of the rest. With AVX2 only (where the direct lanes kernel does not run), the
+/// same reduction limit: the stem in 6.2–6.6 ms against 9.7 ms by im2col + GEMM.
 pub(crate) fn prefers(g: &Conv2dGeometry) -> bool {
-    fits(g) && lanes_apply(g, Isa::detect())
+    let isa = Isa::detect();
+    fits(g)
+        && match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => lanes_reduction_fits(g),
+            _ => lanes_apply(g, isa),
+        }
 }
 
 /// Sizes of the transformed input of one sample's group.
@@ -407,15 +414,20 @@ fn forward_kernel<T: Float, const FMA: bool, const U: usize, const CB: usize, co
         }
         let pos = oh * out_w;
         #[cfg(target_arch = "x86_64")]
-        if FMA && U == 2 && TypeId::of::<T>() == TypeId::of::<f32>() {
+        if FMA && TypeId::of::<T>() == TypeId::of::<f32>() {
             assert!(y.len() >= bw * plane && orow.len() >= out_w * bw && bias.len() >= bw);
-            // SAFETY: U == 2 only in the AVX-512 build of this kernel (`multiversion!`); T is
-            // f32, so the casts are identities; the assert bounds every load and store.
+            // SAFETY: FMA only in the AVX2 and AVX-512 builds of this kernel, U == 2 only in
+            // the AVX-512 one (`multiversion!`); T is f32, so the casts are identities; the
+            // assert bounds every load and store.
             unsafe {
                 let orow = &*(&orow[..] as *const [T] as *const [f32]);
                 let bias = &*(bias as *const [T] as *const [f32]);
                 let y = y.as_mut_ptr() as *mut f32;
-                store_row_avx512::<CB>(orow, bias, y, (plane, pos, out_w));
+                if U == 2 {
+                    store_row_avx512::<CB>(orow, bias, y, (plane, pos, out_w));
+                } else {
+                    store_row_avx2(bw, orow, bias, y, (plane, pos, out_w));
+                }
             }
             continue;
         }
@@ -462,18 +474,61 @@ unsafe fn store_row_avx512<const CB: usize>(
     }
 }
 
-/// Register blocking: (CB vectors of channels, PB tiles per run). Two vectors where the group
-/// has whole pairs, as in the direct lanes kernel; the run wastes the fewest tiles of a row's
-/// last run (ties: the longer run); CB·PB sums and CB weight vectors within 32 registers.
-fn blocking(g: &Conv2dGeometry) -> (usize, usize) {
+/// [`store_row_avx512`] with AVX2, 8 pixels × 8 channels per 8×8 transpose, for bw channels.
+/// SAFETY: needs AVX2; as [`store_row_avx512`], bw a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn store_row_avx2(
+    bw: usize,
+    orow: &[f32],
+    bias: &[f32],
+    y: *mut f32,
+    (plane, pos, out_w): (usize, usize, usize),
+) {
+    use std::arch::x86_64::*;
+    for px0 in (0..out_w).step_by(8) {
+        let np = (out_w - px0).min(8);
+        // Lane p stored where p < np (the sign bit of each 32-bit mask element).
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(np as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        for c0 in (0..bw).step_by(8) {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (p, rp) in (px0..px0 + np).zip(&mut r) {
+                *rp = _mm256_loadu_ps(orow[p * bw + c0..][..8].as_ptr());
+            }
+            for (l, col) in transpose8(r).into_iter().enumerate() {
+                let oc = c0 + l;
+                let v = _mm256_add_ps(col, _mm256_set1_ps(bias[oc]));
+                _mm256_maskstore_ps(y.add(oc * plane + pos + px0), mask, v);
+            }
+        }
+    }
+}
+
+/// Register blocking: (CB vectors of channels, PB tiles per run). With AVX-512, two vectors
+/// where the group has whole pairs, as in the direct lanes kernel, and CB·PB sums and CB
+/// weight vectors within 32 registers; with AVX2 (a vector is two registers of 16) one vector
+/// and PB·2 sums, 2 weight registers and a broadcast within 16. The run wastes the fewest
+/// tiles of a row's last run (ties: the longer run).
+fn blocking(isa: Isa, g: &Conv2dGeometry) -> (usize, usize) {
     let tiles = g.out_w.div_ceil(M);
     let waste = |pb: usize| tiles.div_ceil(pb) * pb - tiles;
     let opg = g.out_channels / g.cfg.groups;
-    let cb = if opg.is_multiple_of(2 * V) { 2 } else { 1 };
-    let pb = [14, 12, 10, 8]
-        .into_iter()
+    let (cb, runs): (usize, &[usize]) = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (
+            if opg.is_multiple_of(2 * V) { 2 } else { 1 },
+            &[14, 12, 10, 8],
+        ),
+        _ => (1, &[6, 4]),
+    };
+    let pb = runs
+        .iter()
+        .copied()
         .min_by_key(|&pb| waste(pb))
-        .unwrap_or(8);
+        .unwrap_or(4);
     (cb, pb)
 }
 
@@ -513,12 +568,24 @@ pub(crate) fn forward<T: Float>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
-    let isa = Isa::detect();
+    forward_with(Isa::detect(), g, n, x, w, b, y)
+}
+
+/// [`forward`] with the kernels of `isa` (tests run every one this CPU has).
+fn forward_with<T: Float>(
+    isa: Isa,
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
     let groups = g.cfg.groups;
     let opg = g.out_channels / groups;
     let (in_len, out_len) = (g.in_len(), g.out_len());
     let plane = g.out_h * g.out_w;
-    let (cb, pb) = blocking(g);
+    let (cb, pb) = blocking(isa, g);
     let bw = cb * V;
     let rows = Rows::new(g, pb);
     let u = transform_weights(g, w, bw);
@@ -547,7 +614,9 @@ pub(crate) fn forward<T: Float>(
             (_, 14) => run!(1, 14),
             (_, 12) => run!(1, 12),
             (_, 10) => run!(1, 10),
-            _ => run!(1, 8),
+            (_, 8) => run!(1, 8),
+            (_, 6) => run!(1, 6),
+            _ => run!(1, 4),
         }
     };
     let in_group = rows.cg * g.in_h * g.in_w;
@@ -586,12 +655,14 @@ pub(crate) fn forward<T: Float>(
 #[cfg(test)]
 mod tests {
     use super::super::conv::{conv2d_forward_naive, Conv2dConfig};
+    use super::super::simd::test_isas;
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// In f32 with AVX-512 the rows are transformed with masked loads and vector splits and the
-    /// outputs stored through register transposes, which the f64 cases of conv's test of every
-    /// path never reach: against the naive kernel in f64.
+    /// In f32 the outputs are stored through register transposes (AVX-512 and AVX2) and, with
+    /// AVX-512, the rows transformed with masked loads and vector splits, which the f64 cases of
+    /// conv's test of every path never reach: every instruction set against the naive kernel
+    /// in f64.
     #[test]
     fn f32_matches_naive() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
@@ -621,13 +692,15 @@ mod tests {
             let mut want = vec![0.0; n * g.out_len()];
             conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
             let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-            let mut y = vec![f32::NAN; n * g.out_len()];
-            forward(&g, n, &f32s(&x), &f32s(&wt), Some(&f32s(&b)), &mut y);
-            for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
-                assert!(
-                    (a as f64 - b).abs() < 1e-4 * b.abs().max(1.0),
-                    "{cfg:?} at {i}: {a} against {b}"
-                );
+            for isa in test_isas() {
+                let mut y = vec![f32::NAN; n * g.out_len()];
+                forward_with(isa, &g, n, &f32s(&x), &f32s(&wt), Some(&f32s(&b)), &mut y);
+                for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a as f64 - b).abs() < 1e-4 * b.abs().max(1.0),
+                        "{cfg:?} at {i}: {a} against {b}"
+                    );
+                }
             }
         }
     }

@@ -190,10 +190,7 @@ macro_rules! plane_dispatch {
                 unsafe fn avx2<T: Float>($($arg: $ty),*) {
                     $plane($($arg),*)
                 }
-                if is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                {
+                if $crate::ops::simd::avx512_enabled() {
                     // SAFETY: the CPU has these features.
                     return unsafe { avx512($($arg),*) };
                 }

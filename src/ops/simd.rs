@@ -16,7 +16,7 @@ impl Isa {
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            if avx512_enabled() && is_x86_feature_detected!("fma") {
                 return Isa::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -25,6 +25,30 @@ impl Isa {
         }
         Isa::Baseline
     }
+}
+
+/// Whether this CPU has AVX-512 (F, BW, VL) and the build lets the kernels use it (the default
+/// feature `avx512`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_enabled() -> bool {
+    cfg!(feature = "avx512")
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+}
+
+/// The instruction sets this CPU can run the kernels in, for tests: the one picked at run
+/// time, AVX2 (the narrow blockings, as on an AVX2-only CPU) and the baseline build.
+#[cfg(test)]
+pub(crate) fn test_isas() -> Vec<Isa> {
+    let mut isas = vec![Isa::detect()];
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        isas.push(Isa::Avx2Fma);
+    }
+    isas.push(Isa::Baseline);
+    isas.dedup();
+    isas
 }
 
 /// Compiles `$kernel::<T, FMA, U, consts…>` once per instruction set and picks one by `Isa` at
@@ -151,4 +175,68 @@ pub(crate) fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86
         w[8 + j] = _mm512_shuffle_f32x4::<0xdd>(v[j], v[8 + j]);
     }
     w
+}
+
+/// Transposes 8 rows of 8 f32: result[c][r] = rows[r][c]. Interleaves pairs of rows, then
+/// pairs of pairs, then swaps 128-bit halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(crate) fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved, within each 128-bit half.
+    let t: [__m256; 8] = std::array::from_fn(|k| {
+        let (a, b) = (r[k & !1], r[k | 1]);
+        if k % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // u[4i+j]: in each half, rows 4i..4i+4 of column j (of that half's four).
+    let mut u = [_mm256_setzero_ps(); 8];
+    for i in 0..2 {
+        let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        u[4 * i] = _mm256_shuffle_ps::<0x44>(a, c);
+        u[4 * i + 1] = _mm256_shuffle_ps::<0xee>(a, c);
+        u[4 * i + 2] = _mm256_shuffle_ps::<0x44>(b, d);
+        u[4 * i + 3] = _mm256_shuffle_ps::<0xee>(b, d);
+    }
+    std::array::from_fn(|c| {
+        let (a, b) = (u[c % 4], u[4 + c % 4]);
+        if c < 4 {
+            _mm256_permute2f128_ps::<0x20>(a, b)
+        } else {
+            _mm256_permute2f128_ps::<0x31>(a, b)
+        }
+    })
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose8_transposes() {
+        if !is_x86_feature_detected!("avx") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let rows: [[f32; 8]; 8] =
+            std::array::from_fn(|r| std::array::from_fn(|c| (8 * r + c) as f32));
+        // SAFETY: AVX is present; every load and store is of 8 f32 in bounds.
+        let cols = unsafe {
+            let t = transpose8(std::array::from_fn(|r| _mm256_loadu_ps(rows[r].as_ptr())));
+            let mut out = [[0f32; 8]; 8];
+            for (o, v) in out.iter_mut().zip(t) {
+                _mm256_storeu_ps(o.as_mut_ptr(), v);
+            }
+            out
+        };
+        for (c, col) in cols.iter().enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                assert_eq!(v, rows[r][c], "column {c} row {r}");
+            }
+        }
+    }
 }
