@@ -138,22 +138,17 @@ pub(crate) fn rows_to_lanes<T: Float>(
     dst: &mut [T],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa == Isa::Avx512 {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa != Isa::Baseline {
         assert!(ns <= L && dst.len() >= np * L && (ns == 0 || src.len() >= (ns - 1) * stride + np));
-        // SAFETY: AVX-512F is present; T is f32; the assert bounds every access.
+        // SAFETY: `isa` was detected on this CPU (AVX-512F or AVX2); T is f32; the assert
+        // bounds every access.
         unsafe {
             let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
-            transpose_in_avx512(src, stride, ns, np, dst)
-        };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa == Isa::Avx2Fma {
-        assert!(ns <= L && dst.len() >= np * L && (ns == 0 || src.len() >= (ns - 1) * stride + np));
-        // SAFETY: AVX2 is present; T is f32; the assert bounds every access.
-        unsafe {
-            let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
-            transpose_in_avx2(src, stride, ns, np, dst)
+            if isa == Isa::Avx512 {
+                transpose_in_avx512(src, stride, ns, np, dst)
+            } else {
+                transpose_in_avx2(src, stride, ns, np, dst)
+            }
         };
         return;
     }
@@ -179,22 +174,17 @@ pub(crate) fn lanes_to_rows<T: Float>(
     stride: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa == Isa::Avx512 {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa != Isa::Baseline {
         assert!(ns <= L && src.len() >= np * L && (ns == 0 || dst.len() >= (ns - 1) * stride + np));
-        // SAFETY: AVX-512F is present; T is f32; the assert bounds every access.
+        // SAFETY: `isa` was detected on this CPU (AVX-512F or AVX2); T is f32; the assert
+        // bounds every access.
         unsafe {
             let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
-            transpose_out_avx512(src, ns, np, dst, stride)
-        };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa == Isa::Avx2Fma {
-        assert!(ns <= L && src.len() >= np * L && (ns == 0 || dst.len() >= (ns - 1) * stride + np));
-        // SAFETY: AVX2 is present; T is f32; the assert bounds every access.
-        unsafe {
-            let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
-            transpose_out_avx2(src, ns, np, dst, stride)
+            if isa == Isa::Avx512 {
+                transpose_out_avx512(src, ns, np, dst, stride)
+            } else {
+                transpose_out_avx2(src, ns, np, dst, stride)
+            }
         };
         return;
     }
