@@ -5,9 +5,9 @@
 //! same correlation, of the flipped kernels over the padded dY.
 use super::conv::{backward_chunks, forward_chunks, sum_f64, Conv2dGeometry, ConvScratch};
 use super::pool::{second_wins, Pool2dGeometry};
-use super::simd::{madd, Isa};
 #[cfg(target_arch = "x86_64")]
-use super::simd::{transpose16, transpose8};
+use super::simd::{first_lanes, transpose16, transpose8};
+use super::simd::{madd, Isa};
 use crate::tensor::Float;
 
 /// Samples per group: one AVX-512 register of f32, two AVX2 ones.
@@ -239,18 +239,6 @@ unsafe fn transpose_out_avx512(
             _mm512_mask_storeu_ps(dst.add(s * stride + p0), mask, v);
         }
     }
-}
-
-/// Lane p of the mask is set where p < m (the sign bit of each 32-bit element), for
-/// `_mm256_maskload_ps` and `_mm256_maskstore_ps`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn first_lanes(m: usize) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(m as i32),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    )
 }
 
 /// [`rows_to_lanes`] for f32 by 8×8 transposes in registers, each half of the L lanes apart.

@@ -18,9 +18,9 @@
 //! block of CB·16 output channels, k = (channel, kernel row, phase).
 use super::conv::Conv2dGeometry;
 use super::conv_direct::{lanes_apply, lanes_reduction_fits};
-use super::simd::{madd, Isa};
 #[cfg(target_arch = "x86_64")]
-use super::simd::{transpose16, transpose8};
+use super::simd::{first_lanes, transpose16, transpose8};
+use super::simd::{madd, Isa};
 use crate::tensor::Float;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
@@ -488,11 +488,7 @@ unsafe fn store_row_avx2(
     use std::arch::x86_64::*;
     for px0 in (0..out_w).step_by(8) {
         let np = (out_w - px0).min(8);
-        // Lane p stored where p < np (the sign bit of each 32-bit mask element).
-        let mask = _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(np as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        );
+        let mask = first_lanes(np);
         for c0 in (0..bw).step_by(8) {
             let mut r = [_mm256_setzero_ps(); 8];
             for (p, rp) in (px0..px0 + np).zip(&mut r) {

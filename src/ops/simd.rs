@@ -177,6 +177,18 @@ pub(crate) fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86
     w
 }
 
+/// Lane p of the mask is set where p < m (the sign bit of each 32-bit element), for
+/// `_mm256_maskload_ps` and `_mm256_maskstore_ps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) fn first_lanes(m: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(m as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
 /// Transposes 8 rows of 8 f32: result[c][r] = rows[r][c]. Interleaves pairs of rows, then
 /// pairs of pairs, then swaps 128-bit halves.
 #[cfg(target_arch = "x86_64")]
