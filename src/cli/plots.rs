@@ -2,11 +2,10 @@
 use crate::data::dataset;
 use crate::data::image::read_image;
 use crate::error::{Error, Result};
-use crate::nn::spec::{LayerSpec, ModelSpec};
 use crate::nn::Network;
+use crate::nn::{LayerSpec, ModelSpec};
 use crate::plot::panels::{save_panels, Panel};
 use crate::tensor::Tensor;
-use std::collections::HashMap;
 use std::path::Path;
 
 pub fn plot_filters(net: &Network<f32>, input: Option<&Path>, output: &Path) -> Result<()> {
@@ -53,17 +52,16 @@ pub fn plot_filters(net: &Network<f32>, input: Option<&Path>, output: &Path) -> 
         ..spec.clone()
     };
     let mut head = Network::<f32>::new(head_spec, Default::default(), 0);
-    let keep: HashMap<String, Tensor<f32>> = net
-        .named_params()
-        .into_iter()
-        .filter(|(n, _)| {
-            n.split('.')
-                .next()
-                .and_then(|k| k.parse::<usize>().ok())
-                .is_some_and(|k| k <= i)
-        })
-        .collect();
-    head.set_params(keep)?;
+    let mut keep = net.state();
+    let within = |n: &String| {
+        n.split('.')
+            .next()
+            .and_then(|k| k.parse::<usize>().ok())
+            .is_some_and(|k| k <= i)
+    };
+    keep.floats.retain(|n, _| within(n));
+    keep.counts.retain(|n, _| within(n));
+    head.take_state(&mut keep, Path::new("the model's weights"))?;
     let y = head.forward(Tensor::from_vec(&[1, c, h, w], x.clone())?, false)?; // (1, C_out, H', W')
     let (oc, oh, ow) = (y.shape()[1], y.shape()[2], y.shape()[3]);
     let weight = net

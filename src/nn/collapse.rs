@@ -1,10 +1,13 @@
 //! Deep linear networks collapse: consecutive `linear` layers with only `identity` between
 //! them compute one affine map, W = W²W¹ and b = b² + W²b¹ (the lecture's intermission).
+use super::layers::activation::ActivationSpec;
+use super::layers::linear::LinearSpec;
+use super::layers::LayerSpec;
 use super::network::Network;
-use super::spec::{LayerSpec, LinearSpec, ModelSpec};
+use super::spec::ModelSpec;
+use super::weights::StateDict;
 use crate::error::Result;
 use crate::tensor::Tensor;
-use std::collections::HashMap;
 
 /// Top-level runs `[start, end]` (inclusive) of linear → (identity)* → linear → … that
 /// [`collapse`] merges into one layer.
@@ -17,7 +20,10 @@ pub fn collapsible_runs(spec: &ModelSpec) -> Vec<(usize, usize)> {
             let (mut j, mut end) = (i + 1, i);
             loop {
                 while j < l.len()
-                    && l[j] == LayerSpec::Activation(crate::ops::activation::Activation::Identity)
+                    && l[j]
+                        == LayerSpec::Activation(ActivationSpec(
+                            crate::ops::activation::Activation::Identity,
+                        ))
                 {
                     j += 1;
                 }
@@ -43,10 +49,12 @@ pub fn collapsible_runs(spec: &ModelSpec) -> Vec<(usize, usize)> {
 /// (computed in f64); other layers and their weights are kept, renumbered.
 pub fn collapse(net: &Network<f32>) -> Result<Network<f32>> {
     let spec = net.spec();
-    let params: HashMap<String, Tensor<f32>> = net.named_params().into_iter().collect();
+    let state = net.state();
+    let params = &state.floats;
     let runs = collapsible_runs(spec);
     let mut layers = Vec::new();
-    let mut new_params = HashMap::new();
+    let mut new_state = StateDict::default();
+    let new_params = &mut new_state.floats;
     let mut i = 0;
     while i < spec.layers.len() {
         let ni = layers.len();
@@ -108,9 +116,14 @@ pub fn collapse(net: &Network<f32>) -> Result<Network<f32>> {
             continue;
         }
         let prefix = format!("{i}.");
-        for (name, t) in &params {
+        for (name, t) in params {
             if let Some(rest) = name.strip_prefix(&prefix) {
                 new_params.insert(format!("{ni}.{rest}"), t.clone());
+            }
+        }
+        for (name, c) in &state.counts {
+            if let Some(rest) = name.strip_prefix(&prefix) {
+                new_state.counts.insert(format!("{ni}.{rest}"), *c);
             }
         }
         layers.push(spec.layers[i].clone());
@@ -121,7 +134,7 @@ pub fn collapse(net: &Network<f32>) -> Result<Network<f32>> {
         ..spec.clone()
     };
     let mut out = Network::<f32>::new(new_spec, Default::default(), 0);
-    out.set_params(new_params)?;
+    out.take_state(&mut new_state, std::path::Path::new("collapsed network"))?;
     Ok(out)
 }
 

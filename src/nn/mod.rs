@@ -1,6 +1,8 @@
 //! Layers, networks, model files, presets and weight files.
 pub mod collapse;
+pub mod fuse;
 pub mod init;
+pub mod keys;
 pub mod layers;
 pub mod network;
 pub mod presets;
@@ -8,5 +10,6 @@ pub mod spec;
 pub mod weights;
 
 pub use init::Init;
-pub use network::{Network, SummaryRow};
-pub use spec::{LayerSpec, ModelSpec};
+pub use layers::LayerSpec;
+pub use network::{BuildOptions, Network, SummaryRow};
+pub use spec::ModelSpec;

@@ -1,34 +1,57 @@
 //! A network: the layers of a model spec in sequence, h^l = f(b^l + W^l h^(l−1)), run on
 //! shards of each batch side by side (data parallel) with the shard gradients summed in order.
+use super::fuse::fuse;
 use super::init::Init;
-use super::layers::{build_layers, Layer, Param};
-use super::spec::{LayerSpec, ModelSpec};
+use super::layers::{build_sequence, Buffer, BuildCx, LayerSpec, Param, Pass, Seq};
+use super::spec::ModelSpec;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-type Layers<T> = Vec<Box<dyn Layer<T>>>;
-
 /// The loss's gradient for some output rows of a batch, and their share of the loss:
 /// `dloss(rows, output of those rows) = (dL/d(output) of those rows, share)`.
 pub type LossGrad<'a, T> =
     dyn Fn(std::ops::Range<usize>, &Tensor<T>) -> (Tensor<T>, f64) + Sync + 'a;
 
-/// A built network: its spec and one layer object per top-level layer.
+/// How a network is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildOptions {
+    pub init: Init,
+    /// Seed of the initial parameter values.
+    pub seed: u64,
+    /// Run the fusion pass ([`super::fuse`]); off only to test it against the plain layers.
+    pub fuse: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            init: Init::Pytorch,
+            seed: 0,
+            fuse: true,
+        }
+    }
+}
+
+/// A built network: its spec and its layers.
 ///
 /// A batch runs in shards, each through its own copy of the layers (with its own caches), so
 /// the threads each take whole shards through the whole network instead of meeting at every
-/// layer's parallel section: at LeNet's size those meetings cost more than the layers.
+/// layer's parallel section: at LeNet's size those meetings cost more than the layers. A
+/// network with a layer that needs the whole batch in training (BatchNorm's statistics) runs
+/// a training batch as one shard, its layers' kernels parallel inside.
 pub struct Network<T: Float = f32> {
     spec: ModelSpec,
-    layers: Layers<T>, // shard 0's layers; their parameters are the network's
-    index: Vec<usize>, // each layer's position among the spec's (names of parameters)
-    replicas: Vec<Layers<T>>, // the other shards' layers, parameter values copied from `layers`
-    synced: usize,     // how many replicas hold the current parameter values
+    options: BuildOptions,
+    pub(crate) layers: Seq<T>, // shard 0's layers; their parameters and buffers are the network's
+    replicas: Vec<Seq<T>>,     // the other shards' layers, parameter and buffer values copied
+    synced: usize,             // how many replicas hold the current parameter and buffer values
     param_count: usize,
-    shards: Vec<(usize, usize)>, // row ranges of the last training forward's shards
+    whole_batch: bool,           // a layer needs the whole batch in training
+    key: u64,                    // random key of the next training passes (dropout)
+    shards: Vec<(usize, usize)>, // row ranges of the last caching forward's shards
 }
 
 /// Samples per shard, about: the layers' fixed costs spread over enough samples (LeNet-5, a
@@ -55,77 +78,62 @@ fn shard_bounds(n: usize, params: usize, bytes: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn build_network_layers<T: Float>(
-    spec: &ModelSpec,
-    init: Init,
-    seed: u64,
-) -> (Layers<T>, Vec<usize>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    build_layers(&spec.layers, &spec.input, init, &mut rng)
-}
-
-fn params<T: Float>(layers: &Layers<T>) -> impl Iterator<Item = &Param<T>> {
-    layers.iter().flat_map(|l| l.params())
-}
-
-fn params_mut<T: Float>(layers: &mut Layers<T>) -> impl Iterator<Item = &mut Param<T>> {
-    layers.iter_mut().flat_map(|l| l.params_mut())
-}
-
-fn zero_grads<T: Float>(layers: &mut Layers<T>) {
-    params_mut(layers).for_each(|p| p.grad.data_mut().fill(T::zero()));
-}
-
-fn forward_layers<T: Float>(layers: &mut Layers<T>, x: Tensor<T>, train: bool) -> Tensor<T> {
-    layers.iter_mut().fold(x, |h, l| l.forward(h, train))
-}
-
-/// Inference through `layers` on borrowed samples x with `shape`: the first layer reads them
-/// in place.
-fn infer_layers<T: Float>(layers: &mut Layers<T>, x: &[T], shape: &[usize]) -> Tensor<T> {
-    match layers.split_first_mut() {
-        Some((first, rest)) => rest
-            .iter_mut()
-            .fold(first.infer(x, shape), |h, l| l.forward(h, false)),
-        None => Tensor::copy_of(shape, x),
+fn build_layers<T: Float>(spec: &ModelSpec, o: BuildOptions) -> Seq<T> {
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let mut cx = BuildCx::new(o.init, &mut rng);
+    let mut seq = build_sequence(&spec.layers, &spec.input, &mut cx);
+    if o.fuse {
+        fuse(&mut seq);
     }
+    seq
 }
 
-/// Back-propagates through `layers`; layer 0 computes its input gradient only if asked.
-fn backward_layers<T: Float>(
-    layers: &mut Layers<T>,
-    dy: Tensor<T>,
-    need_input_grad: bool,
-) -> Option<Tensor<T>> {
-    let mut d = dy;
-    for (i, l) in layers.iter_mut().enumerate().rev() {
-        d = l.backward(d, i > 0 || need_input_grad)?;
+fn zero_grads<T: Float>(layers: &mut Seq<T>) {
+    for (_, p) in layers.params_mut() {
+        p.grad.data_mut().fill(T::zero());
     }
-    Some(d)
 }
 
 /// One row of [`Network::summary`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct SummaryRow {
-    /// "3" for a top-level layer, "3.body.1" inside a residual block.
+    /// "3" for a top-level layer, "3.body.1" or "3.shortcut.0" inside a residual block.
     pub index: String,
     pub kind: &'static str,
     pub output_shape: Vec<usize>,
+    /// Trained scalars.
     pub params: usize,
+    /// Saved, untrained scalars (running statistics, counters).
+    pub buffers: usize,
 }
 
 impl<T: Float> Network<T> {
     /// Builds the network with parameters drawn by `init` from `seed`.
     pub fn new(spec: ModelSpec, init: Init, seed: u64) -> Self {
-        let (layers, index) = build_network_layers(&spec, init, seed);
-        let param_count = params(&layers).map(|p| p.value.len()).sum();
+        Self::with_options(
+            spec,
+            BuildOptions {
+                init,
+                seed,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Builds the network as `options` say.
+    pub fn with_options(spec: ModelSpec, options: BuildOptions) -> Self {
+        let layers = build_layers(&spec, options);
+        let param_count = layers.params().iter().map(|(_, p)| p.value.len()).sum();
+        let whole_batch = layers.whole_batch();
         Network {
             spec,
+            options,
             layers,
-            index,
             replicas: Vec::new(),
             synced: 0,
             param_count,
+            whole_batch,
+            key: 0,
             shards: Vec::new(),
         }
     }
@@ -139,21 +147,49 @@ impl<T: Float> Network<T> {
         self.spec.output_len()
     }
 
-    /// Runs the batch `x` (N, C, H, W) through every layer. With `train`, layers cache
-    /// what [`Network::backward`] needs.
+    /// Sets the random key of the following training passes: dropout's masks are a function
+    /// of it and of each sample's row in the batch alone.
+    pub fn set_key(&mut self, key: u64) {
+        self.key = key;
+    }
+
+    /// Row ranges of the shards of a batch of `n` samples in a pass.
+    fn shards_for(&self, n: usize, pass: &Pass) -> Vec<(usize, usize)> {
+        if pass.train && self.whole_batch {
+            return vec![(0, n)];
+        }
+        shard_bounds(n, self.param_count, std::mem::size_of::<T>())
+    }
+
+    /// Runs the batch `x` (N, C, H, W) through every layer. With `train`, layers run in
+    /// training mode and cache what [`Network::backward`] needs.
     pub fn forward(&mut self, x: Tensor<T>, train: bool) -> Result<Tensor<T>> {
-        if !train {
+        let pass = if train {
+            Pass::train(self.key)
+        } else {
+            Pass::INFER
+        };
+        self.forward_pass(x, pass)
+    }
+
+    /// [`Network::forward`] in the mode `pass` gives (`Pass::FROZEN`: inference mode with
+    /// caches for backward); `pass.first_row` is ignored.
+    pub fn forward_pass(&mut self, x: Tensor<T>, pass: Pass) -> Result<Tensor<T>> {
+        if !pass.grad {
             return self.infer_rows(&x, 0..x.shape().first().copied().unwrap_or(0));
         }
         self.check_input(&x)?;
-        let shards = shard_bounds(x.shape()[0], self.param_count, std::mem::size_of::<T>());
+        let shards = self.shards_for(x.shape()[0], &pass);
         self.shards = shards.clone();
+        if pass.train {
+            self.synced = 0; // running statistics may change: the replicas copy them afresh
+        }
         if shards.len() == 1 {
             // On one thread of the pool (a no-op when already there): every layer's parallel
             // sections then share their work with the other workers directly, instead of
             // this thread handing each one over and sleeping until it is done.
             let layers = &mut self.layers;
-            return Ok(rayon::scope(move |_| forward_layers(layers, x, train)));
+            return Ok(rayon::scope(move |_| layers.forward(x, &pass)));
         }
         self.sync_replicas(shards.len() - 1);
         let parts: Vec<Tensor<T>> = shards.iter().map(|&(a, b)| x.slice_rows(a, b)).collect();
@@ -161,7 +197,14 @@ impl<T: Float> Network<T> {
             .shard_layers(shards.len())
             .into_par_iter()
             .zip(parts)
-            .map(|(layers, x)| forward_layers(layers, x, train))
+            .zip(shards)
+            .map(|((layers, x), (a, _))| {
+                let p = Pass {
+                    first_row: a,
+                    ..pass
+                };
+                layers.forward(x, &p)
+            })
             .collect();
         Ok(Tensor::concat_rows(outs))
     }
@@ -185,21 +228,19 @@ impl<T: Float> Network<T> {
             s
         };
         let data = &x.data()[rows.start * sample..rows.end * sample];
-        let shards = shard_bounds(rows.len(), self.param_count, std::mem::size_of::<T>());
+        let shards = self.shards_for(rows.len(), &Pass::INFER);
         if shards.len() == 1 {
             // On one thread of the pool, as in `forward`.
             let layers = &mut self.layers;
             let shape = shape_of(rows.len());
-            return Ok(rayon::scope(move |_| infer_layers(layers, data, &shape)));
+            return Ok(rayon::scope(move |_| layers.infer(data, &shape)));
         }
         self.sync_replicas(shards.len() - 1);
         let outs: Vec<Tensor<T>> = self
             .shard_layers(shards.len())
             .into_par_iter()
             .zip(shards)
-            .map(|(layers, (a, b))| {
-                infer_layers(layers, &data[a * sample..b * sample], &shape_of(b - a))
-            })
+            .map(|(layers, (a, b))| layers.infer(&data[a * sample..b * sample], &shape_of(b - a)))
             .collect();
         Ok(Tensor::concat_rows(outs))
     }
@@ -212,15 +253,21 @@ impl<T: Float> Network<T> {
     pub fn forward_backward(&mut self, x: Tensor<T>, dloss: &LossGrad<T>) -> Result<f64> {
         self.check_input(&x)?;
         let n = x.shape()[0];
-        let shards = shard_bounds(n, self.param_count, std::mem::size_of::<T>());
+        let pass = Pass::train(self.key);
+        let shards = self.shards_for(n, &pass);
         self.shards.clear();
-        let step = |(i, layers): (usize, &mut Layers<T>), x: Tensor<T>, rows: (usize, usize)| {
+        self.synced = 0; // running statistics may change: the replicas copy them afresh
+        let step = |(i, layers): (usize, &mut Seq<T>), x: Tensor<T>, rows: (usize, usize)| {
             if i > 0 {
                 zero_grads(layers);
             }
-            let out = forward_layers(layers, x, true);
+            let p = Pass {
+                first_row: rows.0,
+                ..pass
+            };
+            let out = layers.forward(x, &p);
             let (dy, l) = dloss(rows.0..rows.1, &out);
-            backward_layers(layers, dy, false);
+            layers.backward(dy, false);
             l
         };
         if shards.len() == 1 {
@@ -244,7 +291,7 @@ impl<T: Float> Network<T> {
     /// Adds the gradients of the first `k` replicas into the network's, in replica order.
     fn add_replica_grads(&mut self, k: usize) {
         for replica in &self.replicas[..k] {
-            for (dst, src) in params_mut(&mut self.layers).zip(params(replica)) {
+            for ((_, dst), (_, src)) in self.layers.params_mut().into_iter().zip(replica.params()) {
                 dst.grad
                     .data_mut()
                     .iter_mut()
@@ -286,7 +333,7 @@ impl<T: Float> Network<T> {
     fn backward_shards(&mut self, dy: Tensor<T>, need_input_grad: bool) -> Option<Tensor<T>> {
         let shards = std::mem::take(&mut self.shards);
         if shards.len() <= 1 {
-            return backward_layers(&mut self.layers, dy, need_input_grad);
+            return self.layers.backward(dy, need_input_grad);
         }
         let parts: Vec<Tensor<T>> = shards.iter().map(|&(a, b)| dy.slice_rows(a, b)).collect();
         let dxs: Vec<Option<Tensor<T>>> = self
@@ -298,7 +345,7 @@ impl<T: Float> Network<T> {
                 if i > 0 {
                     zero_grads(layers);
                 }
-                backward_layers(layers, d, need_input_grad)
+                layers.backward(d, need_input_grad)
             })
             .collect();
         self.add_replica_grads(shards.len() - 1);
@@ -306,22 +353,26 @@ impl<T: Float> Network<T> {
     }
 
     /// The layers of the first `k` shards: the network's own, then replicas.
-    fn shard_layers(&mut self, k: usize) -> Vec<&mut Layers<T>> {
+    fn shard_layers(&mut self, k: usize) -> Vec<&mut Seq<T>> {
         std::iter::once(&mut self.layers)
             .chain(self.replicas.iter_mut())
             .take(k)
             .collect()
     }
 
-    /// Makes the first `k` replicas exist and hold the network's current parameter values.
+    /// Makes the first `k` replicas exist and hold the network's current parameter and
+    /// buffer values.
     fn sync_replicas(&mut self, k: usize) {
         while self.replicas.len() < k {
-            self.replicas
-                .push(build_network_layers(&self.spec, Init::Pytorch, 0).0);
+            self.replicas.push(build_layers(&self.spec, self.options));
         }
         for replica in &mut self.replicas[self.synced.min(k)..k] {
-            for (dst, src) in params_mut(replica).zip(params(&self.layers)) {
+            for ((_, dst), (_, src)) in replica.params_mut().into_iter().zip(self.layers.params()) {
                 dst.value.data_mut().copy_from_slice(src.value.data());
+            }
+            for ((_, dst), (_, src)) in replica.buffers_mut().into_iter().zip(self.layers.buffers())
+            {
+                dst.clone_from(src);
             }
         }
         self.synced = self.synced.max(k);
@@ -329,16 +380,31 @@ impl<T: Float> Network<T> {
 
     /// Calls `f(name, param)` for every parameter in state_dict order.
     pub fn visit_params(&self, f: &mut dyn FnMut(String, &Param<T>)) {
-        for (l, i) in self.layers.iter().zip(&self.index) {
-            l.visit_params(&format!("{i}."), f);
+        for (name, p) in self.layers.params() {
+            f(name, p);
         }
     }
 
     /// Mutable variant of [`Network::visit_params`].
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Param<T>)) {
         self.synced = 0; // the values may change: the replicas copy them afresh
-        for (l, i) in self.layers.iter_mut().zip(&self.index) {
-            l.visit_params_mut(&format!("{i}."), f);
+        for (name, p) in self.layers.params_mut() {
+            f(name, p);
+        }
+    }
+
+    /// Calls `f(name, buffer)` for every buffer in state_dict order.
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Buffer<T>)) {
+        for (name, b) in self.layers.buffers() {
+            f(name, b);
+        }
+    }
+
+    /// Mutable variant of [`Network::visit_buffers`].
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Buffer<T>)) {
+        self.synced = 0;
+        for (name, b) in self.layers.buffers_mut() {
+            f(name, b);
         }
     }
 
@@ -356,6 +422,13 @@ impl<T: Float> Network<T> {
     pub fn named_params(&self) -> Vec<(String, Tensor<T>)> {
         let mut out = Vec::new();
         self.visit_params(&mut |name, p| out.push((name, p.value.clone())));
+        out
+    }
+
+    /// (name, value) of every buffer, cloned.
+    pub fn named_buffers(&self) -> Vec<(String, Buffer<T>)> {
+        let mut out = Vec::new();
+        self.visit_buffers(&mut |name, b| out.push((name, b.clone())));
         out
     }
 
@@ -390,34 +463,82 @@ impl<T: Float> Network<T> {
         Ok(())
     }
 
-    /// The same network in another float type (parameters converted, caches dropped).
+    /// Replaces buffer values by name; every buffer must be given, of its kind and shape.
+    pub fn set_buffers(
+        &mut self,
+        mut values: std::collections::HashMap<String, Buffer<T>>,
+    ) -> Result<()> {
+        let mut err = None;
+        self.visit_buffers_mut(&mut |name, b| {
+            if err.is_some() {
+                return;
+            }
+            match (values.remove(&name), &*b) {
+                (Some(Buffer::Float(v)), Buffer::Float(t)) if v.shape() == t.shape() => {
+                    *b = Buffer::Float(v)
+                }
+                (Some(v @ Buffer::Count(_)), Buffer::Count(_)) => *b = v,
+                (Some(_), _) => {
+                    err = Some(Error::invalid(format!(
+                        "buffer `{name}` has another kind or shape than the model's"
+                    )))
+                }
+                (None, _) => err = Some(Error::invalid(format!("buffer `{name}` is missing"))),
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if let Some(extra) = values.keys().next() {
+            return Err(Error::invalid(format!("unexpected buffer `{extra}`")));
+        }
+        Ok(())
+    }
+
+    /// The same network in another float type (parameters and buffers converted, caches
+    /// dropped).
     pub fn cast<U: Float>(&self) -> Network<U> {
-        let mut net = Network::<U>::new(self.spec.clone(), Init::Pytorch, 0);
+        let mut net = Network::<U>::with_options(self.spec.clone(), self.options);
         let values = self
             .named_params()
             .into_iter()
             .map(|(k, v)| (k, v.cast::<U>()))
             .collect();
         net.set_params(values).expect("same spec, same parameters");
+        let buffers = self
+            .named_buffers()
+            .into_iter()
+            .map(|(k, b)| {
+                let b = match b {
+                    Buffer::Float(t) => Buffer::Float(t.cast::<U>()),
+                    Buffer::Count(c) => Buffer::Count(c),
+                };
+                (k, b)
+            })
+            .collect();
+        net.set_buffers(buffers).expect("same spec, same buffers");
+        net.key = self.key;
         net
     }
 
-    /// One row per layer (residual bodies indented by their path) with output shapes and
-    /// parameter counts, like Keras' `model.summary()`.
+    /// One row per layer (nested sequences indented by their path) with output shapes,
+    /// parameter and buffer counts, like Keras' `model.summary()`.
     pub fn summary(&self) -> Vec<SummaryRow> {
         fn walk(layers: &[LayerSpec], prefix: &str, input: &[usize], rows: &mut Vec<SummaryRow>) {
             let mut s = input.to_vec();
             for (i, l) in layers.iter().enumerate() {
                 let index = format!("{prefix}{i}");
                 let out = l.output_shape(&s).expect("shape-checked spec");
+                let (params, buffers) = (l.param_count(&s), l.buffer_count(&s));
                 rows.push(SummaryRow {
                     index: index.clone(),
                     kind: l.type_name(),
                     output_shape: out.clone(),
-                    params: l.param_count(&s),
+                    params,
+                    buffers,
                 });
-                if let LayerSpec::Residual(body) = l {
-                    walk(body, &format!("{index}.body."), &s, rows);
+                for (what, seq) in l.children() {
+                    walk(seq, &format!("{index}.{what}."), &s, rows);
                 }
                 s = out;
             }

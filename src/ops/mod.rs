@@ -2,6 +2,7 @@
 #[macro_use]
 pub(crate) mod simd;
 pub mod activation;
+pub mod adaptive_pool;
 pub mod conv;
 mod conv_batch;
 mod conv_direct;

@@ -6,7 +6,7 @@ use crate::data::{DataSplit, Dataset};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::loss::{loss_part, LossKind};
-use crate::nn::weights::{read_tensors, write_tensors};
+use crate::nn::weights::{read_state, write_state};
 use crate::nn::Network;
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
@@ -24,11 +24,24 @@ pub struct Trainer {
     pub net: Network<f32>,
     pub opt: Optimizer<f32>,
     pub loss: LossKind,
+    /// The run's seed: with the optimizer's step count it keys each step's random draws
+    /// (dropout), so a resumed run draws what the uninterrupted one would have.
+    pub seed: u64,
+}
+
+/// The random key of step `step` of a run seeded `seed`.
+fn step_key(seed: u64, step: u64) -> u64 {
+    seed.rotate_left(32) ^ step
 }
 
 impl Trainer {
     pub fn new(net: Network<f32>, opt: Optimizer<f32>, loss: LossKind) -> Self {
-        Trainer { net, opt, loss }
+        Trainer {
+            net,
+            opt,
+            loss,
+            seed: 0,
+        }
     }
 
     /// Forward, loss, backward and one optimizer update on the batch x (B, C, H, W).
@@ -57,6 +70,7 @@ impl Trainer {
             );
             (grad, l)
         };
+        self.net.set_key(step_key(self.seed, self.opt.steps));
         let l = self.net.forward_backward(x, &dloss)?;
         if l.is_finite() {
             self.opt.step(&mut self.net, lr);
@@ -288,14 +302,13 @@ fn save_epoch(
     let mut spec = t.net.spec().clone();
     spec.train = opts.to_recipe();
     write_atomic(&paths.model(), spec.to_toml().as_bytes())?;
-    let params = t.net.named_params();
-    let mut tensors = params.clone();
-    for (i, (name, _)) in params.iter().enumerate() {
+    let mut state = t.net.state();
+    for (i, (name, _)) in t.net.named_params().iter().enumerate() {
         if let Some(s) = t.opt.state1.get(i) {
-            tensors.push((format!("state1.{name}"), s.clone()));
+            state.floats.insert(format!("state1.{name}"), s.clone());
         }
         if let Some(s) = t.opt.state2.get(i) {
-            tensors.push((format!("state2.{name}"), s.clone()));
+            state.floats.insert(format!("state2.{name}"), s.clone());
         }
     }
     let meta = HashMap::from([
@@ -304,7 +317,7 @@ fn save_epoch(
         ("seed".to_string(), opts.seed.to_string()),
         ("shuffle".to_string(), opts.shuffle.to_string()),
     ]);
-    write_tensors(&paths.checkpoint(), &tensors, Some(meta))?;
+    write_state(&paths.checkpoint(), &state, Some(meta))?;
     t.net.save_weights(&paths.weights())?;
     write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())?;
     let test = |f: fn(&Evaluation) -> f64| {
@@ -342,6 +355,7 @@ pub fn train(
     }
     std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
     let t = &mut start.trainer;
+    t.seed = opts.seed;
     for epoch in start.epochs_done..opts.epochs {
         let begun = Instant::now();
         let (train_loss, ips) = run_epoch(t, &data.train, opts, epoch, stop.as_deref(), obs)?;
@@ -401,28 +415,18 @@ pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Resul
     let CheckpointMeta {
         epochs_done, steps, ..
     } = read_checkpoint_meta(&ck)?;
-    let mut tensors = read_tensors(&ck)?;
+    let mut state = read_state(&ck)?;
     let mut net = net;
-    let mut names = Vec::new();
-    net.visit_params(&mut |n, _| names.push(n));
-    let mut params = HashMap::new();
     let (mut s1, mut s2) = (Vec::new(), Vec::new());
-    for n in &names {
-        let missing = || Error::Weights {
-            path: ck.clone(),
-            tensor: n.clone(),
-            msg: "missing".into(),
-        };
-        params.insert(n.clone(), tensors.remove(n).ok_or_else(missing)?);
-        if let Some(t) = tensors.remove(&format!("state1.{n}")) {
+    for (n, _) in net.named_params() {
+        if let Some(t) = state.floats.remove(&format!("state1.{n}")) {
             s1.push(t);
         }
-        if let Some(t) = tensors.remove(&format!("state2.{n}")) {
+        if let Some(t) = state.floats.remove(&format!("state2.{n}")) {
             s2.push(t);
         }
     }
-    net.set_params(params)
-        .map_err(|e| Error::format(&ck, e.to_string()))?;
+    net.take_state(&mut state, &ck)?;
     let mut opt = Optimizer::new(opts.optimizer);
     opt.steps = steps;
     opt.state1 = s1;
@@ -433,8 +437,10 @@ pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Resul
         Vec::new()
     };
     let history = history.into_iter().take(epochs_done).collect();
+    let mut trainer = Trainer::new(net, opt, opts.loss);
+    trainer.seed = opts.seed;
     Ok(Start {
-        trainer: Trainer::new(net, opt, opts.loss),
+        trainer,
         epochs_done,
         history,
     })

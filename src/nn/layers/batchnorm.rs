@@ -1,0 +1,418 @@
+//! `batchnorm2d` and `batchnorm1d`: PyTorch's BatchNorm2d/1d. Training normalises by the
+//! batch's statistics (biased variance) and updates the running ones (unbiased variance);
+//! inference uses the running ones. Sums run per channel in one fixed order, in f64.
+use super::{chw, Buffer, BuildCx, Layer, LayerDef, Named, NamedMut, Param, Pass};
+use super::{TensorInfo, TensorKind, NO_CACHE};
+use crate::error::Result;
+use crate::nn::keys::{float_text, Fields};
+use crate::tensor::{Float, Tensor};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormSpec {
+    /// Over (N, H, W) per channel of [C, H, W] samples; else per feature of [F] samples.
+    pub two_d: bool,
+    pub eps: f64,
+    pub momentum: f64,
+    /// A learned scale (weight) and shift (bias) per channel.
+    pub affine: bool,
+}
+
+impl Default for BatchNormSpec {
+    fn default() -> Self {
+        BatchNormSpec {
+            two_d: true,
+            eps: 1e-5,
+            momentum: 0.1,
+            affine: true,
+        }
+    }
+}
+
+impl LayerDef for BatchNormSpec {
+    const TYPES: &'static [&'static str] = &["batchnorm2d", "batchnorm1d"];
+
+    fn parse(name: &str, f: &mut Fields) -> Result<Self> {
+        let eps = f.float(
+            "eps",
+            1e-5,
+            (f64::MIN_POSITIVE, f64::MAX),
+            "a positive number",
+        )?;
+        let momentum = f.float("momentum", 0.1, (0.0, 1.0), "a number in [0, 1]")?;
+        let affine = f.bool("affine", true)?;
+        Ok(BatchNormSpec {
+            two_d: name == "batchnorm2d",
+            eps,
+            momentum,
+            affine,
+        })
+    }
+
+    fn type_name(&self) -> &'static str {
+        if self.two_d {
+            "batchnorm2d"
+        } else {
+            "batchnorm1d"
+        }
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        if self.two_d {
+            chw(input)?;
+        } else if input.len() != 1 {
+            return Err(format!(
+                "needs a flat [features] input, got {input:?}; use batchnorm2d on [channels, height, width]"
+            ));
+        }
+        Ok(input.to_vec())
+    }
+
+    fn tensors(&self, input: &[usize]) -> Vec<TensorInfo> {
+        let c = input[0];
+        let mut t = Vec::new();
+        if self.affine {
+            t.push(TensorInfo::param("weight", &[c]));
+            t.push(TensorInfo::param("bias", &[c]));
+        }
+        t.push(TensorInfo::buffer("running_mean", &[c]));
+        t.push(TensorInfo::buffer("running_var", &[c]));
+        t.push(TensorInfo {
+            name: "num_batches_tracked".into(),
+            shape: vec![],
+            kind: TensorKind::Count,
+        });
+        t
+    }
+
+    fn fields(&self, _multiline: bool) -> Vec<(&'static str, String)> {
+        vec![
+            ("eps", float_text(self.eps)),
+            ("momentum", float_text(self.momentum)),
+            ("affine", self.affine.to_string()),
+        ]
+    }
+
+    fn build<T: Float>(&self, input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
+        let c = input[0];
+        let filled = |v: f64| Tensor::from_vec(&[c], vec![T::of(v); c]).expect("c values");
+        Box::new(BatchNorm {
+            spec: *self,
+            channels: c,
+            weight: self.affine.then(|| Param::of(filled(1.0))),
+            bias: self.affine.then(|| Param::of(filled(0.0))),
+            running_mean: Buffer::Float(filled(0.0)),
+            running_var: Buffer::Float(filled(1.0)),
+            tracked: Buffer::Count(0),
+            cache: None,
+        })
+    }
+}
+
+/// What backward needs of a forward pass.
+struct Cache<T> {
+    x_hat: Tensor<T>,  // (N, C, H, W) or (N, F): the normalised input
+    inv_std: Vec<f64>, // (C): 1/√(var + eps) of the statistics used
+    batch_stats: bool, // whether those were the batch's own (they depend on x then)
+}
+
+pub struct BatchNorm<T> {
+    spec: BatchNormSpec,
+    channels: usize,
+    weight: Option<Param<T>>, // (C), γ
+    bias: Option<Param<T>>,   // (C), β
+    running_mean: Buffer<T>,  // Float (C)
+    running_var: Buffer<T>,   // Float (C)
+    tracked: Buffer<T>,       // Count: training batches seen
+    cache: Option<Cache<T>>,
+}
+
+fn floats<T>(b: &Buffer<T>) -> &Tensor<T> {
+    match b {
+        Buffer::Float(t) => t,
+        Buffer::Count(_) => unreachable!("a float buffer"),
+    }
+}
+
+fn floats_mut<T>(b: &mut Buffer<T>) -> &mut Tensor<T> {
+    match b {
+        Buffer::Float(t) => t,
+        Buffer::Count(_) => unreachable!("a float buffer"),
+    }
+}
+
+/// Σ over samples and positions of f(value, channel) for each of `c` channels of x laid out
+/// (N, C, plane): each channel summed by one thread in sample order, in f64.
+fn channel_sums<T: Float>(
+    x: &[T],
+    c: usize,
+    plane: usize,
+    f: impl Fn(usize, usize) -> f64 + Sync,
+) -> Vec<f64> {
+    let n = x.len() / (c * plane).max(1);
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut s = 0.0;
+            for i in 0..n {
+                let at = (i * c + ch) * plane;
+                for j in at..at + plane {
+                    s += f(j, ch);
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+impl<T: Float> BatchNorm<T> {
+    fn gamma(&self, ch: usize) -> f64 {
+        self.weight
+            .as_ref()
+            .map_or(1.0, |w| w.value.data()[ch].f64())
+    }
+    fn beta(&self, ch: usize) -> f64 {
+        self.bias.as_ref().map_or(0.0, |b| b.value.data()[ch].f64())
+    }
+}
+
+impl<T: Float> Layer<T> for BatchNorm<T> {
+    fn forward(&mut self, mut x: Tensor<T>, pass: &Pass) -> Tensor<T> {
+        let c = self.channels;
+        let plane = x.len() / (x.shape()[0] * c).max(1);
+        let m = x.len() / c.max(1); // values per channel
+        let (mean, inv_std): (Vec<f64>, Vec<f64>) = if pass.train {
+            let xd = x.data();
+            let sums = channel_sums(xd, c, plane, |j, _| xd[j].f64());
+            let mean: Vec<f64> = sums.iter().map(|s| s / m as f64).collect();
+            let sq = channel_sums(xd, c, plane, |j, ch| (xd[j].f64() - mean[ch]).powi(2));
+            let var: Vec<f64> = sq.iter().map(|s| s / m as f64).collect();
+            let mo = self.spec.momentum;
+            let rm = floats_mut(&mut self.running_mean).data_mut();
+            for (r, &mu) in rm.iter_mut().zip(&mean) {
+                *r = T::of((1.0 - mo) * r.f64() + mo * mu);
+            }
+            // PyTorch's unbiased update; with one value per channel it is not defined, and
+            // PyTorch refuses such a batch: the running variance is left as it is then.
+            if m > 1 {
+                let rv = floats_mut(&mut self.running_var).data_mut();
+                for (r, &v) in rv.iter_mut().zip(&var) {
+                    *r = T::of((1.0 - mo) * r.f64() + mo * v * m as f64 / (m - 1) as f64);
+                }
+            }
+            if let Buffer::Count(k) = &mut self.tracked {
+                *k += 1;
+            }
+            let inv = var
+                .iter()
+                .map(|v| 1.0 / (v + self.spec.eps).sqrt())
+                .collect();
+            (mean, inv)
+        } else {
+            let rm = floats(&self.running_mean).data();
+            let rv = floats(&self.running_var).data();
+            (
+                rm.iter().map(|v| v.f64()).collect(),
+                rv.iter()
+                    .map(|v| 1.0 / (v.f64() + self.spec.eps).sqrt())
+                    .collect(),
+            )
+        };
+        let coef: Vec<(f64, f64, f64)> = (0..c)
+            .map(|ch| (mean[ch], inv_std[ch], self.gamma(ch)))
+            .collect();
+        let beta: Vec<f64> = (0..c).map(|ch| self.beta(ch)).collect();
+        let mut x_hat = pass.grad.then(|| Tensor::<T>::zeros(x.shape()));
+        let normalise = |k: usize, p: &mut [T], h: Option<&mut [T]>| {
+            let ch = k % c;
+            let (mu, is, g) = coef[ch];
+            match h {
+                Some(h) => p.iter_mut().zip(h).for_each(|(v, h)| {
+                    let xh = (v.f64() - mu) * is;
+                    *h = T::of(xh);
+                    *v = T::of(xh * g + beta[ch]);
+                }),
+                None => p.iter_mut().for_each(|v| {
+                    *v = T::of((v.f64() - mu) * is * g + beta[ch]);
+                }),
+            }
+        };
+        let plane = plane.max(1);
+        match &mut x_hat {
+            Some(h) => x
+                .data_mut()
+                .par_chunks_mut(plane)
+                .zip(h.data_mut().par_chunks_mut(plane))
+                .enumerate()
+                .for_each(|(k, (p, h))| normalise(k, p, Some(h))),
+            None => x
+                .data_mut()
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(k, p)| normalise(k, p, None)),
+        }
+        self.cache = x_hat.map(|x_hat| Cache {
+            x_hat,
+            inv_std,
+            batch_stats: pass.train,
+        });
+        x
+    }
+
+    fn backward(&mut self, mut dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
+        let cache = self.cache.take().expect(NO_CACHE);
+        let c = self.channels;
+        let plane = (dy.len() / (dy.shape()[0] * c).max(1)).max(1);
+        let m = (dy.len() / c.max(1)) as f64;
+        let (d, h) = (dy.data(), cache.x_hat.data());
+        let sum_dy = channel_sums(d, c, plane, |j, _| d[j].f64());
+        let sum_dy_xh = channel_sums(d, c, plane, |j, _| d[j].f64() * h[j].f64());
+        if let (Some(w), Some(b)) = (&mut self.weight, &mut self.bias) {
+            for ch in 0..c {
+                w.grad.data_mut()[ch] += T::of(sum_dy_xh[ch]);
+                b.grad.data_mut()[ch] += T::of(sum_dy[ch]);
+            }
+        }
+        if !need_dx {
+            return None;
+        }
+        let scale: Vec<f64> = (0..c)
+            .map(|ch| self.gamma(ch) * cache.inv_std[ch])
+            .collect();
+        let batch = cache.batch_stats;
+        dy.data_mut()
+            .par_chunks_mut(plane)
+            .zip(h.par_chunks(plane))
+            .enumerate()
+            .for_each(|(k, (p, h))| {
+                let ch = k % c;
+                let s = scale[ch];
+                if batch {
+                    // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))
+                    let (a, b) = (sum_dy[ch] / m, sum_dy_xh[ch] / m);
+                    p.iter_mut()
+                        .zip(h)
+                        .for_each(|(v, &xh)| *v = T::of(s * (v.f64() - a - xh.f64() * b)));
+                } else {
+                    p.iter_mut().for_each(|v| *v = T::of(s * v.f64()));
+                }
+            });
+        Some(dy)
+    }
+
+    fn params(&self) -> Named<'_, Param<T>> {
+        let mut v = Vec::new();
+        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
+            v.push(("weight".to_string(), w));
+            v.push(("bias".to_string(), b));
+        }
+        v
+    }
+    fn params_mut(&mut self) -> NamedMut<'_, Param<T>> {
+        let mut v = Vec::new();
+        if let (Some(w), Some(b)) = (&mut self.weight, &mut self.bias) {
+            v.push(("weight".to_string(), w));
+            v.push(("bias".to_string(), b));
+        }
+        v
+    }
+    fn buffers(&self) -> Named<'_, Buffer<T>> {
+        vec![
+            ("running_mean".into(), &self.running_mean),
+            ("running_var".into(), &self.running_var),
+            ("num_batches_tracked".into(), &self.tracked),
+        ]
+    }
+    fn buffers_mut(&mut self) -> NamedMut<'_, Buffer<T>> {
+        vec![
+            ("running_mean".into(), &mut self.running_mean),
+            ("running_var".into(), &mut self.running_var),
+            ("num_batches_tracked".into(), &mut self.tracked),
+        ]
+    }
+    fn whole_batch(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{gradcheck, layer, random, spec};
+    use super::*;
+
+    /// The naive definition, per channel, in f64.
+    #[test]
+    fn training_normalises_and_updates_running_statistics() {
+        let (_, mut l) = layer("{ type = \"batchnorm2d\", momentum = 0.25 }", &[2, 2, 3]);
+        let x = Tensor::from_vec(&[3, 2, 2, 3], random(36, 5)).unwrap();
+        let y = l.forward(x.clone(), &Pass::train(0));
+        for ch in 0..2 {
+            let vals: Vec<f64> = (0..3)
+                .flat_map(|n| x.data()[(n * 2 + ch) * 6..(n * 2 + ch + 1) * 6].to_vec())
+                .collect();
+            let mean = vals.iter().sum::<f64>() / 18.0;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 18.0;
+            for n in 0..3 {
+                for j in 0..6 {
+                    let at = (n * 2 + ch) * 6 + j;
+                    let want = (x.data()[at] - mean) / (var + 1e-5).sqrt();
+                    assert!((y.data()[at] - want).abs() < 1e-12);
+                }
+            }
+            let b = l.buffers();
+            let Buffer::Float(rm) = b[0].1 else { panic!() };
+            let Buffer::Float(rv) = b[1].1 else { panic!() };
+            assert!((rm.data()[ch] - 0.25 * mean).abs() < 1e-15);
+            assert!((rv.data()[ch] - (0.75 + 0.25 * var * 18.0 / 17.0)).abs() < 1e-15);
+            assert_eq!(b[2].1, &Buffer::Count(1));
+        }
+    }
+
+    #[test]
+    fn inference_uses_running_statistics() {
+        let (_, mut l) = layer("{ type = \"batchnorm1d\", eps = 0.5 }", &[2]);
+        for (name, b) in l.buffers_mut() {
+            if let Buffer::Float(t) = b {
+                let v = if name == "running_mean" {
+                    [1.0, -1.0]
+                } else {
+                    [3.5, 1.5]
+                };
+                t.data_mut().copy_from_slice(&v);
+            }
+        }
+        let y = l.forward(
+            Tensor::from_vec(&[1, 2], vec![3.0, 1.0]).unwrap(),
+            &Pass::INFER,
+        );
+        assert!((y.data()[0] - 1.0).abs() < 1e-15);
+        assert!((y.data()[1] - std::f64::consts::SQRT_2).abs() < 1e-15);
+    }
+
+    #[test]
+    fn keys_shapes_and_tensors() {
+        let s = spec("{ type = \"batchnorm2d\", affine = false }").unwrap();
+        assert_eq!(s.param_count(&[3, 4, 4]), 0);
+        assert_eq!(s.buffer_count(&[3, 4, 4]), 7);
+        assert!(s.output_shape(&[12]).is_err());
+        assert!(spec("{ type = \"batchnorm1d\" }")
+            .unwrap()
+            .output_shape(&[3, 4, 4])
+            .is_err());
+        assert!(spec("{ type = \"batchnorm2d\", momentum = 1.5 }").is_err());
+        assert!(spec("{ type = \"batchnorm2d\", eps = 0 }").is_err());
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_in_both_modes() {
+        for t in [
+            "{ type = \"batchnorm2d\" }",
+            "{ type = \"batchnorm2d\", affine = false }",
+        ] {
+            gradcheck(t, &[3, 2, 2, 3], Pass::train(0));
+            gradcheck(t, &[3, 2, 2, 3], Pass::FROZEN);
+        }
+        gradcheck("{ type = \"batchnorm1d\" }", &[4, 3], Pass::train(0));
+        gradcheck("{ type = \"batchnorm1d\" }", &[4, 3], Pass::FROZEN);
+    }
+}

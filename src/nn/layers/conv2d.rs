@@ -1,0 +1,284 @@
+//! `conv2d`: PyTorch's Conv2d (cross-correlation), with stride, padding ("same" and
+//! "valid" too), dilation, groups and an optional bias.
+use super::{chw, weight_bias, weight_bias_mut, BuildCx, Layer, LayerDef, Named, NamedMut};
+use super::{Param, Pass, TensorInfo, NO_CACHE};
+use crate::error::Result;
+use crate::nn::keys::{pair_text, Fields};
+use crate::ops::conv::ConvScratch;
+use crate::ops::conv::{conv2d_backward_with, conv2d_forward_with, Conv2dConfig, Conv2dGeometry};
+use crate::ops::shape::same_padding;
+use crate::tensor::{Float, Tensor};
+use toml::Value;
+
+/// Convolution padding as written in a model file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Rows, columns of zeros on each side.
+    Explicit(usize, usize),
+    /// PyTorch's "same": output size = input size (stride 1 only), extra padding at the end.
+    Same,
+    /// No padding.
+    Valid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    pub out_channels: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: Padding,
+    pub dilation: (usize, usize),
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl Conv2dSpec {
+    /// The kernel-level configuration (padding resolved to begin/end amounts).
+    pub fn config(&self) -> Conv2dConfig {
+        let (pad_begin, pad_end) = match self.padding {
+            Padding::Explicit(h, w) => ((h, w), (h, w)),
+            Padding::Valid => ((0, 0), (0, 0)),
+            Padding::Same => {
+                let (t, b) = same_padding(self.kernel.0, self.dilation.0);
+                let (l, r) = same_padding(self.kernel.1, self.dilation.1);
+                ((t, l), (b, r))
+            }
+        };
+        Conv2dConfig {
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            pad_begin,
+            pad_end,
+            groups: self.groups,
+        }
+    }
+
+    /// The built layer, typed (the fusion pass takes its parts).
+    pub fn build_conv<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Conv2d<T> {
+        let chw = [input[0], input[1], input[2]];
+        let geom =
+            Conv2dGeometry::new(chw, self.out_channels, self.config()).expect("shape-checked spec");
+        let fan_in = geom.k_per_group();
+        let fan_out = self.out_channels * self.kernel.0 * self.kernel.1;
+        let (wb, bb) = cx.init.bounds(fan_in, fan_out);
+        let weight = Param::uniform(
+            &[
+                self.out_channels,
+                input[0] / self.groups,
+                self.kernel.0,
+                self.kernel.1,
+            ],
+            wb,
+            cx.rng,
+        );
+        let bias = self
+            .bias
+            .then(|| Param::uniform(&[self.out_channels], bb, cx.rng));
+        Conv2d {
+            geom,
+            weight,
+            bias,
+            input: None,
+            scratch: ConvScratch::default(),
+        }
+    }
+}
+
+impl LayerDef for Conv2dSpec {
+    const TYPES: &'static [&'static str] = &["conv2d"];
+
+    fn parse(_name: &str, f: &mut Fields) -> Result<Self> {
+        let out_channels = f.required_usize("out_channels")?;
+        let kernel = f.pair("kernel", None)?;
+        let stride = f.pair("stride", Some((1, 1)))?;
+        let padding = match f.get("padding") {
+            Some(Value::String(s)) if s == "same" => Padding::Same,
+            Some(Value::String(s)) if s == "valid" => Padding::Valid,
+            Some(Value::String(s)) => {
+                return Err(f.err(format!(
+                    "key `padding` must be an integer, [h, w], \"same\" or \"valid\", got \"{s}\""
+                )))
+            }
+            Some(_) => {
+                f.unread("padding");
+                let (h, w) = f.pair0("padding")?;
+                Padding::Explicit(h, w)
+            }
+            None => Padding::Explicit(0, 0),
+        };
+        let dilation = f.pair("dilation", Some((1, 1)))?;
+        let groups = f.usize_or("groups", 1)?;
+        let bias = f.bool("bias", true)?;
+        if padding == Padding::Same && stride != (1, 1) {
+            return Err(f.err("padding = \"same\" needs stride 1 (as in PyTorch)"));
+        }
+        Ok(Conv2dSpec {
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+        })
+    }
+
+    fn type_name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        let g = Conv2dGeometry::new(chw(input)?, self.out_channels, self.config())?;
+        Ok(vec![g.out_channels, g.out_h, g.out_w])
+    }
+
+    fn tensors(&self, input: &[usize]) -> Vec<TensorInfo> {
+        let mut t = vec![TensorInfo::param(
+            "weight",
+            &[
+                self.out_channels,
+                input[0] / self.groups,
+                self.kernel.0,
+                self.kernel.1,
+            ],
+        )];
+        if self.bias {
+            t.push(TensorInfo::param("bias", &[self.out_channels]));
+        }
+        t
+    }
+
+    fn fields(&self, _multiline: bool) -> Vec<(&'static str, String)> {
+        vec![
+            ("out_channels", self.out_channels.to_string()),
+            ("kernel", pair_text(self.kernel)),
+            ("stride", pair_text(self.stride)),
+            (
+                "padding",
+                match self.padding {
+                    Padding::Explicit(h, w) => pair_text((h, w)),
+                    Padding::Same => "\"same\"".into(),
+                    Padding::Valid => "\"valid\"".into(),
+                },
+            ),
+            ("dilation", pair_text(self.dilation)),
+            ("groups", self.groups.to_string()),
+            ("bias", self.bias.to_string()),
+        ]
+    }
+
+    fn build<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Box<dyn Layer<T>> {
+        Box::new(self.build_conv::<T>(input, cx))
+    }
+}
+
+pub struct Conv2d<T> {
+    pub(crate) geom: Conv2dGeometry,
+    pub(crate) weight: Param<T>,         // (C_out, C_in/groups, kh, kw)
+    pub(crate) bias: Option<Param<T>>,   // (C_out)
+    pub(crate) input: Option<Tensor<T>>, // (N, C_in, H, W), cached for dW
+    pub(crate) scratch: ConvScratch<T>,  // the kernels' buffers, reused step after step
+}
+
+impl<T: Float> Conv2d<T> {
+    /// y (N, C_out, H_out, W_out) of n samples x (N, C_in, H, W).
+    fn run(&mut self, x: &[T], n: usize) -> Tensor<T> {
+        let g = &self.geom;
+        let mut y = Tensor::zeros(&[n, g.out_channels, g.out_h, g.out_w]);
+        conv2d_forward_with(
+            g,
+            n,
+            x,
+            self.weight.value.data(),
+            self.bias.as_ref().map(|b| b.value.data()),
+            y.data_mut(),
+            &mut self.scratch,
+        );
+        y
+    }
+}
+
+impl<T: Float> Layer<T> for Conv2d<T> {
+    fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T> {
+        let y = self.run(x.data(), x.shape()[0]);
+        self.input = pass.grad.then_some(x);
+        y
+    }
+    fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        self.input = None;
+        self.run(x, shape[0])
+    }
+    fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
+        let x = self.input.take().expect(NO_CACHE);
+        let n = x.shape()[0];
+        let mut dx = need_dx.then(|| Tensor::zeros(x.shape()));
+        conv2d_backward_with(
+            &self.geom,
+            n,
+            x.data(),
+            self.weight.value.data(),
+            dy.data(),
+            dx.as_mut().map(|d| d.data_mut()),
+            self.weight.grad.data_mut(),
+            self.bias.as_mut().map(|b| b.grad.data_mut()),
+            &mut self.scratch,
+        );
+        dx
+    }
+    fn params(&self) -> Named<'_, Param<T>> {
+        weight_bias(&self.weight, self.bias.as_ref())
+    }
+    fn params_mut(&mut self) -> NamedMut<'_, Param<T>> {
+        weight_bias_mut(&mut self.weight, self.bias.as_mut())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{gradcheck, spec};
+    use super::*;
+
+    #[test]
+    fn keys_defaults_and_errors() {
+        let LayerSpec::Conv2d(c) =
+            spec("{ type = \"conv2d\", out_channels = 4, kernel = 3 }").unwrap()
+        else {
+            panic!("not a conv2d spec")
+        };
+        assert_eq!(c.stride, (1, 1));
+        assert_eq!(c.padding, Padding::Explicit(0, 0));
+        assert_eq!((c.dilation, c.groups, c.bias), ((1, 1), 1, true));
+        let e = spec(
+            "{ type = \"conv2d\", out_channels = 4, kernel = 3, stride = 2, padding = \"same\" }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs stride 1"), "{e}");
+        let e = spec("{ type = \"conv2d\", kernel = 3 }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out_channels"), "{e}");
+    }
+
+    #[test]
+    fn output_shape_follows_pytorch() {
+        // ⌊(13 + 2 − 1·(3−1) − 1)/2⌋ + 1 = 7 rows; ⌊(11 + 0 − 2·(2−1) − 1)/1⌋ + 1 = 9 columns.
+        let s = spec("{ type = \"conv2d\", out_channels = 4, kernel = [3, 2], stride = [2, 1], padding = [1, 0], dilation = [1, 2] }")
+            .unwrap();
+        assert_eq!(s.output_shape(&[3, 13, 11]).unwrap(), vec![4, 7, 9]);
+        assert_eq!(s.param_count(&[3, 13, 11]), 4 * 3 * 3 * 2 + 4);
+        assert!(s.output_shape(&[3, 13, 2]).is_err());
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        gradcheck(
+            "{ type = \"conv2d\", out_channels = 4, kernel = 3, stride = 2, padding = 1, groups = 2 }",
+            &[2, 2, 6, 5],
+            Pass::train(0),
+        );
+    }
+
+    use super::super::LayerSpec;
+}

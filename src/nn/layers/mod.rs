@@ -1,0 +1,630 @@
+//! Layer types, one file each, and the registry that names them. A layer file owns its
+//! model-file keys, shape rule, parameters and buffers, and its forward/backward pair: forward
+//! caches exactly what backward needs; backward takes dOut, returns dIn and adds into the
+//! parameter gradients. Adding a layer type is its file plus one line in [`registry!`].
+use super::init::Init;
+use super::keys::{Ctx, Fields};
+use crate::error::{Error, Result};
+use crate::tensor::{Float, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::any::Any;
+use toml::Value;
+
+/// A trainable tensor and its accumulated gradient (same shape).
+#[derive(Clone, Debug)]
+pub struct Param<T> {
+    pub value: Tensor<T>,
+    pub grad: Tensor<T>,
+}
+
+impl<T: Float> Param<T> {
+    /// Values drawn from U(−bound, bound) (zeros for bound 0), in order from `rng`.
+    pub fn uniform(shape: &[usize], bound: f64, rng: &mut ChaCha8Rng) -> Self {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                if bound > 0.0 {
+                    T::of(rng.gen_range(-bound..bound))
+                } else {
+                    T::zero()
+                }
+            })
+            .collect();
+        Param::of(Tensor::from_vec(shape, data).expect("length is the shape's product"))
+    }
+
+    /// A parameter holding `value`, its gradient zero.
+    pub fn of(value: Tensor<T>) -> Self {
+        let grad = Tensor::zeros(value.shape());
+        Param { value, grad }
+    }
+}
+
+/// State that is saved with the weights but not trained (PyTorch's buffers).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Buffer<T> {
+    /// A float tensor, such as BatchNorm's running mean.
+    Float(Tensor<T>),
+    /// A counter, saved as an int64 scalar (BatchNorm's `num_batches_tracked`).
+    Count(u64),
+}
+
+/// A layer's tensors with their state_dict names relative to the layer ("weight",
+/// "body.0.bias"), in state_dict order.
+pub type Named<'a, X> = Vec<(String, &'a X)>;
+pub type NamedMut<'a, X> = Vec<(String, &'a mut X)>;
+
+/// What one forward pass is: training or inference, and where its random draws come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// Training mode: batch statistics, dropout.
+    pub train: bool,
+    /// Cache what backward needs (training, or gradients through inference mode).
+    pub grad: bool,
+    /// The step's random key: a layer's draws for a sample are a function of (key, the
+    /// layer's salt, the sample's row in the whole batch) alone, so they do not depend on how
+    /// the batch is split between threads.
+    pub key: u64,
+    /// Row of this part's first sample in the whole batch.
+    pub first_row: usize,
+}
+
+impl Pass {
+    /// Inference: no caches, running statistics, no dropout.
+    pub const INFER: Pass = Pass {
+        train: false,
+        grad: false,
+        key: 0,
+        first_row: 0,
+    };
+
+    /// A training pass of the whole batch with random key `key`.
+    pub fn train(key: u64) -> Pass {
+        Pass {
+            train: true,
+            grad: true,
+            key,
+            first_row: 0,
+        }
+    }
+
+    /// Inference mode (running statistics, no dropout) that still caches for backward.
+    pub const FROZEN: Pass = Pass {
+        train: false,
+        grad: true,
+        key: 0,
+        first_row: 0,
+    };
+}
+
+/// Lets the fusion pass look inside and take apart boxed layers.
+pub trait AsAny: Any {
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<X: Any> AsAny for X {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// One built layer of a network.
+pub trait Layer<T: Float>: AsAny + Send {
+    /// y = layer(x) for a batch; with `pass.grad`, caches what backward needs.
+    fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T>;
+    /// Inference on borrowed samples x with `shape` (N first), so that the rows of a batch
+    /// need no copy of their own. Layers that only read their input override it.
+    fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        self.forward(Tensor::copy_of(shape, x), &Pass::INFER)
+    }
+    /// Takes dL/dy, adds into the parameter gradients, returns dL/dx when `need_dx`.
+    fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>>;
+    /// The parameters, named relative to the layer.
+    fn params(&self) -> Named<'_, Param<T>> {
+        Vec::new()
+    }
+    fn params_mut(&mut self) -> NamedMut<'_, Param<T>> {
+        Vec::new()
+    }
+    /// The buffers, named relative to the layer.
+    fn buffers(&self) -> Named<'_, Buffer<T>> {
+        Vec::new()
+    }
+    fn buffers_mut(&mut self) -> NamedMut<'_, Buffer<T>> {
+        Vec::new()
+    }
+    /// Whether training needs the whole batch in one forward (batch statistics): the network
+    /// then runs a training batch as one part instead of shards side by side.
+    fn whole_batch(&self) -> bool {
+        false
+    }
+    /// The nested sequences of a container layer, for passes over the whole network.
+    fn children_mut(&mut self) -> Vec<&mut Seq<T>> {
+        Vec::new()
+    }
+}
+
+/// `weight` and, if present, `bias` (PyTorch's names).
+pub fn weight_bias<'a, T>(w: &'a Param<T>, b: Option<&'a Param<T>>) -> Named<'a, Param<T>> {
+    std::iter::once(("weight".to_string(), w))
+        .chain(b.map(|b| ("bias".to_string(), b)))
+        .collect()
+}
+
+/// Mutable variant of [`weight_bias`].
+pub fn weight_bias_mut<'a, T>(
+    w: &'a mut Param<T>,
+    b: Option<&'a mut Param<T>>,
+) -> NamedMut<'a, Param<T>> {
+    std::iter::once(("weight".to_string(), w))
+        .chain(b.map(|b| ("bias".to_string(), b)))
+        .collect()
+}
+
+/// `items` with `{prefix}` before each name.
+pub fn prefixed<X>(prefix: &str, items: Vec<(String, X)>) -> Vec<(String, X)> {
+    items
+        .into_iter()
+        .map(|(n, x)| (format!("{prefix}{n}"), x))
+        .collect()
+}
+
+pub(crate) const NO_CACHE: &str = "backward called without a training forward pass";
+
+/// Layers in sequence; `index[i]` is layer i's position among the specs it was built from
+/// (the prefix of its tensors' names), which differs from i after fusion.
+pub struct Seq<T> {
+    pub layers: Vec<Box<dyn Layer<T>>>,
+    pub index: Vec<usize>,
+}
+
+impl<T: Float> Seq<T> {
+    pub fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T> {
+        self.layers.iter_mut().fold(x, |h, l| l.forward(h, pass))
+    }
+
+    /// Inference on borrowed samples: the first layer reads them in place.
+    pub fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        match self.layers.split_first_mut() {
+            Some((first, rest)) => rest
+                .iter_mut()
+                .fold(first.infer(x, shape), |h, l| l.forward(h, &Pass::INFER)),
+            None => Tensor::copy_of(shape, x),
+        }
+    }
+
+    /// Back-propagates dy; layer 0 computes its input gradient only when `need_dx`.
+    pub fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
+        let mut d = dy;
+        for (i, l) in self.layers.iter_mut().enumerate().rev() {
+            d = l.backward(d, i > 0 || need_dx)?;
+        }
+        Some(d)
+    }
+
+    /// Parameters named `{index}.{name}`, in state_dict order.
+    pub fn params(&self) -> Named<'_, Param<T>> {
+        let mut out = Vec::new();
+        for (l, i) in self.layers.iter().zip(&self.index) {
+            out.extend(prefixed(&format!("{i}."), l.params()));
+        }
+        out
+    }
+
+    pub fn params_mut(&mut self) -> NamedMut<'_, Param<T>> {
+        let mut out = Vec::new();
+        for (l, i) in self.layers.iter_mut().zip(&self.index) {
+            out.extend(prefixed(&format!("{i}."), l.params_mut()));
+        }
+        out
+    }
+
+    /// Buffers named `{index}.{name}`, in state_dict order.
+    pub fn buffers(&self) -> Named<'_, Buffer<T>> {
+        let mut out = Vec::new();
+        for (l, i) in self.layers.iter().zip(&self.index) {
+            out.extend(prefixed(&format!("{i}."), l.buffers()));
+        }
+        out
+    }
+
+    pub fn buffers_mut(&mut self) -> NamedMut<'_, Buffer<T>> {
+        let mut out = Vec::new();
+        for (l, i) in self.layers.iter_mut().zip(&self.index) {
+            out.extend(prefixed(&format!("{i}."), l.buffers_mut()));
+        }
+        out
+    }
+
+    pub fn whole_batch(&self) -> bool {
+        self.layers.iter().any(|l| l.whole_batch())
+    }
+}
+
+/// What a layer's construction draws on: the weight initialisation, the random stream of
+/// initial values (drawn in spec order), and the salts that tell random layers apart.
+pub struct BuildCx<'a> {
+    pub init: Init,
+    pub rng: &'a mut ChaCha8Rng,
+    salts: u64,
+}
+
+impl<'a> BuildCx<'a> {
+    pub fn new(init: Init, rng: &'a mut ChaCha8Rng) -> Self {
+        BuildCx {
+            init,
+            rng,
+            salts: 0,
+        }
+    }
+
+    /// A number no other random layer of this network has (the same in every copy).
+    pub fn salt(&mut self) -> u64 {
+        self.salts += 1;
+        self.salts
+    }
+}
+
+/// Kind of a tensor a layer declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    /// Trained.
+    Param,
+    /// Saved, not trained: a float tensor.
+    Buffer,
+    /// Saved, not trained: an int64 counter.
+    Count,
+}
+
+/// One tensor of a layer: its state_dict name relative to the layer, shape and kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: TensorKind,
+}
+
+impl TensorInfo {
+    pub fn param(name: &str, shape: &[usize]) -> Self {
+        TensorInfo {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind: TensorKind::Param,
+        }
+    }
+    pub fn buffer(name: &str, shape: &[usize]) -> Self {
+        TensorInfo {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind: TensorKind::Buffer,
+        }
+    }
+}
+
+/// A layer type as a model file names it: keys, shape rule, tensors and construction.
+pub trait LayerDef: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
+    /// The `type` names this definition reads.
+    const TYPES: &'static [&'static str];
+    /// Reads the keys of a layer table whose `type` is `name`, one of [`LayerDef::TYPES`].
+    fn parse(name: &str, f: &mut Fields) -> Result<Self>;
+    /// The `type` name of this spec.
+    fn type_name(&self) -> &'static str;
+    /// Output sample shape for an input sample shape ([C, H, W] or [F]); the error says what
+    /// does not fit.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String>;
+    /// Parameters and buffers for an input shape (already checked), in state_dict order.
+    fn tensors(&self, _input: &[usize]) -> Vec<TensorInfo> {
+        Vec::new()
+    }
+    /// `key = value` pairs (TOML syntax) besides `type`, every key written out; `multiline`
+    /// lets an array span lines (at the top level, not inside an inline table).
+    fn fields(&self, _multiline: bool) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// Nested layer sequences with their name ("body", "shortcut") and input shape.
+    fn children(&self) -> Vec<(&'static str, &[LayerSpec])> {
+        Vec::new()
+    }
+    /// The layer for inputs of sample shape `input` (already shape-checked).
+    fn build<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Box<dyn Layer<T>>;
+}
+
+/// Declares each layer file's module and [`LayerSpec`], one variant per layer definition,
+/// and dispatches to them.
+macro_rules! registry {
+    ($($module:ident :: $def:ident as $variant:ident,)*) => {
+        $(pub mod $module;)*
+
+        /// One layer of a model file: the spec of one registered layer type.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum LayerSpec {
+            $($variant($module::$def),)*
+        }
+
+        impl LayerSpec {
+            /// Every `type` name a model file may use.
+            pub fn type_names() -> Vec<&'static str> {
+                let mut v = Vec::new();
+                $(v.extend_from_slice(<$module::$def as LayerDef>::TYPES);)*
+                v
+            }
+            fn parse_known(name: &str, f: &mut Fields) -> Option<Result<LayerSpec>> {
+                $(if <$module::$def as LayerDef>::TYPES.contains(&name) {
+                    return Some(<$module::$def as LayerDef>::parse(name, f).map(LayerSpec::$variant));
+                })*
+                None
+            }
+            /// The `type` name used in model files.
+            pub fn type_name(&self) -> &'static str {
+                match self { $(LayerSpec::$variant(s) => s.type_name(),)* }
+            }
+            /// Output sample shape for an input sample shape; the error says what does not fit.
+            pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+                match self { $(LayerSpec::$variant(s) => s.output_shape(input),)* }
+            }
+            /// Parameters and buffers for an input shape, in state_dict order.
+            pub fn tensors(&self, input: &[usize]) -> Vec<TensorInfo> {
+                match self { $(LayerSpec::$variant(s) => s.tensors(input),)* }
+            }
+            fn fields(&self, multiline: bool) -> Vec<(&'static str, String)> {
+                match self { $(LayerSpec::$variant(s) => s.fields(multiline),)* }
+            }
+            /// Nested sequences ("body", "shortcut") of a container layer.
+            pub fn children(&self) -> Vec<(&'static str, &[LayerSpec])> {
+                match self { $(LayerSpec::$variant(s) => s.children(),)* }
+            }
+            /// The built layer for inputs of sample shape `input` (already shape-checked).
+            pub fn build<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Box<dyn Layer<T>> {
+                match self { $(LayerSpec::$variant(s) => s.build(input, cx),)* }
+            }
+        }
+    };
+}
+
+registry! {
+    conv2d::Conv2dSpec as Conv2d,
+    pool2d::PoolSpec as Pool,
+    activation::ActivationSpec as Activation,
+    leaky_relu::LeakyReluSpec as LeakyRelu,
+    elu::EluSpec as Elu,
+    gelu::GeluSpec as Gelu,
+    flatten::FlattenSpec as Flatten,
+    linear::LinearSpec as Linear,
+    residual::ResidualSpec as Residual,
+    batchnorm::BatchNormSpec as BatchNorm,
+    dropout::DropoutSpec as Dropout,
+    adaptive_pool::AdaptivePoolSpec as AdaptivePool,
+}
+
+impl LayerSpec {
+    /// Number of trained scalars for an input shape (already checked).
+    pub fn param_count(&self, input: &[usize]) -> usize {
+        self.count(input, TensorKind::Param)
+    }
+
+    /// Number of saved, untrained scalars (buffers; a counter counts one).
+    pub fn buffer_count(&self, input: &[usize]) -> usize {
+        self.count(input, TensorKind::Buffer) + self.count(input, TensorKind::Count)
+    }
+
+    fn count(&self, input: &[usize], kind: TensorKind) -> usize {
+        self.tensors(input)
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| crate::nn::spec::elements(&t.shape).unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add)
+    }
+
+    /// `key = value` pairs of this layer in TOML syntax, `type` first.
+    pub fn toml_fields(&self, multiline: bool) -> Vec<(&'static str, String)> {
+        let mut f = vec![("type", format!("\"{}\"", self.type_name()))];
+        f.extend(self.fields(multiline));
+        f
+    }
+
+    /// This layer as an inline TOML table.
+    pub fn inline_toml(&self) -> String {
+        let kv: Vec<String> = self
+            .toml_fields(false)
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        format!("{{ {} }}", kv.join(", "))
+    }
+}
+
+/// Parses one layer table; `path` names it in errors ("3", "2.body.1").
+pub fn parse_layer(v: &Value, source: &str, path: String) -> Result<LayerSpec> {
+    let at = |msg: String| Error::Model {
+        source_name: source.into(),
+        layer: Some(format!("layer {path}")),
+        msg,
+    };
+    let Some(table) = v.as_table() else {
+        return Err(at("must be a table".into()));
+    };
+    let kind = match table.get("type") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => return Err(at(format!("`type` must be a string, got {v}"))),
+        None => return Err(at("missing required key `type`".into())),
+    };
+    let ctx = Ctx {
+        source,
+        path: path.clone(),
+        kind: kind.clone(),
+    };
+    let mut f = Fields::new(table, &ctx);
+    let spec = match LayerSpec::parse_known(&kind, &mut f) {
+        Some(spec) => spec?,
+        None => {
+            return Err(ctx.err(format!(
+                "unknown layer type `{kind}` (known: {})",
+                LayerSpec::type_names().join(", ")
+            )))
+        }
+    };
+    f.finish()?;
+    Ok(spec)
+}
+
+/// Parses a non-empty array of layer tables under `key` of a container layer; the layers'
+/// paths in errors are `{path}.{what}.{j}`, as their tensors' names.
+pub fn parse_sequence(
+    f: &mut Fields,
+    key: &'static str,
+    what: &str,
+    required: bool,
+) -> Result<Option<Vec<LayerSpec>>> {
+    let items = match f.get(key) {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(_) => {
+            return Err(f.err(format!(
+                "key `{key}` must be a non-empty array of layer tables"
+            )))
+        }
+        None if required => return Err(f.err(format!("missing required key `{key}`"))),
+        None => return Ok(None),
+    };
+    let ctx = f.ctx;
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, l)| parse_layer(l, ctx.source, format!("{}.{what}.{j}", ctx.path)))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// The output shape of layers in sequence, each checked to be non-empty and bounded;
+/// errors name the failing layer as `{what} layer j (type)`.
+pub fn sequence_shape(
+    specs: &[LayerSpec],
+    input: &[usize],
+    what: &str,
+) -> Result<Vec<usize>, String> {
+    let mut s = input.to_vec();
+    for (j, l) in specs.iter().enumerate() {
+        s = l
+            .output_shape(&s)
+            .map_err(|e| format!("{what} layer {j} ({}): {e}", l.type_name()))?;
+        if crate::nn::spec::elements(&s).is_none_or(|n| n == 0 || n > crate::nn::spec::MAX_ELEMENTS)
+        {
+            return Err(format!(
+                "{what} layer {j} ({}): the output shape {s:?} is empty or has more than {} elements",
+                l.type_name(),
+                crate::nn::spec::MAX_ELEMENTS
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// Builds the layers of `specs` in sequence, one per spec, on inputs of sample shape `input`.
+pub fn build_sequence<T: Float>(specs: &[LayerSpec], input: &[usize], cx: &mut BuildCx) -> Seq<T> {
+    let mut shape = input.to_vec();
+    let mut layers = Vec::with_capacity(specs.len());
+    for s in specs {
+        layers.push(s.build(&shape, cx));
+        shape = s.output_shape(&shape).expect("shape-checked spec");
+    }
+    Seq {
+        layers,
+        index: (0..specs.len()).collect(),
+    }
+}
+
+/// The [C, H, W] of a sample shape, or the error a layer that needs one reports.
+pub fn chw(input: &[usize]) -> Result<[usize; 3], String> {
+    <[usize; 3]>::try_from(input).map_err(|_| {
+        format!("needs a [channels, height, width] input, got {input:?} (is it after a flatten?)")
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers for the layer files' tests: a one-layer network in f64 and its checks.
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Parses `table` (inline TOML of one layer) as layer 0 of a test source.
+    pub fn spec(table: &str) -> Result<LayerSpec> {
+        let v: toml::Table = format!("l = {table}").parse().expect("valid TOML");
+        parse_layer(&v["l"], "test", "0".into())
+    }
+
+    /// The layer of `table` built for `input` in f64, with parameters from seed 1.
+    pub fn layer(table: &str, input: &[usize]) -> (LayerSpec, Box<dyn Layer<f64>>) {
+        let s = spec(table).expect("valid layer");
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let l = s.build::<f64>(input, &mut BuildCx::new(Init::Pytorch, &mut rng));
+        (s, l)
+    }
+
+    /// Random values in [−1, 1) from `seed`.
+    pub fn random(n: usize, seed: u64) -> Vec<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// Checks backward against central differences of E = Σ r ⊙ layer(x) for the input
+    /// and every parameter, in the pass given (a training pass reuses its key, so random
+    /// layers draw the same masks every time).
+    pub fn gradcheck(table: &str, input_shape: &[usize], pass: Pass) {
+        let (_, mut l) = layer(table, &input_shape[1..]);
+        let n: usize = input_shape.iter().product();
+        let x = Tensor::from_vec(input_shape, random(n, 2)).unwrap();
+        let y = l.forward(x.clone(), &pass);
+        let r = random(y.len(), 3);
+        let dx = l
+            .backward(Tensor::from_vec(y.shape(), r.clone()).unwrap(), true)
+            .unwrap();
+        let grads: Vec<(String, Tensor<f64>)> = l
+            .params()
+            .into_iter()
+            .map(|(n, p)| (n, p.grad.clone()))
+            .collect();
+        let energy = |l: &mut Box<dyn Layer<f64>>, x: &Tensor<f64>| -> f64 {
+            let y = l.forward(x.clone(), &pass);
+            y.data().iter().zip(&r).map(|(a, b)| a * b).sum()
+        };
+        let h = 1e-6;
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + a.abs().max(b.abs()));
+        for i in 0..x.len() {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp.data_mut()[i] += h;
+            xm.data_mut()[i] -= h;
+            let fd = (energy(&mut l, &xp) - energy(&mut l, &xm)) / (2.0 * h);
+            assert!(
+                close(dx.data()[i], fd),
+                "{table}: dx[{i}] {} vs {fd}",
+                dx.data()[i]
+            );
+        }
+        for (name, g) in grads {
+            for i in 0..g.len() {
+                let nudge = |l: &mut Box<dyn Layer<f64>>, d: f64| {
+                    for (n, p) in l.params_mut() {
+                        if n == name {
+                            p.value.data_mut()[i] += d;
+                        }
+                    }
+                };
+                nudge(&mut l, h);
+                let ep = energy(&mut l, &x);
+                nudge(&mut l, -2.0 * h);
+                let em = energy(&mut l, &x);
+                nudge(&mut l, h);
+                let fd = (ep - em) / (2.0 * h);
+                assert!(
+                    close(g.data()[i], fd),
+                    "{table}: {name}[{i}] {} vs {fd}",
+                    g.data()[i]
+                );
+            }
+        }
+    }
+}
