@@ -393,6 +393,7 @@ registry! {
     leaky_relu::LeakyReluSpec as LeakyRelu,
     elu::EluSpec as Elu,
     gelu::GeluSpec as Gelu,
+    silu::SiluSpec as Silu,
     flatten::FlattenSpec as Flatten,
     linear::LinearSpec as Linear,
     residual::ResidualSpec as Residual,
