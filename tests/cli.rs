@@ -330,14 +330,15 @@ fn interrupted_and_resumed_run_ends_with_identical_weights() {
     let with = |extra: &[&str]| -> Vec<String> {
         common.iter().chain(extra).map(|s| s.to_string()).collect()
     };
-    let args = with(&["--epochs", "4", "--out", p(&full)]);
+    // Enough epochs that the signal, sent as soon as the first is on disk, lands mid-run.
+    let args = with(&["--epochs", "12", "--out", p(&full)]);
     ok(&Command::new(env!("CARGO_BIN_EXE_convnet"))
         .args(&args)
         .output()
         .unwrap());
 
     // Ctrl-C once the first epoch is on disk.
-    let args = with(&["--epochs", "4", "--out", p(&cut)]);
+    let args = with(&["--epochs", "12", "--out", p(&cut)]);
     let child = Command::new(env!("CARGO_BIN_EXE_convnet"))
         .args(&args)
         .stdout(std::process::Stdio::null())
@@ -353,16 +354,18 @@ fn interrupted_and_resumed_run_ends_with_identical_weights() {
         .status();
     let out = child.wait_with_output().unwrap();
     let done = metrics(&cut).len();
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("interrupted") && err.contains("--resume"),
-            "{err}"
-        );
-        assert!((1..4).contains(&done), "{done}");
-    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the run ended before the signal: {err}"
+    );
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!((1..12).contains(&done), "{done}");
     ok(&convnet(&["train", "--quiet", "--resume", p(&cut)]));
-    assert_eq!(metrics(&cut).len(), 4);
+    assert_eq!(metrics(&cut).len(), 12);
     let a = std::fs::read(full.join("model.safetensors")).unwrap();
     let b = std::fs::read(cut.join("model.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ from the uninterrupted run");

@@ -1,6 +1,7 @@
 //! Central finite differences in f64 against backward, for every layer option and whole networks.
 mod common;
 use convnet::loss::{loss, LossKind};
+use convnet::nn::layers::Pass;
 use convnet::{ModelSpec, Network, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -16,6 +17,13 @@ fn nudge(net: &mut Network<f64>, name: &str, i: usize, delta: f64) {
 
 /// E(θ, x) = Σ r ⊙ net(x) with a fixed random r, so dE/d(out) = r.
 fn check(spec_text: &str, n: usize, seed: u64) {
+    check_in(spec_text, n, seed, None)
+}
+
+/// [`check`] with the network run as `pass` says (training mode with a fixed random key,
+/// or inference mode with caches); None: training forward, inference-mode energy, as for
+/// layers whose modes agree.
+fn check_in(spec_text: &str, n: usize, seed: u64, pass: Option<Pass>) {
     let spec = ModelSpec::parse(spec_text, "gradcheck").unwrap();
     let mut net = Network::<f64>::new(spec.clone(), Default::default(), seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -24,16 +32,22 @@ fn check(spec_text: &str, n: usize, seed: u64) {
         .map(|_| rng.gen_range(-1.0..1.0))
         .collect();
     let x = Tensor::from_vec(&[n, c, h, w], x).unwrap();
-    let out = net.forward(x.clone(), true).unwrap();
+    let out = match pass {
+        Some(p) => net.forward_pass(x.clone(), p).unwrap(),
+        None => net.forward(x.clone(), true).unwrap(),
+    };
     let r: Vec<f64> = (0..out.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let energy = |net: &mut Network<f64>, x: &Tensor<f64>| -> f64 {
-        net.forward(x.clone(), false)
-            .unwrap()
-            .data()
-            .iter()
-            .zip(&r)
-            .map(|(a, b)| a * b)
-            .sum()
+        match pass {
+            Some(p) => net.forward_pass(x.clone(), p),
+            None => net.forward(x.clone(), false),
+        }
+        .unwrap()
+        .data()
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| a * b)
+        .sum()
     };
     net.zero_grad();
     let dx = net.backward_with_input_grad(Tensor::from_vec(out.shape(), r.clone()).unwrap());
@@ -314,4 +328,66 @@ fn inference_on_rows_in_place_matches_forward() {
             .infer_rows(&x, std::ops::Range { start: 5, end: 4 })
             .is_err());
     }
+}
+
+/// Every new layer type and key in one network, in training mode (batch statistics, dropout
+/// masks of a fixed key) and in inference mode (running statistics), through backward.
+#[test]
+fn modern_layers_in_both_modes() {
+    let text = model(
+        "[2, 9, 8]",
+        r#"
+[[layers]]
+type = "conv2d"
+out_channels = 4
+kernel = 3
+padding = 1
+bias = false
+[[layers]]
+type = "batchnorm2d"
+momentum = 0.3
+[[layers]]
+type = "leaky_relu"
+negative_slope = 0.2
+[[layers]]
+type = "dropout2d"
+p = 0.25
+[[layers]]
+type = "residual"
+layers = [
+  { type = "conv2d", out_channels = 6, kernel = 3, stride = 2, padding = 1 },
+  { type = "batchnorm2d", affine = false },
+  { type = "elu", alpha = 0.6 },
+]
+shortcut = [{ type = "conv2d", out_channels = 6, kernel = 1, stride = 2 }, { type = "batchnorm2d" }]
+[[layers]]
+type = "gelu"
+[[layers]]
+type = "adaptivemaxpool2d"
+output = [3, 2]
+[[layers]]
+type = "silu"
+[[layers]]
+type = "adaptiveavgpool2d"
+output = [2, 2]
+[[layers]]
+type = "flatten"
+[[layers]]
+type = "dropout"
+p = 0.3
+[[layers]]
+type = "linear"
+out_features = 5
+[[layers]]
+type = "batchnorm1d"
+[[layers]]
+type = "gelu"
+approximate = "tanh"
+[[layers]]
+type = "linear"
+out_features = 3
+"#,
+    );
+    check_in(&text, 5, 40, Some(Pass::train(9)));
+    check_in(&text, 5, 41, Some(Pass::FROZEN));
 }

@@ -10,7 +10,14 @@ use std::process::Command;
 
 #[test]
 fn forward_matches_pytorch_for_every_layer_option() {
-    for name in ["convs", "residual", "pools", "lenet5"] {
+    for name in [
+        "convs",
+        "residual",
+        "pools",
+        "lenet5",
+        "modern_cnn",
+        "modern_global",
+    ] {
         let mut n = net(
             &format!("fwd_{name}.toml"),
             &format!("fwd_{name}.safetensors"),
@@ -70,24 +77,27 @@ fn case_config(case: &toml::Table) -> (OptimizerConfig, f64, LossKind) {
     )
 }
 
-#[test]
-fn k_training_steps_match_pytorch_for_every_optimizer_and_loss() {
+/// k steps of every optimizer × loss case on the network `model` from `init` with the
+/// batches of `data`, against PyTorch's results `{prefix}_{case}.safetensors`: each
+/// parameter's update within 1e-4 relative, float buffers within 1e-4 of their largest
+/// value, counters exactly.
+fn k_steps_match(model: &str, init_file: &str, data_file: &str, prefix: &str) {
     let cases: toml::Table = std::fs::read_to_string(fixture("train_cases.toml"))
         .unwrap()
         .parse()
         .unwrap();
-    let data = tensors("train_data.safetensors");
+    let data = tensors(data_file);
     let (xs, ys) = (&data["x"], &data["y"]); // (steps, B, C, H, W), (steps, B)
     let (steps, b) = (xs.shape()[0], xs.shape()[1]);
     let sample: Vec<usize> = xs.shape()[2..].to_vec();
-    let init = tensors("train_init.safetensors");
+    let init = state(init_file);
     let cases = cases["case"].as_array().unwrap();
     assert_eq!(cases.len(), 6);
     for case in cases {
         let case = case.as_table().unwrap();
         let name = case["name"].as_str().unwrap();
         let (cfg, lr, loss) = case_config(case);
-        let n = net("train_net.toml", "train_init.safetensors");
+        let n = net(model, init_file);
         let mut t = Trainer::new(n, convnet::optim::Optimizer::new(cfg), loss);
         let per = b * sample.iter().product::<usize>();
         for s in 0..steps {
@@ -100,28 +110,50 @@ fn k_training_steps_match_pytorch_for_every_optimizer_and_loss() {
                 .collect();
             t.step(x, &labels, lr).unwrap();
         }
-        let want = tensors(&format!("train_{name}.safetensors"));
-        for (pname, got) in t.net.named_params() {
-            let w0 = &init[&pname];
-            let du: Vec<f32> = got
-                .data()
-                .iter()
-                .zip(w0.data())
-                .map(|(a, b)| a - b)
-                .collect();
-            let dt: Vec<f32> = want[&pname]
-                .data()
-                .iter()
-                .zip(w0.data())
-                .map(|(a, b)| a - b)
-                .collect();
-            let e = rel_err(&du, &dt);
-            assert!(
-                e <= 1e-4,
-                "{name} {pname}: relative error of the update {e}"
-            );
+        let want = state(&format!("{prefix}_{name}.safetensors"));
+        let got = t.net.state();
+        let params: Vec<String> = t.net.named_params().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            got.floats.keys().collect::<Vec<_>>(),
+            want.floats.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        for (pname, g) in &got.floats {
+            let w = &want.floats[pname];
+            let e = if params.contains(pname) {
+                let w0 = &init.floats[pname];
+                let du: Vec<f32> = g.data().iter().zip(w0.data()).map(|(a, b)| a - b).collect();
+                let dt: Vec<f32> = w.data().iter().zip(w0.data()).map(|(a, b)| a - b).collect();
+                rel_err(&du, &dt)
+            } else {
+                rel_err(g.data(), w.data())
+            };
+            assert!(e <= 1e-4, "{name} {pname}: relative error {e}");
         }
+        assert_eq!(got.counts, want.counts, "{name}");
     }
+}
+
+#[test]
+fn k_training_steps_match_pytorch_for_every_optimizer_and_loss() {
+    k_steps_match(
+        "train_net.toml",
+        "train_init.safetensors",
+        "train_data.safetensors",
+        "train",
+    );
+}
+
+/// BatchNorm in training mode (batch statistics, running statistics, counters), residual
+/// shortcuts, adaptive pooling and the new activations, against PyTorch in float64.
+#[test]
+fn k_training_steps_of_modern_layers_match_pytorch_float64() {
+    k_steps_match(
+        "train_modern.toml",
+        "train_modern_init.safetensors",
+        "train_modern_data.safetensors",
+        "train_modern",
+    );
 }
 
 #[test]

@@ -176,24 +176,50 @@ fn summary(model: &str) -> Result<()> {
     let net = Network::<f32>::new(m.spec, Init::Pytorch, 0);
     let spec = net.spec();
     println!("Model: {}   input {}", spec.name, shape_text(&spec.input));
+    let rows = net.summary();
+    let width = rows.iter().map(|r| r.index.len()).max().unwrap_or(0).max(5);
+    let kinds = rows
+        .iter()
+        .map(|r| r.kind.len() + 2 * r.index.matches('.').count() / 2)
+        .max()
+        .unwrap_or(0)
+        .max(5);
     println!(
-        "{:<12} {:<10} {:>14} {:>10}",
-        "index", "layer", "output shape", "params"
+        "{:<width$}  {:<kinds$} {:>14} {:>10} {:>9}",
+        "index", "layer", "output shape", "params", "buffers"
     );
-    println!("{}", "-".repeat(49));
-    for r in net.summary() {
-        let depth = r.index.matches(".body.").count();
+    let rule = "-".repeat(width + kinds + 38);
+    println!("{rule}");
+    for r in &rows {
+        let depth = r.index.matches('.').count() / 2;
         let kind = format!("{}{}", "  ".repeat(depth), r.kind);
+        let buffers = if r.buffers > 0 {
+            thousands(r.buffers)
+        } else {
+            String::new()
+        };
         println!(
-            "{:<12} {:<10} {:>14} {:>10}",
+            "{:<width$}  {:<kinds$} {:>14} {:>10} {:>9}",
             r.index,
             kind,
             shape_text(&r.output_shape),
-            thousands(r.params)
+            thousands(r.params),
+            buffers
         );
     }
-    println!("{}", "-".repeat(49));
+    println!("{rule}");
     println!("Total parameters: {}", thousands(net.param_count()));
+    let buffers: usize = rows
+        .iter()
+        .filter(|r| !r.index.contains('.'))
+        .map(|r| r.buffers)
+        .sum();
+    if buffers > 0 {
+        println!(
+            "Buffers (saved, not trained: running statistics, counters): {}",
+            thousands(buffers)
+        );
+    }
     for (a, b) in crate::nn::collapse::collapsible_runs(net.spec()) {
         println!("note: layers {a}–{b} are linear maps in a row and collapse into one linear layer (convnet collapse)");
     }
@@ -202,7 +228,9 @@ fn summary(model: &str) -> Result<()> {
 
 /// A network with its weights: from --weights, else the run directory's.
 fn load_trained(model: &str, weights: Option<PathBuf>, what: &str) -> Result<Network<f32>> {
-    let ModelArg { spec, run_weights } = load_model(model)?;
+    let ModelArg {
+        spec, run_weights, ..
+    } = load_model(model)?;
     let w = weights.or(run_weights).ok_or_else(|| {
         Error::invalid(format!(
             "{what} needs weights: pass --weights FILE or a run directory as --model"
@@ -408,7 +436,16 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 dir.display()
             )));
         }
-        let mut net = Network::<f32>::new(m.spec, opts.init, opts.seed);
+        let mut spec = m.spec;
+        if m.preset && data.train.sample_shape != spec.input {
+            spec = spec.with_input(data.train.sample_shape)?;
+            println!(
+                "preset {} takes the data's samples of {}",
+                spec.name,
+                shape_text(&spec.input)
+            );
+        }
+        let mut net = Network::<f32>::new(spec, opts.init, opts.seed);
         if let Some(w) = &a.weights {
             net.load_weights(w)?;
         }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub struct ModelArg {
     pub spec: ModelSpec,
     pub run_weights: Option<PathBuf>,
+    /// Named a preset (which takes the data's sample shape when training).
+    pub preset: bool,
 }
 
 pub fn load_model(arg: &str) -> Result<ModelArg> {
@@ -20,6 +22,7 @@ pub fn load_model(arg: &str) -> Result<ModelArg> {
         return Ok(ModelArg {
             spec,
             run_weights: w.is_file().then_some(w),
+            preset: false,
         });
     }
     if path.is_file() {
@@ -27,12 +30,14 @@ pub fn load_model(arg: &str) -> Result<ModelArg> {
         return Ok(ModelArg {
             spec: ModelSpec::parse(&text, arg)?,
             run_weights: None,
+            preset: false,
         });
     }
     if let Some(text) = preset(arg) {
         return Ok(ModelArg {
             spec: ModelSpec::parse(text, &format!("preset {arg}"))?,
             run_weights: None,
+            preset: true,
         });
     }
     let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();

@@ -138,6 +138,21 @@ impl ModelSpec {
         Ok(out)
     }
 
+    /// The same layers on samples of another [channels, height, width] (a preset on other
+    /// data); an error names the layer that does not fit them.
+    pub fn with_input(&self, input: [usize; 3]) -> Result<ModelSpec> {
+        let spec = ModelSpec {
+            input,
+            ..self.clone()
+        };
+        spec.shapes().map_err(|(i, msg)| Error::Model {
+            source_name: format!("{} on inputs {input:?}", self.name),
+            layer: Some(format!("layer {i} ({})", spec.layers[i].type_name())),
+            msg,
+        })?;
+        Ok(spec)
+    }
+
     /// Length of the network's output vector (its last layer must be flat).
     pub fn output_len(&self) -> usize {
         self.shapes()

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: fixture paths, loading, comparisons.
 #![allow(dead_code)]
-use convnet::nn::weights::read_tensors;
+use convnet::nn::weights::{read_state, read_tensors, StateDict};
 use convnet::{ModelSpec, Network, Tensor};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +22,11 @@ pub fn spec(name: &str) -> ModelSpec {
 
 pub fn tensors(name: &str) -> BTreeMap<String, Tensor<f32>> {
     read_tensors(&fixture(name)).unwrap()
+}
+
+/// Every tensor of a fixture, float32 and int64 counters.
+pub fn state(name: &str) -> StateDict {
+    read_state(&fixture(name)).unwrap()
 }
 
 /// A network from a fixture model file with a fixture's weights.
