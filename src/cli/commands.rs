@@ -79,10 +79,25 @@ pub fn run(cli: Cli) -> Result<()> {
             what:
                 PlotCommand::Activations {
                     derivatives,
+                    functions,
                     output,
                 },
         } => {
-            crate::plot::charts::save_activations(&output, derivatives)?;
+            let zs: Vec<f64> = (0..=400).map(|i| -5.0 + i as f64 * 0.025).collect();
+            let curves = functions
+                .split(',')
+                .map(|name| {
+                    let (spec, f, df) =
+                        crate::nn::layers::sample_activation(name, &zs, "--functions")?;
+                    Ok(crate::plot::charts::ActivationCurve {
+                        name: spec.type_name().to_string(),
+                        z: zs.clone(),
+                        f,
+                        df,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            crate::plot::charts::save_activations(&output, derivatives, &curves)?;
             println!("wrote {}", output.display());
             Ok(())
         }

@@ -134,11 +134,15 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum PlotCommand {
-    /// Identity, sigmoid, tanh and ReLU in four panels.
+    /// Activation functions, one panel each (the lecture's identity, sigmoid, tanh and ReLU).
     Activations {
         /// Add the derivative curves.
         #[arg(long)]
         derivatives: bool,
+        /// Comma-separated activation layer types: identity, sigmoid, tanh, relu, leaky_relu,
+        /// elu, gelu, silu.
+        #[arg(long, default_value = "identity,sigmoid,tanh,relu")]
+        functions: String,
         /// .png or .svg.
         #[arg(long, default_value = "activations.png")]
         output: PathBuf,

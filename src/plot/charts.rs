@@ -1,7 +1,6 @@
 //! Line charts and the confusion matrix: the lecture's activation figure, training curves.
 use super::{save_png, save_svg, Format, FONT};
 use crate::error::Result;
-use crate::ops::activation::Activation;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -12,26 +11,63 @@ fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// One panel per activation: f(z) (and f'(z)) for z in [−5, 5], with the lecture's axis labels.
+/// One activation function sampled: f(z) and f'(z) at each z.
+pub struct ActivationCurve {
+    pub name: String,
+    pub z: Vec<f64>,
+    pub f: Vec<f64>,
+    pub df: Vec<f64>,
+}
+
+/// (rows, columns) of the panel grid for n panels: the lecture's 2×2 for four.
+fn grid(n: usize) -> (usize, usize) {
+    let cols = match n {
+        0..=1 => 1,
+        2..=4 => 2,
+        5..=9 => 3,
+        _ => 4,
+    };
+    (n.div_ceil(cols).max(1), cols)
+}
+
+/// The y range that shows `values` with a margin.
+fn y_range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return (-1.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.1).max(0.1);
+    (lo - pad, hi + pad)
+}
+
+/// One panel per activation: f(z) (and f'(z)), with the lecture's axis labels.
 fn draw_activations<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     derivatives: bool,
+    curves: &[ActivationCurve],
 ) -> DrawResult {
     root.fill(&WHITE).map_err(s)?;
-    let areas = root.split_evenly((2, 2));
-    for (area, act) in areas.iter().zip(Activation::ALL) {
-        let (lo, hi) = match act {
-            Activation::Identity => (-5.0, 5.0),
-            Activation::Relu => (-1.0, 5.0),
-            Activation::Sigmoid => (-0.1, 1.1),
-            Activation::Tanh => (-1.2, 1.2),
+    let areas = root.split_evenly(grid(curves.len()));
+    for (area, c) in areas.iter().zip(curves) {
+        let (lo, hi) = if derivatives {
+            y_range(c.f.iter().chain(&c.df))
+        } else {
+            y_range(c.f.iter())
         };
+        let (z0, z1) = (
+            c.z.first().copied().unwrap_or(-5.0),
+            c.z.last().copied().unwrap_or(5.0),
+        );
         let mut chart = ChartBuilder::on(area)
-            .caption(act.name(), (FONT, 24))
+            .caption(&c.name, (FONT, 24))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(-5.0f64..5.0, lo..hi)
+            .build_cartesian_2d(z0..z1, lo..hi)
             .map_err(s)?;
         chart
             .configure_mesh()
@@ -41,10 +77,9 @@ fn draw_activations<DB: DrawingBackend>(
             .axis_desc_style((FONT, 15))
             .draw()
             .map_err(s)?;
-        let zs: Vec<f64> = (0..=400).map(|i| -5.0 + i as f64 * 0.025).collect();
         chart
             .draw_series(LineSeries::new(
-                zs.iter().map(|&z| (z, act.apply(z))),
+                c.z.iter().copied().zip(c.f.iter().copied()),
                 BLUE.stroke_width(2),
             ))
             .map_err(s)?
@@ -53,7 +88,7 @@ fn draw_activations<DB: DrawingBackend>(
         if derivatives {
             chart
                 .draw_series(LineSeries::new(
-                    zs.iter().map(|&z| (z, act.derivative(act.apply(z)))),
+                    c.z.iter().copied().zip(c.df.iter().copied()),
                     RED.stroke_width(2),
                 ))
                 .map_err(s)?
@@ -72,12 +107,15 @@ fn draw_activations<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The lecture's figure of identity, sigmoid, tanh and ReLU (and their derivatives).
-pub fn save_activations(path: &Path, derivatives: bool) -> Result<()> {
-    let size = (1000, 800);
+/// The lecture's figure of activation functions (and their derivatives), one panel each.
+pub fn save_activations(path: &Path, derivatives: bool, curves: &[ActivationCurve]) -> Result<()> {
+    let (rows, cols) = grid(curves.len());
+    let size = (500 * cols as u32, 400 * rows as u32);
     match Format::of(path)? {
-        Format::Png => save_png(path, size, None, |r| draw_activations(r, derivatives)),
-        Format::Svg => save_svg(path, size, |r| draw_activations(r, derivatives)),
+        Format::Png => save_png(path, size, None, |r| {
+            draw_activations(r, derivatives, curves)
+        }),
+        Format::Svg => save_svg(path, size, |r| draw_activations(r, derivatives, curves)),
     }
 }
 

@@ -29,6 +29,10 @@ impl LayerDef for ActivationSpec {
         Ok(input.to_vec())
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn build<T: Float>(&self, _input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         Box::new(Act {
             act: self.0,
@@ -119,6 +123,19 @@ pub(crate) mod tests {
                 f.slope(z)
             );
         }
+    }
+
+    /// Plots sample each activation through its own layer: f and f' as the layer computes them.
+    #[test]
+    fn sampled_for_plots_by_the_layer_itself() {
+        use super::super::sample_activation;
+        let (_, f, df) = sample_activation("relu", &[-1.0, 2.0], "t").unwrap();
+        assert_eq!((f, df), (vec![0.0, 2.0], vec![0.0, 1.0]));
+        let (_, f, df) = sample_activation("{ type = \"elu\", alpha = 2.0 }", &[-1.0], "t").unwrap();
+        assert_eq!((f[0], df[0]), (2.0 * (-1.0f64).exp_m1(), 2.0 * (-1.0f64).exp()));
+        let e = sample_activation("dropout", &[0.0], "t").unwrap_err().to_string();
+        assert!(e.contains("not an element-wise activation"), "{e}");
+        assert!(sample_activation("softmax", &[0.0], "t").is_err());
     }
 
     #[test]

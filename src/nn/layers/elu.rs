@@ -43,6 +43,10 @@ impl LayerDef for EluSpec {
         Ok(input.to_vec())
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn fields(&self, _multiline: bool) -> Vec<(&'static str, String)> {
         vec![("alpha", float_text(self.alpha))]
     }

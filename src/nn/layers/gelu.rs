@@ -53,6 +53,10 @@ impl LayerDef for GeluSpec {
         Ok(input.to_vec())
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn fields(&self, _multiline: bool) -> Vec<(&'static str, String)> {
         let a = if self.tanh { "\"tanh\"" } else { "\"none\"" };
         vec![("approximate", a.into())]

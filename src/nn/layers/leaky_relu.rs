@@ -48,6 +48,10 @@ impl LayerDef for LeakyReluSpec {
         Ok(input.to_vec())
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn fields(&self, _multiline: bool) -> Vec<(&'static str, String)> {
         vec![("negative_slope", float_text(self.negative_slope))]
     }

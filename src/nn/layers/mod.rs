@@ -330,6 +330,10 @@ pub trait LayerDef: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static 
     fn children(&self) -> Vec<(&'static str, &[LayerSpec])> {
         Vec::new()
     }
+    /// Whether the layer is an element-wise function f (an activation), which plots draw.
+    fn elementwise(&self) -> bool {
+        false
+    }
     /// The layer for inputs of sample shape `input` (already shape-checked).
     fn build<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Box<dyn Layer<T>>;
 }
@@ -373,6 +377,10 @@ macro_rules! registry {
             }
             fn fields(&self, multiline: bool) -> Vec<(&'static str, String)> {
                 match self { $(LayerSpec::$variant(s) => s.fields(multiline),)* }
+            }
+            /// Whether the layer is an element-wise function (an activation).
+            pub fn elementwise(&self) -> bool {
+                match self { $(LayerSpec::$variant(s) => s.elementwise(),)* }
             }
             /// Nested sequences ("body", "shortcut") of a container layer.
             pub fn children(&self) -> Vec<(&'static str, &[LayerSpec])> {
@@ -536,6 +544,42 @@ pub fn build_sequence<T: Float>(specs: &[LayerSpec], input: &[usize], cx: &mut B
         layers,
         index: (0..specs.len()).collect(),
     }
+}
+
+/// f(z) and f'(z) of the element-wise layer `table` (inline TOML, or a bare type name) at
+/// each z, computed by the layer itself in f64: forward, then backward of ones. `source`
+/// names where `table` came from in errors.
+pub fn sample_activation(
+    table: &str,
+    zs: &[f64],
+    source: &str,
+) -> Result<(LayerSpec, Vec<f64>, Vec<f64>)> {
+    let text = if table.trim_start().starts_with('{') {
+        table.to_string()
+    } else {
+        format!("{{ type = \"{}\" }}", table.trim())
+    };
+    let v: toml::Table = format!("f = {text}")
+        .parse()
+        .map_err(|e: toml::de::Error| {
+            Error::invalid(format!("{source}: `{table}`: {}", e.message()))
+        })?;
+    let spec = parse_layer(&v["f"], source, "0".into())?;
+    if !spec.elementwise() {
+        return Err(Error::invalid(format!(
+            "{source}: `{}` is not an element-wise activation",
+            spec.type_name()
+        )));
+    }
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut layer = spec.build::<f64>(&[zs.len()], &mut BuildCx::new(Init::Pytorch, &mut rng));
+    let x = Tensor::from_vec(&[1, zs.len()], zs.to_vec())?;
+    let y = layer.forward(x, &Pass::train(0));
+    let ones = Tensor::from_vec(&[1, zs.len()], vec![1.0; zs.len()])?;
+    let dy = layer
+        .backward(ones, true)
+        .expect("asked for the input gradient");
+    Ok((spec, y.data().to_vec(), dy.data().to_vec()))
 }
 
 /// The [C, H, W] of a sample shape, or the error a layer that needs one reports.

@@ -35,6 +35,10 @@ impl LayerDef for SiluSpec {
         Ok(input.to_vec())
     }
 
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn build<T: Float>(&self, _input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         PointwiseLayer::boxed(*self)
     }
