@@ -1,6 +1,6 @@
 //! Optimizers with PyTorch's update rules (SGD with momentum/Nesterov, Adam, AdamW) and
 //! per-epoch learning-rate schedules.
-use crate::nn::Network;
+use crate::nn::layers::Param;
 use crate::ops::simd::Isa;
 use crate::tensor::{Float, Tensor};
 use std::str::FromStr;
@@ -150,17 +150,16 @@ impl<T: Float> Optimizer<T> {
         }
     }
 
-    /// One update of every parameter of `net` from its accumulated gradient, at rate `lr`.
-    pub fn step(&mut self, net: &mut Network<T>, lr: f64) {
+    /// One update of every parameter from its accumulated gradient, at rate `lr`. The
+    /// parameters come in the same order at every step (the optimizer's state is kept by
+    /// position), as [`crate::nn::Network::params_mut`] gives them.
+    pub fn step<'a>(&mut self, params: impl IntoIterator<Item = &'a mut Param<T>>, lr: f64) {
         let c = self.cfg;
         self.steps += 1;
         let t = self.steps as i32;
         let first_step = self.state1.is_empty();
-        let mut idx = 0;
         let (state1, state2) = (&mut self.state1, &mut self.state2);
-        net.visit_params_mut(&mut |_, p| {
-            let i = idx;
-            idx += 1;
+        for (i, p) in params.into_iter().enumerate() {
             let (w, g) = (p.value.data_mut(), p.grad.data());
             let (lr_t, wd) = (T::of(lr), T::of(c.weight_decay));
             match c.kind {
@@ -174,7 +173,7 @@ impl<T: Float> Optimizer<T> {
                             };
                             *w -= lr_t * d;
                         }
-                        return;
+                        continue;
                     }
                     if first_step {
                         // PyTorch starts the buffer at the first gradient itself.
@@ -215,7 +214,7 @@ impl<T: Float> Optimizer<T> {
                     adam_update(k, w, g, state1[i].data_mut(), state2[i].data_mut());
                 }
             }
-        });
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use convnet::data::{dataset, DataSplit};
 use convnet::nn::weights::StateDict;
 use convnet::optim::Optimizer;
 use convnet::train::trainer::{resume, EpochMetrics};
-use convnet::train::{train, Observer, RunPaths, Start, TrainOptions, Trainer};
+use convnet::train::{train, ModelFile, Observer, RunPaths, Start, TrainOptions, Trainer};
 use convnet::{Error, ModelSpec, Network};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -106,8 +106,9 @@ fn runs(threads: usize) -> (StateDict, StateDict) {
         .build()
         .unwrap();
     pool.install(|| {
-        let spec = ModelSpec::parse(MODEL, "bn-dropout").unwrap();
-        let opts = TrainOptions::resolve(&[&spec.train], 11, true).unwrap();
+        let file = ModelFile::parse(MODEL, "bn-dropout").unwrap();
+        let spec = file.spec;
+        let opts = TrainOptions::resolve(&[&file.recipe], 11, true).unwrap();
         let data = data();
         let dir = tempfile::tempdir().unwrap();
         let full = RunPaths {

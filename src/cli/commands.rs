@@ -411,7 +411,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         }
         let m = load_model(&dir.display().to_string())?;
         let meta = crate::train::trainer::read_checkpoint_meta(&paths.checkpoint())?;
-        let mut recipe = m.spec.train.clone();
+        let mut recipe = m.recipe.clone();
         if let Some(e) = cli.epochs {
             recipe.epochs = Some(e);
         }
@@ -435,7 +435,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         (start, opts, paths, load_data(a.data.as_deref())?)
     } else {
         let m = load_model(&a.model)?;
-        let opts = TrainOptions::resolve(&[&cli, &m.spec.train], a.seed, !a.no_shuffle)?;
+        let opts = TrainOptions::resolve(&[&cli, &m.recipe], a.seed, !a.no_shuffle)?;
         let data = load_data(a.data.as_deref())?;
         let dir = a.out.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())

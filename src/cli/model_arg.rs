@@ -2,11 +2,14 @@
 use crate::error::{Error, Result};
 use crate::nn::presets::{preset, PRESETS};
 use crate::nn::ModelSpec;
+use crate::train::{recipe::TrainRecipe, ModelFile};
 use std::path::{Path, PathBuf};
 
 /// A model spec and, for a run directory, its weights file.
 pub struct ModelArg {
     pub spec: ModelSpec,
+    /// The model file's `[train]` table.
+    pub recipe: TrainRecipe,
     pub run_weights: Option<PathBuf>,
     /// Named a preset (which takes the data's sample shape when training).
     pub preset: bool,
@@ -17,25 +20,30 @@ pub fn load_model(arg: &str) -> Result<ModelArg> {
     if path.is_dir() {
         let file = path.join("model.toml");
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-        let spec = ModelSpec::parse(&text, &file.display().to_string())?;
+        let m = ModelFile::parse(&text, &file.display().to_string())?;
         let w = path.join("model.safetensors");
         return Ok(ModelArg {
-            spec,
+            spec: m.spec,
+            recipe: m.recipe,
             run_weights: w.is_file().then_some(w),
             preset: false,
         });
     }
     if path.is_file() {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let m = ModelFile::parse(&text, arg)?;
         return Ok(ModelArg {
-            spec: ModelSpec::parse(&text, arg)?,
+            spec: m.spec,
+            recipe: m.recipe,
             run_weights: None,
             preset: false,
         });
     }
     if let Some(text) = preset(arg) {
+        let m = ModelFile::parse(text, &format!("preset {arg}"))?;
         return Ok(ModelArg {
-            spec: ModelSpec::parse(text, &format!("preset {arg}"))?,
+            spec: m.spec,
+            recipe: m.recipe,
             run_weights: None,
             preset: true,
         });

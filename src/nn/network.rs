@@ -393,6 +393,16 @@ impl<T: Float> Network<T> {
         }
     }
 
+    /// Every parameter in state_dict order, for an optimizer step.
+    pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        self.synced = 0; // the values may change: the replicas copy them afresh
+        self.layers
+            .params_mut()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
     /// Calls `f(name, buffer)` for every buffer in state_dict order.
     pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Buffer<T>)) {
         for (name, b) in self.layers.buffers() {

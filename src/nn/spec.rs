@@ -2,7 +2,6 @@
 //! errors that name the layer and the key, and written back in canonical form.
 use super::layers::{parse_layer, LayerSpec};
 use crate::error::{Error, Result};
-use crate::train::recipe::TrainRecipe;
 use std::fmt::Write as _;
 use toml::Value;
 
@@ -24,23 +23,28 @@ pub struct ModelSpec {
     /// [channels, height, width] of one input sample.
     pub input: [usize; 3],
     pub layers: Vec<LayerSpec>,
-    /// The model's recommended training recipe (the `[train]` table).
-    pub train: TrainRecipe,
 }
 
+/// The top-level table of a model file that is not the network's: the training recipe
+/// (`crate::train::model_file` reads it); the network spec passes over it.
+pub const RECIPE_TABLE: &str = "train";
+
 impl ModelSpec {
-    /// Parses and shape-checks a model file's text; `source` names it in errors.
+    /// Parses and shape-checks a model file's network (a `[train]` table is passed over);
+    /// `source` names the file in errors.
     pub fn parse(text: &str, source: &str) -> Result<ModelSpec> {
+        Self::from_table(&parse_toml(text, source)?, source)
+    }
+
+    /// [`ModelSpec::parse`] of a model file's parsed TOML.
+    pub fn from_table(table: &toml::Table, source: &str) -> Result<ModelSpec> {
         let top_err = |msg: String| Error::Model {
             source_name: source.into(),
             layer: None,
             msg,
         };
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| top_err(e.to_string().trim_end().to_string()))?;
         for k in table.keys() {
-            if !["name", "input", "layers", "train"].contains(&k.as_str()) {
+            if !["name", "input", "layers", RECIPE_TABLE].contains(&k.as_str()) {
                 return Err(top_err(format!(
                     "unknown top-level key `{k}` (known: name, input, layers, train)"
                 )));
@@ -87,18 +91,10 @@ impl ModelSpec {
             .enumerate()
             .map(|(i, l)| parse_layer(l, source, i.to_string()))
             .collect::<Result<Vec<_>>>()?;
-        let train = match table.get("train") {
-            None => TrainRecipe::default(),
-            Some(Value::Table(t)) => {
-                TrainRecipe::from_table(t).map_err(|e| top_err(format!("[train]: {e}")))?
-            }
-            Some(v) => return Err(top_err(format!("`train` must be a table, got {v}"))),
-        };
         let spec = ModelSpec {
             name,
             input,
             layers,
-            train,
         };
         spec.shapes().map_err(|(i, msg)| Error::Model {
             source_name: source.into(),
@@ -161,7 +157,7 @@ impl ModelSpec {
             .unwrap_or(0)
     }
 
-    /// Canonical TOML text that parses back to an equal spec.
+    /// Canonical TOML text of the network that parses back to an equal spec.
     pub fn to_toml(&self) -> String {
         let mut s = format!(
             "name = {}\ninput = [{}, {}, {}]\n",
@@ -176,11 +172,15 @@ impl ModelSpec {
                 let _ = writeln!(s, "{k} = {v}");
             }
         }
-        let train = self.train.to_toml();
-        if !train.is_empty() {
-            s.push_str("\n[train]\n");
-            s.push_str(&train);
-        }
         s
     }
+}
+
+/// A model file's TOML table; a syntax error names `source`.
+pub fn parse_toml(text: &str, source: &str) -> Result<toml::Table> {
+    text.parse().map_err(|e: toml::de::Error| Error::Model {
+        source_name: source.into(),
+        layer: None,
+        msg: e.to_string().trim_end().to_string(),
+    })
 }

@@ -73,7 +73,7 @@ impl Trainer {
         self.net.set_key(step_key(self.seed, self.opt.steps));
         let l = self.net.forward_backward(x, &dloss)?;
         if l.is_finite() {
-            self.opt.step(&mut self.net, lr);
+            self.opt.step(self.net.params_mut(), lr);
         }
         Ok(l)
     }
@@ -299,9 +299,11 @@ fn save_epoch(
     history: &[EpochMetrics],
 ) -> Result<()> {
     // The run's model file carries the resolved options, so --resume needs nothing else.
-    let mut spec = t.net.spec().clone();
-    spec.train = opts.to_recipe();
-    write_atomic(&paths.model(), spec.to_toml().as_bytes())?;
+    let file = super::model_file::ModelFile {
+        spec: t.net.spec().clone(),
+        recipe: opts.to_recipe(),
+    };
+    write_atomic(&paths.model(), file.to_toml().as_bytes())?;
     let mut state = t.net.state();
     for (i, (name, _)) in t.net.named_params().iter().enumerate() {
         if let Some(s) = t.opt.state1.get(i) {
