@@ -1,7 +1,6 @@
 //! Agreement with PyTorch: forward passes, weight exchange, k training steps and a CLI run,
 //! against fixtures made by tests/fixtures/gen_torch.py.
-mod common;
-use common::*;
+use crate::common::*;
 use convnet::loss::LossKind;
 use convnet::optim::{OptimizerConfig, OptimizerKind};
 use convnet::train::Trainer;

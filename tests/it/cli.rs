@@ -1,6 +1,5 @@
 //! The `convnet` binary as a user runs it: summary, predict, train, resume, eval, and errors.
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 

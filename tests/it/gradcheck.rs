@@ -1,5 +1,5 @@
 //! Central finite differences in f64 against backward, for every layer option and whole networks.
-mod common;
+use crate::common;
 use convnet::loss::{loss, LossKind};
 use convnet::nn::layers::Pass;
 use convnet::{ModelSpec, Network, Tensor};

@@ -1,6 +1,6 @@
 //! Bad input through every subcommand: a non-zero exit, one message naming the file and the
 //! problem, no panic, no partial output; and nothing is lost when training goes wrong.
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,6 +1,6 @@
 //! `convnet filter` and `convnet pool` against scipy.signal fixtures and the lecture's examples,
 //! and smoke tests of every figure.
-mod common;
+use crate::common;
 use convnet::data::npy::{read_npy, write_npy_f64, NpyData};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
