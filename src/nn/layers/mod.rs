@@ -564,7 +564,10 @@ pub fn sample_activation(
         .map_err(|e: toml::de::Error| {
             Error::invalid(format!("{source}: `{table}`: {}", e.message()))
         })?;
-    let spec = parse_layer(&v["f"], source, "0".into())?;
+    let table_value = v
+        .get("f")
+        .ok_or_else(|| Error::invalid(format!("{source}: `{table}` is not a layer table")))?;
+    let spec = parse_layer(table_value, source, "0".into())?;
     if !spec.elementwise() {
         return Err(Error::invalid(format!(
             "{source}: `{}` is not an element-wise activation",
