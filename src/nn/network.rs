@@ -435,6 +435,11 @@ impl<T: Float> Network<T> {
         out
     }
 
+    /// The name of every parameter, in state_dict order (the optimizer state's order).
+    pub fn param_names(&self) -> Vec<String> {
+        self.layers.params().into_iter().map(|(n, _)| n).collect()
+    }
+
     /// (name, value) of every buffer, cloned.
     pub fn named_buffers(&self) -> Vec<(String, Buffer<T>)> {
         let mut out = Vec::new();

@@ -304,8 +304,9 @@ fn save_epoch(
         recipe: opts.to_recipe(),
     };
     write_atomic(&paths.model(), file.to_toml().as_bytes())?;
-    let mut state = t.net.state();
-    for (i, (name, _)) in t.net.named_params().iter().enumerate() {
+    let weights = t.net.state();
+    let mut state = weights.clone();
+    for (i, name) in t.net.param_names().iter().enumerate() {
         if let Some(s) = t.opt.state1.get(i) {
             state.floats.insert(format!("state1.{name}"), s.clone());
         }
@@ -320,7 +321,7 @@ fn save_epoch(
         ("shuffle".to_string(), opts.shuffle.to_string()),
     ]);
     write_state(&paths.checkpoint(), &state, Some(meta))?;
-    t.net.save_weights(&paths.weights())?;
+    write_state(&paths.weights(), &weights, None)?;
     write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())?;
     let test = |f: fn(&Evaluation) -> f64| {
         history
@@ -420,7 +421,7 @@ pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Resul
     let mut state = read_state(&ck)?;
     let mut net = net;
     let (mut s1, mut s2) = (Vec::new(), Vec::new());
-    for (n, _) in net.named_params() {
+    for n in net.param_names() {
         if let Some(t) = state.floats.remove(&format!("state1.{n}")) {
             s1.push(t);
         }
