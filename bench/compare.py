@@ -2,7 +2,7 @@
 a table of ratios (peer time / convnet time; above 1 means convnet is faster).
 
     python3 -m venv venv && venv/bin/pip install torch scipy numpy
-    venv/bin/python bench/compare.py [ROUNDS] [--avx2]   # from the repository root; ROUNDS: 10
+    venv/bin/python bench/compare.py [ROUNDS] [--avx2] [--only TEXT]   # from the repository root; ROUNDS: 10
 
 --avx2 runs an AVX-512 machine as an AVX2-only one on both sides: convnet built without its
 AVX-512 kernels (`--no-default-features`), PyTorch with ATen, oneDNN and MKL capped at AVX2.
@@ -32,6 +32,8 @@ def parse_args():
                     help="alternating rounds of every workload (default 10)")
     ap.add_argument("--avx2", action="store_true",
                     help="both sides without AVX-512, as on an AVX2-only CPU")
+    ap.add_argument("--only", metavar="TEXT", default="",
+                    help="only the workloads whose name contains TEXT")
     return ap.parse_args()
 
 
@@ -54,6 +56,9 @@ torch.set_num_threads(THREADS)
 TARGETS = {
     "lenet5_train_step_b64": 3.0,
     "lenet5_inference_10k": 4.0,
+    # ResNet-20 (3×32×32, batch 128) against PyTorch's faster memory format (channels_last).
+    "resnet20_train_step_b128": 1.5,
+    "resnet20_inference_1k": 1.3,
     "conv2d_n32_c64_56_k64_3x3_fwd": 1.0,
     "conv2d_n32_c64_56_k64_3x3_fwdbwd": 1.0,
     "conv2d_n8_c3_224_k64_7x7_s2_fwd": 1.0,
@@ -88,6 +93,62 @@ def lenet():
         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
 
 
+def resnet20():
+    """The CIFAR ResNet-20 of He et al. (2016), as convnet's preset `resnet20`."""
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            return F.relu(self.body(x) + self.shortcut(x))
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(3):
+            layers.append(Block(cin, cout, stride if i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+    return nn.Sequential(*layers)
+
+
+def resnet20_workloads(g):
+    """ResNet-20's training step and inference, each timed in both of PyTorch's memory formats;
+    a round's time is the faster format's."""
+    x = torch.rand(128, 3, 32, 32, generator=g)
+    y = torch.arange(128) % 10
+    xs = torch.rand(1024, 3, 32, 32, generator=g)
+    formats = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = resnet20().to(memory_format=fmt)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+        xf, xsf = x.to(memory_format=fmt), xs.to(memory_format=fmt)
+
+        def step(model=model, opt=opt, xf=xf):
+            model.train()
+            opt.zero_grad()
+            F.cross_entropy(model(xf), y).backward()
+            opt.step()
+
+        def infer(model=model, xsf=xsf):
+            model.eval()
+            with torch.no_grad():
+                for s in range(0, 1024, 128):
+                    model(xsf[s:s + 128])
+        formats[fmt] = (step, infer)
+    return {
+        "resnet20_train_step_b128":
+            lambda: min(median_time(f[0], 3, 15) for f in formats.values()),
+        "resnet20_inference_1k":
+            lambda: min(median_time(f[1], 2, 10) for f in formats.values()),
+    }
+
+
 def peer_workloads():
     """Each workload's timing function: called once per round, it returns the median time of
     its repeats. The inputs are made once, up front."""
@@ -111,6 +172,7 @@ def peer_workloads():
             for s in range(0, 10_000, 500):
                 model(xs[s:s + 500])
     out["lenet5_inference_10k"] = lambda: median_time(infer, 2, 10)
+    out.update(resnet20_workloads(g))
 
     def conv(n, c, hw, k, ks, stride, pad, backward, need_dx=True):
         x = torch.randn(n, c, hw, hw, generator=g, requires_grad=backward and need_dx)
@@ -193,10 +255,11 @@ def main():
     rounds = ARGS.rounds
     binary = build_ours(ARGS.avx2)
     workloads = peer_workloads()
-    peer = {name: [] for name in TARGETS}
-    mine = {name: [] for name in TARGETS}
+    names = [name for name in TARGETS if ARGS.only in name]
+    peer = {name: [] for name in names}
+    mine = {name: [] for name in names}
     for r in range(rounds):
-        for name in TARGETS:
+        for name in names:
             sides = [(peer[name], workloads[name]), (mine[name], lambda: ours(binary, name))]
             for times, timed in (sides if r % 2 == 0 else sides[::-1]):
                 times.append(timed())
@@ -211,7 +274,8 @@ def main():
     print("|---|---|---:|---:|---:|---:|---:|---|")
     ok = True
     best = {}
-    for name, target in TARGETS.items():
+    for name in names:
+        target = TARGETS[name]
         p, m = min(peer[name]), min(mine[name])
         best[name] = (p, m)
         ratio = p / m
@@ -222,12 +286,16 @@ def main():
         tgt = "" if target is None else f"≥ {target:g}×"
         print(f"| {name} | {who} | {p * 1e3:.2f} ms | {m * 1e3:.2f} ms | {ratio:.2f}× | {paired:.2f}× "
               f"| {tgt} | {met} |")
-    lenet_peer, lenet_ours = best["lenet5_train_step_b64"]
-    sgemm_peer, sgemm_ours = best["sgemm_1024"]
     print()
-    print(f"LeNet-5 training: convnet {64 / lenet_ours:,.0f} images/s, PyTorch {64 / lenet_peer:,.0f} images/s")
-    print(f"sgemm 1024³: convnet {2 * 1024 ** 3 / sgemm_ours / 1e9:.0f} GFLOP/s, "
-          f"PyTorch {2 * 1024 ** 3 / sgemm_peer / 1e9:.0f} GFLOP/s")
+    for name, images in (("lenet5_train_step_b64", 64), ("resnet20_train_step_b128", 128),
+                         ("resnet20_inference_1k", 1024)):
+        if name in best:
+            p, m = best[name]
+            print(f"{name}: convnet {images / m:,.0f} images/s, PyTorch {images / p:,.0f} images/s")
+    if "sgemm_1024" in best:
+        p, m = best["sgemm_1024"]
+        print(f"sgemm 1024³: convnet {2 * 1024 ** 3 / m / 1e9:.0f} GFLOP/s, "
+              f"PyTorch {2 * 1024 ** 3 / p / 1e9:.0f} GFLOP/s")
     return 0 if ok else 1
 
 

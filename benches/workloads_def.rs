@@ -42,6 +42,31 @@ fn lenet() -> Network<f32> {
     )
 }
 
+fn resnet20() -> Network<f32> {
+    Network::new(
+        ModelSpec::parse(presets::RESNET20, "resnet20").expect("preset parses"),
+        Default::default(),
+        0,
+    )
+}
+
+/// A training step of ResNet-20 (3×32×32, batch 128) with SGD Nesterov, as the preset trains.
+fn resnet20_step() -> Box<dyn FnMut()> {
+    let opt = Optimizer::new(OptimizerConfig {
+        kind: OptimizerKind::Sgd,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        ..Default::default()
+    });
+    let mut t = Trainer::new(resnet20(), opt, LossKind::CrossEntropy);
+    let x = Tensor::from_vec(&[128, 3, 32, 32], values(128 * 3072, 12)).expect("shape");
+    let labels: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    Box::new(move || {
+        black_box(t.step(x.clone(), &labels, 0.01).expect("step"));
+    })
+}
+
 /// Which passes a convolution workload runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -130,6 +155,27 @@ pub fn all() -> Vec<Workload> {
                 Box::new(move || {
                     for s in (0..10_000).step_by(500) {
                         black_box(net.infer_rows(&x, s..s + 500).expect("forward"));
+                    }
+                })
+            },
+        },
+        Workload {
+            name: "resnet20_train_step_b128",
+            warmup: 3,
+            repeats: 15,
+            setup: resnet20_step,
+        },
+        // Inference of 1,024 images of 3×32×32 in batches of 128.
+        Workload {
+            name: "resnet20_inference_1k",
+            warmup: 2,
+            repeats: 10,
+            setup: || {
+                let mut net = resnet20();
+                let x = Tensor::from_vec(&[1024, 3, 32, 32], values(1024 * 3072, 13)).expect("shape");
+                Box::new(move || {
+                    for s in (0..1024).step_by(128) {
+                        black_box(net.infer_rows(&x, s..s + 128).expect("forward"));
                     }
                 })
             },

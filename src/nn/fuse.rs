@@ -5,11 +5,15 @@
 //!   included (a window whose maximum is ≤ 0 passes no gradient either way), and the ReLU and
 //!   its cached output shrink to a quarter;
 //! - a convolution followed by 2×2 max pooling, with or without a ReLU between, becomes one
-//!   [`ConvPool`] layer: one pass of the batch-lanes kernels where they take the batch.
+//!   [`ConvPool`] layer: one pass of the batch-lanes kernels where they take the batch;
+//! - a ReLU after batch normalisation runs inside it: the normalisation's pass applies it, and
+//!   backward recomputes its derivative from the cached x̂, so the ReLU neither reads nor
+//!   writes the tensor again nor caches a copy of it.
 //!
 //! None of the merged or moved layers has parameters of its own besides the convolution's,
 //! and every layer keeps its spec index, so tensor names are those of the unfused network.
 use super::layers::activation::Act;
+use super::layers::batchnorm::BatchNorm;
 use super::layers::conv2d::Conv2d;
 use super::layers::pool2d::{Pool, PoolKind};
 use super::layers::{Layer, Named, NamedMut, Param, Pass, Seq, NO_CACHE};
@@ -26,6 +30,7 @@ enum Kind {
     Conv,
     Relu,
     MaxPool,
+    BatchNorm,
     Other,
 }
 
@@ -43,6 +48,8 @@ fn kind<T: Float>(l: &dyn Layer<T>) -> Kind {
         .is_some_and(|p| p.kind == PoolKind::Max)
     {
         Kind::MaxPool
+    } else if any.is::<BatchNorm<T>>() {
+        Kind::BatchNorm
     } else {
         Kind::Other
     }
@@ -101,6 +108,14 @@ pub fn fuse<T: Float>(seq: &mut Seq<T>) {
                 i = at + 1;
                 continue;
             }
+        }
+        if kinds[i] == Kind::BatchNorm && kinds.get(i + 1) == Some(&Kind::Relu) {
+            let mut bn = take::<BatchNorm<T>, T>(&mut slots[i]);
+            bn.relu = true;
+            seq.layers.push(Box::new(bn));
+            seq.index.push(idx[i]);
+            i += 2;
+            continue;
         }
         if kinds[i] == Kind::Relu && kinds.get(i + 1) == Some(&Kind::MaxPool) {
             for k in [i + 1, i] {
@@ -254,7 +269,30 @@ type = "flatten"
 type = "linear"
 out_features = 3
 "#;
-        for (text, n) in [(presets::LENET5, 64), (residual_pool, 40)] {
+        // BatchNorm + ReLU, in a residual body too (ResNet's blocks).
+        let norm_relu = r#"input = [3, 8, 8]
+[[layers]]
+type = "conv2d"
+out_channels = 4
+kernel = 3
+padding = 1
+bias = false
+[[layers]]
+type = "batchnorm2d"
+[[layers]]
+type = "relu"
+[[layers]]
+type = "residual"
+layers = [{ type = "conv2d", out_channels = 4, kernel = 3, padding = 1 }, { type = "batchnorm2d" }, { type = "relu" }, { type = "conv2d", out_channels = 4, kernel = 3, padding = 1 }, { type = "batchnorm2d" }]
+[[layers]]
+type = "relu"
+[[layers]]
+type = "flatten"
+[[layers]]
+type = "linear"
+out_features = 3
+"#;
+        for (text, n) in [(presets::LENET5, 64), (residual_pool, 40), (norm_relu, 9)] {
             let spec = ModelSpec::parse(text, "t").unwrap();
             let [c, h, w] = spec.input;
             let build = |fuse| {

@@ -3,6 +3,7 @@
 use super::gemm::{matmul, matmul_ld, Ld, Par, Trans};
 use super::pool::Pool2dGeometry;
 use super::shape::conv_output_size;
+use super::reduce::sum_f64;
 use super::simd::Isa;
 use super::{conv_batch, conv_direct, conv_rows_winograd, conv_taps, conv_winograd};
 use crate::tensor::Float;
@@ -819,47 +820,6 @@ fn backward_im2col<T: Float>(
         sizes[0] = conv_direct::weight_grad_scratch(g, chunk);
     }
     backward_chunks(n, chunk, in_len, dx, dw, db, scratch, sizes, work);
-}
-
-/// Σ v in f64, in 8 interleaved partial sums (a fixed order): a long f32 running sum loses
-/// digits that Adam then amplifies, and one f64 chain waits on every add's latency. Compiled
-/// also for AVX-512 and AVX2 (the 8 sums one or two registers, the same bits): in the SSE
-/// build the bias gradient of the 224² stem took 9 % of its forward + backward.
-pub(crate) fn sum_f64<T: Float>(v: &[T]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<T: Float>(v: &[T]) -> f64 {
-            sum_f64_body(v)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Float>(v: &[T]) -> f64 {
-            sum_f64_body(v)
-        }
-        match Isa::detect() {
-            // SAFETY: Isa::detect found AVX-512F on this CPU.
-            Isa::Avx512 => return unsafe { avx512(v) },
-            // SAFETY: Isa::detect found AVX2 on this CPU.
-            Isa::Avx2Fma => return unsafe { avx2(v) },
-            Isa::Baseline => {}
-        }
-    }
-    sum_f64_body(v)
-}
-
-#[inline(always)]
-fn sum_f64_body<T: Float>(v: &[T]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut blocks = v.chunks_exact(8);
-    for b in &mut blocks {
-        for (a, x) in acc.iter_mut().zip(b) {
-            *a += x.f64();
-        }
-    }
-    for (a, x) in acc.iter_mut().zip(blocks.remainder()) {
-        *a += x.f64();
-    }
-    acc.iter().sum()
 }
 
 /// Runs `work(scratch set, first sample, samples, dx of those samples)` on every chunk of

@@ -3,7 +3,8 @@
 //! packed (C, Hp, Wp, L), and every multiply-add is a whole vector, with no junk columns, no
 //! masks and no column matrix. Stride 1 without dilation or groups; the input gradient is the
 //! same correlation, of the flipped kernels over the padded dY.
-use super::conv::{backward_chunks, forward_chunks, sum_f64, Conv2dGeometry, ConvScratch};
+use super::conv::{backward_chunks, forward_chunks, Conv2dGeometry, ConvScratch};
+use super::reduce::sum_f64;
 use super::pool::{second_wins, Pool2dGeometry};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{first_lanes, transpose16, transpose8};

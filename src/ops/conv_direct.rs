@@ -733,7 +733,7 @@ pub(crate) fn weight_grad_strided<T: Float>(
             wd.pad_input_at(g, &x[si * in_len..][..in_len], xp, in_plane);
             let dys = &dy[si * out_len..][..out_len];
             for (oc, dc) in dys.chunks_exact(plane).enumerate() {
-                pdb[oc] += super::conv::sum_f64(dc);
+                pdb[oc] += super::reduce::sum_f64(dc);
             }
             dy_to_lanes(dys, plane, dyt);
             weight_grad_lanes(2, c.kernel.1, &pair_offs, dims, xp, dyt, cout, &mut pt);

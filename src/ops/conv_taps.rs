@@ -248,7 +248,7 @@ pub(crate) fn backward<T: Float>(
             pad_into(g, &wd, xs, xp);
             widen_into(g, &wd, dys, dyw);
             for (oc, dc) in dys.chunks_exact(g.out_h * g.out_w).enumerate() {
-                pdb[oc] += super::conv::sum_f64(dc);
+                pdb[oc] += super::reduce::sum_f64(dc);
             }
             let dyw_st = Strides {
                 rs: wd.out_plane,

@@ -13,7 +13,8 @@
 //! and need no sums across lanes. A sample is taken a block of tiles at a time, so that its
 //! transformed input and products stay in the L2 cache.
 use super::conv::ConvScratch;
-use super::conv::{backward_chunks, forward_chunks, sum_f64, transposed, Conv2dGeometry};
+use super::conv::{backward_chunks, forward_chunks, transposed, Conv2dGeometry};
+use super::reduce::sum_f64;
 use super::conv_batch::{lanes_to_rows, rows_to_lanes};
 use super::simd::{madd, Isa};
 use crate::tensor::Float;

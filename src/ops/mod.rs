@@ -12,6 +12,8 @@ mod conv_winograd;
 pub mod fft;
 pub mod gemm;
 pub mod kernels;
+pub mod norm;
 pub mod pool;
+pub(crate) mod reduce;
 pub mod shape;
 pub mod signal;

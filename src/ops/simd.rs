@@ -107,6 +107,40 @@ macro_rules! multiversion {
     };
 }
 
+/// Defines `fn $name<T: Float>(args) -> ret` whose body is compiled once per instruction set
+/// (AVX-512, AVX2, baseline) and picked by `Isa::detect()` at each call: for the memory-bound
+/// loops (f64 sums, per-channel scale and shift) that LLVM vectorizes itself once the target
+/// allows wide registers. No FMA contraction happens (Rust never fuses a·b + c on its own), so
+/// the three builds give the same bits.
+macro_rules! per_isa {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<T>($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $(#[$m])*
+        $vis fn $name<T: Float>($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body<T: Float>($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2")]
+                unsafe fn avx512<T: Float>($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2<T: Float>($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                match $crate::ops::simd::Isa::detect() {
+                    // SAFETY: Isa::detect found AVX-512F on this CPU.
+                    $crate::ops::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: Isa::detect found AVX2 on this CPU.
+                    $crate::ops::simd::Isa::Avx2Fma => return unsafe { avx2($($arg),*) },
+                    $crate::ops::simd::Isa::Baseline => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// Runs `$body` with `$p` = 0, 1, …, n − 1 (n ≤ 16 a constant) as straight-line code. Written
 /// as a loop, whether LLVM unrolls it depends on a size estimate, and a loop left rolled
 /// indexes the sums at run time, which keeps them in memory: 2 vectors of channels × 14 pixels

@@ -1,12 +1,12 @@
 //! `batchnorm2d` and `batchnorm1d`: PyTorch's BatchNorm2d/1d. Training normalises by the
 //! batch's statistics (biased variance) and updates the running ones (unbiased variance);
-//! inference uses the running ones. Sums run per channel in one fixed order, in f64.
+//! inference uses the running ones. The kernels are `ops::norm`'s.
 use super::{chw, Buffer, BuildCx, Layer, LayerDef, Named, NamedMut, Param, Pass};
 use super::{TensorInfo, TensorKind, NO_CACHE};
 use crate::error::Result;
 use crate::nn::keys::{float_text, Fields};
+use crate::ops::norm;
 use crate::tensor::{Float, Tensor};
-use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormSpec {
@@ -105,15 +105,17 @@ impl LayerDef for BatchNormSpec {
             running_var: Buffer::Float(filled(1.0)),
             tracked: Buffer::Count(0),
             cache: None,
+            spare: None,
+            relu: false,
         })
     }
 }
 
 /// What backward needs of a forward pass.
 struct Cache<T> {
-    x_hat: Tensor<T>,  // (N, C, H, W) or (N, F): the normalised input
-    inv_std: Vec<f64>, // (C): 1/√(var + eps) of the statistics used
-    batch_stats: bool, // whether those were the batch's own (they depend on x then)
+    x_hat: Tensor<T>,              // (N, C, H, W) or (N, F): the normalised input
+    coef: Vec<norm::ChannelAffine>, // (C): the statistics, γ and β used
+    batch_stats: bool,             // whether those were the batch's own (they depend on x then)
 }
 
 pub struct BatchNorm<T> {
@@ -125,6 +127,9 @@ pub struct BatchNorm<T> {
     running_var: Buffer<T>,   // Float (C)
     tracked: Buffer<T>,       // Count: training batches seen
     cache: Option<Cache<T>>,
+    spare: Option<Tensor<T>>, // (N, C, H, W): the last x̂, reused by the next forward
+    /// A ReLU after the normalisation, fused in by `nn::fuse`: its derivative comes from x̂.
+    pub(crate) relu: bool,
 }
 
 fn floats<T>(b: &Buffer<T>) -> &Tensor<T> {
@@ -139,30 +144,6 @@ fn floats_mut<T>(b: &mut Buffer<T>) -> &mut Tensor<T> {
         Buffer::Float(t) => t,
         Buffer::Count(_) => unreachable!("a float buffer"),
     }
-}
-
-/// Σ over samples and positions of f(value, channel) for each of `c` channels of x laid out
-/// (N, C, plane): each channel summed by one thread in sample order, in f64.
-fn channel_sums<T: Float>(
-    x: &[T],
-    c: usize,
-    plane: usize,
-    f: impl Fn(usize, usize) -> f64 + Sync,
-) -> Vec<f64> {
-    let n = x.len() / (c * plane).max(1);
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mut s = 0.0;
-            for i in 0..n {
-                let at = (i * c + ch) * plane;
-                for j in at..at + plane {
-                    s += f(j, ch);
-                }
-            }
-            s
-        })
-        .collect()
 }
 
 impl<T: Float> BatchNorm<T> {
@@ -182,11 +163,7 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         let plane = x.len() / (x.shape()[0] * c).max(1);
         let m = x.len() / c.max(1); // values per channel
         let (mean, inv_std): (Vec<f64>, Vec<f64>) = if pass.train {
-            let xd = x.data();
-            let sums = channel_sums(xd, c, plane, |j, _| xd[j].f64());
-            let mean: Vec<f64> = sums.iter().map(|s| s / m as f64).collect();
-            let sq = channel_sums(xd, c, plane, |j, ch| (xd[j].f64() - mean[ch]).powi(2));
-            let var: Vec<f64> = sq.iter().map(|s| s / m as f64).collect();
+            let (mean, var) = norm::batch_stats(x.data(), c, plane);
             let mo = self.spec.momentum;
             let rm = floats_mut(&mut self.running_mean).data_mut();
             for (r, &mu) in rm.iter_mut().zip(&mean) {
@@ -218,42 +195,29 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
                     .collect(),
             )
         };
-        let coef: Vec<(f64, f64, f64)> = (0..c)
-            .map(|ch| (mean[ch], inv_std[ch], self.gamma(ch)))
+        let coef: Vec<norm::ChannelAffine> = (0..c)
+            .map(|ch| norm::ChannelAffine {
+                mean: mean[ch],
+                inv_std: inv_std[ch],
+                gamma: self.gamma(ch),
+                beta: self.beta(ch),
+            })
             .collect();
-        let beta: Vec<f64> = (0..c).map(|ch| self.beta(ch)).collect();
-        let mut x_hat = pass.grad.then(|| Tensor::<T>::zeros(x.shape()));
-        let normalise = |k: usize, p: &mut [T], h: Option<&mut [T]>| {
-            let ch = k % c;
-            let (mu, is, g) = coef[ch];
-            match h {
-                Some(h) => p.iter_mut().zip(h).for_each(|(v, h)| {
-                    let xh = (v.f64() - mu) * is;
-                    *h = T::of(xh);
-                    *v = T::of(xh * g + beta[ch]);
-                }),
-                None => p.iter_mut().for_each(|v| {
-                    *v = T::of((v.f64() - mu) * is * g + beta[ch]);
-                }),
-            }
-        };
-        let plane = plane.max(1);
-        match &mut x_hat {
-            Some(h) => x
-                .data_mut()
-                .par_chunks_mut(plane)
-                .zip(h.data_mut().par_chunks_mut(plane))
-                .enumerate()
-                .for_each(|(k, (p, h))| normalise(k, p, Some(h))),
-            None => x
-                .data_mut()
-                .par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(k, p)| normalise(k, p, None)),
-        }
+        // x̂ goes into last step's buffer when it has the size: every value is overwritten.
+        let mut x_hat = pass.grad.then(|| match self.spare.take() {
+            Some(t) if t.shape() == x.shape() => t,
+            _ => Tensor::<T>::zeros(x.shape()),
+        });
+        norm::normalise(
+            x.data_mut(),
+            x_hat.as_mut().map(|h| h.data_mut()),
+            plane,
+            &coef,
+            self.relu,
+        );
         self.cache = x_hat.map(|x_hat| Cache {
             x_hat,
-            inv_std,
+            coef,
             batch_stats: pass.train,
         });
         x
@@ -264,40 +228,24 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         let c = self.channels;
         let plane = (dy.len() / (dy.shape()[0] * c).max(1)).max(1);
         let m = (dy.len() / c.max(1)) as f64;
-        let (d, h) = (dy.data(), cache.x_hat.data());
-        let sum_dy = channel_sums(d, c, plane, |j, _| d[j].f64());
-        let sum_dy_xh = channel_sums(d, c, plane, |j, _| d[j].f64() * h[j].f64());
+        let relu = self.relu.then_some(&cache.coef[..]);
+        let (sum_dy, sum_dy_xh) = norm::grad_sums(dy.data(), cache.x_hat.data(), c, plane, relu);
         if let (Some(w), Some(b)) = (&mut self.weight, &mut self.bias) {
             for ch in 0..c {
                 w.grad.data_mut()[ch] += T::of(sum_dy_xh[ch]);
                 b.grad.data_mut()[ch] += T::of(sum_dy[ch]);
             }
         }
-        if !need_dx {
-            return None;
-        }
-        let scale: Vec<f64> = (0..c)
-            .map(|ch| self.gamma(ch) * cache.inv_std[ch])
-            .collect();
-        let batch = cache.batch_stats;
-        dy.data_mut()
-            .par_chunks_mut(plane)
-            .zip(h.par_chunks(plane))
-            .enumerate()
-            .for_each(|(k, (p, h))| {
-                let ch = k % c;
-                let s = scale[ch];
-                if batch {
-                    // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))
-                    let (a, b) = (sum_dy[ch] / m, sum_dy_xh[ch] / m);
-                    p.iter_mut()
-                        .zip(h)
-                        .for_each(|(v, &xh)| *v = T::of(s * (v.f64() - a - xh.f64() * b)));
-                } else {
-                    p.iter_mut().for_each(|v| *v = T::of(s * v.f64()));
-                }
-            });
-        Some(dy)
+        let dx = need_dx.then(|| {
+            let scale: Vec<f64> = cache.coef.iter().map(|a| a.gamma * a.inv_std).collect();
+            let sums = cache
+                .batch_stats
+                .then_some((&sum_dy[..], &sum_dy_xh[..], m));
+            norm::input_grad(dy.data_mut(), cache.x_hat.data(), plane, &scale, sums, relu);
+            dy
+        });
+        self.spare = Some(cache.x_hat);
+        dx
     }
 
     fn params(&self) -> Named<'_, Param<T>> {
