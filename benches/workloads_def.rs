@@ -172,7 +172,8 @@ pub fn all() -> Vec<Workload> {
             repeats: 10,
             setup: || {
                 let mut net = resnet20();
-                let x = Tensor::from_vec(&[1024, 3, 32, 32], values(1024 * 3072, 13)).expect("shape");
+                let x =
+                    Tensor::from_vec(&[1024, 3, 32, 32], values(1024 * 3072, 13)).expect("shape");
                 Box::new(move || {
                     for s in (0..1024).step_by(128) {
                         black_box(net.infer_rows(&x, s..s + 128).expect("forward"));

@@ -1,7 +1,7 @@
 //! Batch normalisation's kernels over (N, C, plane) data: per-channel statistics in f64 in one
 //! fixed order, the normalisation, and its gradients.
-use super::reduce::{shifted_sums_f64, sum_and_dot_f64, LANES};
 use super::activation::Activation;
+use super::reduce::{shifted_sums_f64, sum_and_dot_f64, LANES};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -164,7 +164,9 @@ pub fn normalise<T: Float>(
 /// γ and β of each channel in T, as [`normalise`] applied them: what a fused ReLU's
 /// derivative is recomputed from.
 fn relu_coef<T: Float>(coef: &[ChannelAffine]) -> Vec<(T, T)> {
-    coef.iter().map(|a| (T::of(a.gamma), T::of(a.beta))).collect()
+    coef.iter()
+        .map(|a| (T::of(a.gamma), T::of(a.beta)))
+        .collect()
 }
 
 /// Per-channel Σ d and Σ d·x̂ (the gradients of β and γ) of x̂ (N, C, plane) and d = dy
@@ -307,7 +309,13 @@ mod tests {
         let (mut plain, mut h) = (x.clone(), vec![0.0; x.len()]);
         normalise(&mut plain, Some(&mut h), plane, &coef, false);
         let mut fused = x.clone();
-        normalise(&mut fused, Some(&mut vec![0.0; x.len()]), plane, &coef, true);
+        normalise(
+            &mut fused,
+            Some(&mut vec![0.0; x.len()]),
+            plane,
+            &coef,
+            true,
+        );
         let mut folded = x.clone();
         normalise(&mut folded, None, plane, &coef, true);
         // The plain path: the ReLU as its own step, forward and backward.
@@ -329,7 +337,14 @@ mod tests {
         assert_eq!((&a1, &b1), (&a2, &b2));
         let (mut dx1, mut dx2) = (d.clone(), dy.clone());
         input_grad(&mut dx1, &h, plane, &scale, Some((&a1, &b1, m)), None);
-        input_grad(&mut dx2, &h, plane, &scale, Some((&a2, &b2, m)), Some(&coef));
+        input_grad(
+            &mut dx2,
+            &h,
+            plane,
+            &scale,
+            Some((&a2, &b2, m)),
+            Some(&coef),
+        );
         assert_eq!(dx1, dx2);
     }
 }

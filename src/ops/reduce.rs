@@ -77,8 +77,12 @@ mod tests {
     #[test]
     fn sums_match_plain_f64_loops() {
         for n in [0usize, 1, 7, 8, 9, 100, 1027] {
-            let u: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 1e3).collect();
-            let v: Vec<f32> = (0..n).map(|i| ((i * 53 % 89) as f32 - 44.0) / 3.0).collect();
+            let u: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 1e3)
+                .collect();
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 3.0)
+                .collect();
             let sum: f64 = u.iter().map(|&x| x as f64).sum();
             let k = 1e3 + 0.5;
             let sq: f64 = u.iter().map(|&x| (x as f64 - k).powi(2)).sum();
@@ -86,7 +90,10 @@ mod tests {
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * (1.0 + b.abs());
             assert!(close(sum_f64(&u), sum), "sum n={n}");
             let (s1, s2) = shifted_sums_f64(&u, k);
-            assert!(close(s1, sum - n as f64 * k) && close(s2, sq), "shifted n={n}");
+            assert!(
+                close(s1, sum - n as f64 * k) && close(s2, sq),
+                "shifted n={n}"
+            );
             let (t1, t2) = sum_and_dot_f64(&u, &v);
             assert!(close(t1, sum) && close(t2, dot), "sum and dot n={n}");
         }

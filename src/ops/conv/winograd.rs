@@ -12,11 +12,11 @@
 //! the GEMMs' sums are vectors of output channels; the weight gradient's sums run over the tiles
 //! and need no sums across lanes. A sample is taken a block of tiles at a time, so that its
 //! transformed input and products stay in the L2 cache.
-use super::conv::ConvScratch;
-use super::conv::{backward_chunks, forward_chunks, transposed, Conv2dGeometry};
-use super::reduce::sum_f64;
-use super::conv_batch::{lanes_to_rows, rows_to_lanes};
-use super::simd::{madd, Isa};
+use super::batch::{lanes_to_rows, rows_to_lanes};
+use super::geometry::Conv2dGeometry;
+use super::parallel::{backward_chunks, forward_chunks, ConvScratch};
+use crate::ops::reduce::sum_f64;
+use crate::ops::simd::{madd, Isa};
 use crate::tensor::Float;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
@@ -30,40 +30,6 @@ const BLOCK_TILES: usize = 96;
 /// Samples whose transformed weight gradient is summed before it is turned back into dW's
 /// 3×3 kernels and added in order (a constant: results must not depend on the thread count).
 const GRAD_CHUNK: usize = 4;
-/// Fewest channels in and out: below, the transforms cost more than the multiplies saved.
-const MIN_CHANNELS: usize = 16;
-
-/// Whether the geometry is one this module computes: a 3×3 kernel at stride 1 without
-/// dilation or groups, padded by at most 2 (so that dX is the same transform over dY).
-pub(crate) fn fits(g: &Conv2dGeometry) -> bool {
-    let c = &g.cfg;
-    c.kernel == (3, 3)
-        && c.stride == (1, 1)
-        && c.dilation == (1, 1)
-        && c.groups == 1
-        && c.pad_begin.0 < 3
-        && c.pad_end.0 < 3
-        && c.pad_begin.1 < 3
-        && c.pad_end.1 < 3
-}
-
-/// Whether the backward pass goes here: it [`fits`] and has at least 16 channels in and out.
-/// Best of 2–4 alternating runs of the backward pass (dX and dW) against the kernels taken
-/// otherwise, ms: 64 → 64 on 56² at batch 32 50.8 against 64.8, at batch 1 3.1 against 4.2;
-/// 32 → 64 on 14² at batch 64 3.8 against 7.3; 128 → 128 on 28² at batch 8 11.6 against 16.1.
-pub(crate) fn applies(g: &Conv2dGeometry) -> bool {
-    fits(g) && g.in_channels >= MIN_CHANNELS && g.out_channels >= MIN_CHANNELS
-}
-
-/// Whether the forward pass of `n` samples goes here: only with 64 channels or more in and out
-/// and 8 samples or more (one sample is one task). It lost elsewhere: 0.5 against 0.19 ms for
-/// 32 → 32 on 8² at batch 32, 2.2 against 1.4 ms for 64 → 64 on 56² at batch 1; it ties at
-/// 128 → 128 on 28² at batch 8 and wins at 64 → 64 on 56² at batch 32 (best of 4 alternating
-/// runs 25.3 against 27.9 ms).
-pub(crate) fn prefers_forward(g: &Conv2dGeometry, n: usize) -> bool {
-    fits(g) && g.in_channels >= 64 && g.out_channels >= 64 && n >= 8
-}
-
 /// Register blocking (tiles or input channels × vectors of output channels) of the GEMM
 /// kernels: with AVX-512 the sums and the operands kept beside them fit 32 registers, with
 /// AVX2 (two registers a vector) 16.
@@ -738,7 +704,9 @@ pub(crate) fn backward<T: Float>(
     db: Option<&mut [T]>,
     scratch: &mut ConvScratch<T>,
 ) {
-    let gt = transposed(g).expect("fits: the input gradient is a correlation over dY");
+    let gt = g
+        .transposed()
+        .expect("fits: the input gradient is a correlation over dY");
     if let Some(dx) = dx {
         let u = transform_kernels(w, g.out_channels, g.in_channels, true); // (P, C_out', C_in')
         correlate(isa, &gt, n, dy, &u, None, dx, scratch);

@@ -8,52 +8,18 @@
 //! window, and each GEMM reduces over all channels (dW: over the whole plane), long enough to
 //! run at full speed. With the junk columns of dY zeroed, the same windows give the weight
 //! gradient and the input gradient. With AVX-512 the weight gradient instead comes from
-//! `conv_direct::weight_grad_lanes` on the same padded input (its GEMMs packed both thin
+//! `direct::weight_grad_lanes` on the same padded input (its GEMMs packed both thin
 //! operands on every call).
-use super::conv::{gemm_par, Conv2dGeometry, ConvScratch};
-use super::conv_direct;
-use super::gemm::{matmul_strided, Strides};
+use super::direct;
+use super::geometry::Conv2dGeometry;
+use super::parallel::{backward_chunks, gemm_par, ConvScratch};
+use crate::ops::gemm::{matmul_strided, Strides};
 use crate::tensor::Float;
 use rayon::prelude::*;
-
-/// Fewest input and output channels sent here: with fewer, each tap's GEMM is too thin
-/// (LeNet's 6→16 stays with the direct kernel and im2col).
-const MIN_CHANNELS: usize = 16;
-
-/// Forward: fewest multiply-adds per tap, C_in·C_out·H_out·Wp. Below it the direct kernel
-/// wins (16→32 3×3 on 28², 0.43 M: 2.6 against 3.0 ms at batch 64); above it the taps do
-/// (32→64 5×5 on 28², 1.8 M: 13.2 against 18.3 ms; 64→64 3×3 on 56²: 33 against 40 ms).
-const MIN_FORWARD_WORK: usize = 1 << 20;
-
-/// Backward: fewest wide columns per tap, H_out·Wp. Every tap's GEMMs are per sample, so tiny
-/// planes pay their call overhead nine times over (256→256 3×3 on 7²: 42 against 27 ms by
-/// im2col, which batches 16 samples per GEMM); 28² and up win (64→64 3×3 on 28², batch 32:
-/// 19.6 against 26.1 ms; on 56²: 74 against 80 ms).
-const MIN_BACKWARD_COLS: usize = 256;
 
 /// Samples whose weight gradients one GEMM accumulates before the chunk's partial is kept; a
 /// constant, so the reduction order never depends on the thread count.
 const CHUNK: usize = 4;
-
-/// Whether the tap GEMMs can run this convolution and have channels enough to pay.
-fn eligible(g: &Conv2dGeometry) -> bool {
-    let c = &g.cfg;
-    c.stride == (1, 1)
-        && c.dilation == (1, 1)
-        && c.groups == 1
-        && g.in_channels >= MIN_CHANNELS
-        && g.out_channels >= MIN_CHANNELS
-}
-
-/// Whether the forward pass goes here (before the direct kernel).
-pub(crate) fn applies_forward(g: &Conv2dGeometry) -> bool {
-    eligible(g) && g.in_channels * g.out_channels * Wide::new(g).out_plane >= MIN_FORWARD_WORK
-}
-
-/// Whether the backward pass goes here (instead of im2col).
-pub(crate) fn applies_backward(g: &Conv2dGeometry) -> bool {
-    eligible(g) && Wide::new(g).out_plane >= MIN_BACKWARD_COLS
-}
 
 /// The wide plane's sizes for one geometry.
 struct Wide {
@@ -140,7 +106,7 @@ fn taps(g: &Conv2dGeometry, wd: &Wide) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// y = conv(x, w) + b; the layouts of [`super::conv::conv2d_forward`].
+/// y = conv(x, w) + b; the layouts of [`super::conv2d_forward`].
 pub(crate) fn forward<T: Float>(
     g: &Conv2dGeometry,
     n: usize,
@@ -204,7 +170,7 @@ pub(crate) fn forward<T: Float>(
 }
 
 /// Gradients of [`forward`]: writes dx (if asked) and adds into dw and db; the layouts of
-/// [`super::conv::conv2d_backward`].
+/// [`super::conv2d_backward`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Float>(
     g: &Conv2dGeometry,
@@ -216,6 +182,7 @@ pub(crate) fn backward<T: Float>(
     dw: &mut [T],
     db: Option<&mut [T]>,
     scratch: &mut ConvScratch<T>,
+    lanes_dw: bool,
 ) {
     let wd = Wide::new(g);
     let (in_len, out_len) = (g.in_len(), g.out_len());
@@ -223,7 +190,6 @@ pub(crate) fn backward<T: Float>(
     let taps = taps(g, &wd);
     let par = gemm_par(g, n, n.div_ceil(CHUNK));
     let want_dx = dx.is_some();
-    let lanes_dw = conv_direct::weight_grad_lanes_fits(cout);
     // Every (channel, tap) pair's offset in Xp, channel-major as dW's rows.
     let in_plane = wd.in_plane();
     let pair_offs: Vec<usize> = (0..cin)
@@ -248,7 +214,7 @@ pub(crate) fn backward<T: Float>(
             pad_into(g, &wd, xs, xp);
             widen_into(g, &wd, dys, dyw);
             for (oc, dc) in dys.chunks_exact(g.out_h * g.out_w).enumerate() {
-                pdb[oc] += super::reduce::sum_f64(dc);
+                pdb[oc] += crate::ops::reduce::sum_f64(dc);
             }
             let dyw_st = Strides {
                 rs: wd.out_plane,
@@ -256,18 +222,9 @@ pub(crate) fn backward<T: Float>(
             };
             if let Some(pt) = pdw_t.as_deref_mut() {
                 // dY by vectors of channels (C_out/V, H_out·W_out, V) for the lanes kernel.
-                conv_direct::dy_to_lanes(dys, g.out_h * g.out_w, &mut dyt);
+                direct::dy_to_lanes(dys, g.out_h * g.out_w, &mut dyt);
                 let dims = (g.out_h, g.out_w, wd.wp);
-                conv_direct::weight_grad_lanes(
-                    1,
-                    g.cfg.kernel.1,
-                    &pair_offs,
-                    dims,
-                    xp,
-                    &dyt,
-                    cout,
-                    pt,
-                );
+                direct::weight_grad_lanes(1, g.cfg.kernel.1, &pair_offs, dims, xp, &dyt, cout, pt);
             }
             // Without the lanes kernel: one GEMM per tap.
             for &(t, off) in taps.iter().filter(|_| pdw_t.is_none()) {
@@ -339,5 +296,5 @@ pub(crate) fn backward<T: Float>(
         }
         (pdw, pdb.into_iter().map(T::of).collect())
     };
-    super::conv::backward_chunks(n, CHUNK, in_len, dx, dw, db, scratch, sizes, work);
+    backward_chunks(n, CHUNK, in_len, dx, dw, db, scratch, sizes, work);
 }

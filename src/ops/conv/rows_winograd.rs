@@ -16,11 +16,10 @@
 //! Layouts: the transformed input V (7, C_g, 2 phases, Hp, pitch), a padded row per (channel,
 //! phase, row) with one value per tile; the transformed weights U (7, C_g·kh·2, CB·16) per
 //! block of CB·16 output channels, k = (channel, kernel row, phase).
-use super::conv::Conv2dGeometry;
-use super::conv_direct::{lanes_apply, lanes_reduction_fits};
+use super::geometry::Conv2dGeometry;
 #[cfg(target_arch = "x86_64")]
-use super::simd::{first_lanes, transpose16, transpose8};
-use super::simd::{madd, Isa};
+use crate::ops::simd::{first_lanes, transpose16, transpose8};
+use crate::ops::simd::{madd, Isa};
 use crate::tensor::Float;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
@@ -98,33 +97,6 @@ const AT: [[f64; N]; M] = [
     [0.0, 1.0, 1.0, 4.0, 4.0, 0.25, 0.0],
     [0.0, 1.0, -1.0, 8.0, -8.0, 0.125, 1.0],
 ];
-
-/// Whether this module computes the convolution: stride 2 both ways, no dilation, kernels 7 or
-/// 8 columns wide (each phase 4 taps, or 3 and a zero), whole vectors of output channels per
-/// group.
-pub(crate) fn fits(g: &Conv2dGeometry) -> bool {
-    let c = &g.cfg;
-    c.stride == (2, 2)
-        && c.dilation == (1, 1)
-        && (7..=8).contains(&c.kernel.1)
-        && (g.out_channels / c.groups).is_multiple_of(V)
-}
-
-/// Whether the forward pass goes here: it [`fits`] where the direct kernel with the channels
-/// across the lanes would run (AVX-512, a reduction that keeps a block's weights in L2). On
-/// the 7×7 stride-2 stem at batch 8, best of 8 alternating processes: 5.56 against 6.33 ms
-/// (one thread, best of 4: 12.5 against 14.5 ms); storing its 25.7 MB of output is now the
-/// larger part of the rest. With AVX2 only (where the direct lanes kernel does not run), the
-/// same reduction limit: the stem in 6.2–6.6 ms against 9.7 ms by im2col + GEMM.
-pub(crate) fn prefers(g: &Conv2dGeometry) -> bool {
-    let isa = Isa::detect();
-    fits(g)
-        && match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => lanes_reduction_fits(g),
-            _ => lanes_apply(g, isa),
-        }
-}
 
 /// Sizes of the transformed input of one sample's group.
 struct Rows {
@@ -650,9 +622,9 @@ fn forward_with<T: Float>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::conv::{conv2d_forward_naive, Conv2dConfig};
-    use super::super::simd::test_isas;
+    use super::super::{conv2d_forward_naive, Conv2dConfig};
     use super::*;
+    use crate::ops::simd::test_isas;
     use rand::{Rng, SeedableRng};
 
     /// In f32 the outputs are stored through register transposes (AVX-512 and AVX2) and, with
@@ -680,7 +652,11 @@ mod tests {
                 ..Default::default()
             };
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
-            assert!(fits(&g));
+            assert!(super::super::plan::forward_fits(
+                super::super::Forward::RowsWinograd,
+                &g,
+                Isa::detect()
+            ));
             let n = 3;
             let mut draw =
                 |len: usize| -> Vec<f64> { (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect() };

@@ -3,41 +3,17 @@
 //! packed (C, Hp, Wp, L), and every multiply-add is a whole vector, with no junk columns, no
 //! masks and no column matrix. Stride 1 without dilation or groups; the input gradient is the
 //! same correlation, of the flipped kernels over the padded dY.
-use super::conv::{backward_chunks, forward_chunks, Conv2dGeometry, ConvScratch};
-use super::reduce::sum_f64;
-use super::pool::{second_wins, Pool2dGeometry};
+use super::geometry::Conv2dGeometry;
+use super::parallel::{backward_chunks, forward_chunks, ConvScratch};
+use crate::ops::pool::second_wins;
+use crate::ops::reduce::sum_f64;
 #[cfg(target_arch = "x86_64")]
-use super::simd::{first_lanes, transpose16, transpose8};
-use super::simd::{madd, Isa};
+use crate::ops::simd::{first_lanes, transpose16, transpose8};
+use crate::ops::simd::{madd, Isa};
 use crate::tensor::Float;
 
 /// Samples per group: one AVX-512 register of f32, two AVX2 ones.
 const L: usize = 16;
-
-/// Whether the geometry is one this module can run: stride 1 without dilation or groups, and
-/// padding below the kernel size (so that dX is a correlation over the padded dY).
-pub(crate) fn fits(g: &Conv2dGeometry) -> bool {
-    let c = &g.cfg;
-    let (kh, kw) = c.kernel;
-    c.stride == (1, 1)
-        && c.dilation == (1, 1)
-        && c.groups == 1
-        && c.pad_begin.0 < kh
-        && c.pad_end.0 < kh
-        && c.pad_begin.1 < kw
-        && c.pad_end.1 < kw
-}
-
-/// Whether the backward pass of `n` samples runs here, and the forward pass where the pooling
-/// after it runs in the same pass ([`PoolAfter`]): it [`fits`], there are samples for at least
-/// half the lanes, and at most 32 channels in and out. Best of 3 alternating runs at batch 32
-/// against the kernels taken otherwise, backward: LeNet's 6→16 5×5 on 14² 0.39 against 0.68
-/// ms, 16→16 5×5 on 14² 1.04 against 1.48, 32→32 3×3 on 8² 0.60 against 1.06, 3→32 on 32²
-/// 1.31 against 1.43, 16→32 on 28² 3.12 against 3.33. The forward pass alone loses at those
-/// shapes (0.6–0.7×; LeNet's first layer 0.104 against 0.095 ms) and is left to the others.
-pub(crate) fn applies(g: &Conv2dGeometry, n: usize) -> bool {
-    fits(g) && n >= L / 2 && g.out_channels <= 32 && g.in_channels <= 32
-}
 
 /// One packed group: channels of an image (h × w) at (top, left) inside an (hp × wp) plane of
 /// zeros, each element a vector of L samples: (c, hp, wp, L).
@@ -548,19 +524,6 @@ pub struct PoolAfter {
 }
 
 impl PoolAfter {
-    /// Whether `pool` (on this convolution's output) is what the pooled kernels compute:
-    /// 2×2 windows at stride 2 without padding, inside the input (an odd last row or column is
-    /// left out, as the pooling layer does).
-    pub(crate) fn fits(g: &Conv2dGeometry, pool: &Pool2dGeometry) -> bool {
-        let c = &pool.cfg;
-        fits(g)
-            && c.kernel == (2, 2)
-            && c.stride == (2, 2)
-            && c.padding == (0, 0)
-            && (pool.channels, pool.in_h, pool.in_w) == (g.out_channels, g.out_h, g.out_w)
-            && (pool.out_h, pool.out_w) == (g.out_h / 2, g.out_w / 2)
-    }
-
     /// Bytes of the winners' record of `n` samples: (groups, C_out, H_out / 2, W_out / 2, L).
     pub(crate) fn winners_len(g: &Conv2dGeometry, n: usize) -> usize {
         n.div_ceil(L) * g.out_channels * (g.out_h / 2) * (g.out_w / 2) * L

@@ -8,11 +8,11 @@
 //! Wide layout, one channel: the padded input P (Hp × Wp, row-major, zero tail) and the wide
 //! output Yw with Yw[r·Wp + c] = Σ_taps w[ki, kj] · P[r·Wp + c + ki·Wp + kj]; columns c ≥ W_out
 //! of Yw are junk and never read back.
-use super::conv::Conv2dGeometry;
-use super::conv_batch::rows_to_lanes;
+use super::batch::rows_to_lanes;
+use super::geometry::Conv2dGeometry;
 #[cfg(target_arch = "x86_64")]
-use super::simd::transpose16;
-use super::simd::{madd, Isa};
+use crate::ops::simd::transpose16;
+use crate::ops::simd::{madd, Isa};
 use crate::tensor::Float;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
@@ -33,20 +33,6 @@ fn block_channels(opg: usize) -> usize {
     } else {
         4
     }
-}
-
-/// Stride 1 without dilation: what the wide layout handles.
-fn stride1(g: &Conv2dGeometry) -> bool {
-    g.cfg.stride == (1, 1) && g.cfg.dilation == (1, 1)
-}
-
-/// Whether the direct forward kernels handle this convolution: every stride-1 one, and
-/// stride 2 where [`lanes_apply`] says so. Where they do they beat im2col + GEMM at every
-/// shape measured (best of 3 alternating runs, bench/README.md): LeNet's first layer 0.19
-/// against 0.33 ms, its second 0.29 against 0.60 ms, 32→64 3×3 on 14² at batch 64 2.7 against
-/// 3.1 ms; the many-channel shapes where the tap GEMMs win are sent there first.
-pub(crate) fn applies(g: &Conv2dGeometry) -> bool {
-    stride1(g) || prefers_lanes(g)
 }
 
 /// Sizes of the wide layout for one geometry.
@@ -303,54 +289,6 @@ fn lanes_block(g: &Conv2dGeometry) -> (usize, usize) {
     (cb, pb)
 }
 
-/// Whether [`forward_by_lanes`] can run this convolution: whole vectors of output channels
-/// per group, stride 1 or 2 both ways, no dilation.
-pub(crate) fn lanes_fit(g: &Conv2dGeometry) -> bool {
-    let c = &g.cfg;
-    (g.out_channels / c.groups).is_multiple_of(V)
-        && (c.stride == (1, 1) || c.stride == (2, 2))
-        && c.dilation == (1, 1)
-}
-
-/// Longest reduction C_g·kh·kw that goes across the lanes: a block's weights (C_g·kh·kw × 2
-/// vectors) then stay in L2. Best of 5–10 alternating runs against the path taken before,
-/// batch 32–64, stride 2 (against im2col): 3→64 7×7 on 224² 7.8 against 10.4 ms, 64→128 3×3
-/// on 56² 17.2 against 25.0, 128→256 on 28² 18.0 against 23.2, but 256→512 on 14² (2,304)
-/// 24.4 against 18.0; stride 1 (against the tap GEMMs or the wide plane): 64→64 on 56² 29.0
-/// against 33.7, on 28² 6.7 against 8.7, 128→128 on 14² 6.5 against 9.1, 32→64 on 14² 1.8
-/// against 2.6.
-const LANES_MAX_REDUCTION: usize = 1152;
-
-/// Whether the forward pass puts output channels across the lanes: with AVX-512 (32
-/// registers), whole vectors of channels per group and a reduction up to
-/// [`LANES_MAX_REDUCTION`]; at stride 1 only with two vectors of channels per group, or where
-/// rows are short enough that the wide plane wastes over a fifth of its columns (LeNet's
-/// second layer).
-pub(crate) fn lanes_apply(g: &Conv2dGeometry, isa: Isa) -> bool {
-    let wp = g.in_w + g.cfg.pad_begin.1 + g.cfg.pad_end.1;
-    #[cfg(target_arch = "x86_64")]
-    let wide_isa = isa == Isa::Avx512;
-    #[cfg(not(target_arch = "x86_64"))]
-    let wide_isa = {
-        let _ = isa;
-        false
-    };
-    let opg = g.out_channels / g.cfg.groups;
-    let shape_fits = g.cfg.stride != (1, 1) || opg.is_multiple_of(2 * V) || 5 * (wp - g.out_w) > wp;
-    wide_isa && lanes_fit(g) && lanes_reduction_fits(g) && shape_fits
-}
-
-/// Whether a block's weights of a kernel with the channels across the lanes stay in L2
-/// ([`LANES_MAX_REDUCTION`]).
-pub(crate) fn lanes_reduction_fits(g: &Conv2dGeometry) -> bool {
-    g.k_per_group() <= LANES_MAX_REDUCTION
-}
-
-/// Whether [`forward_by_lanes`] is the fastest forward pass for this convolution on this CPU.
-pub(crate) fn prefers_lanes(g: &Conv2dGeometry) -> bool {
-    lanes_apply(g, Isa::detect())
-}
-
 /// [`forward`] with the output channels across the lanes ([`forward_lanes_kernel`]); needs
 /// [`lanes_fit`]. One parallel task per block of CB·V output channels of one sample (several
 /// where a block is little work).
@@ -597,20 +535,6 @@ const GRAD_PAIRS: usize = 12;
 /// whole plane, the 224² stem's dY is 3.2 MB a sample and came from the L3 cache.
 const GRAD_TILE_BYTES: usize = 512 << 10;
 
-/// Whether [`weight_grad_lanes`] runs on this CPU for `cout` output channels: AVX-512 and
-/// whole vectors of channels.
-pub(crate) fn weight_grad_lanes_fits(cout: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        Isa::detect() == Isa::Avx512 && cout.is_multiple_of(V)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = cout;
-        false
-    }
-}
-
 /// dW of one sample, added into out (C_in·taps, C_out) (pair-major: transpose it once per
 /// chunk). offs: every (channel, tap) pair's offset c·Hp·Wp + ki·Wp + kj in xp (C_in, Hp·Wp),
 /// in that order, kw taps per kernel row; dyt: (C_out/V, H_out·W_out, V) ([`dy_to_lanes`]);
@@ -675,23 +599,6 @@ pub(crate) fn weight_grad_lanes<T: Float>(
     }
 }
 
-/// Longest reduction C_in·kh·kw whose stride-2 weight gradient goes to
-/// [`weight_grad_strided`]: the 224² stem's (147) was measured; with many channels the
-/// im2col GEMM reads its operands from cache more often than this kernel does.
-const STRIDED_GRAD_MAX_REDUCTION: usize = 256;
-
-/// Whether [`weight_grad_strided`] computes this convolution's dW and db (a layer whose dX
-/// is not needed): stride 2 without dilation or groups, few input taps, the lanes kernel
-/// on this CPU.
-pub(crate) fn applies_weight_grad_strided(g: &Conv2dGeometry) -> bool {
-    let c = &g.cfg;
-    c.stride == (2, 2)
-        && c.dilation == (1, 1)
-        && c.groups == 1
-        && g.k_per_group() <= STRIDED_GRAD_MAX_REDUCTION
-        && weight_grad_lanes_fits(g.out_channels)
-}
-
 /// Samples per chunk of [`weight_grad_strided`]: a constant, so that the partial sums, added
 /// in chunk order, do not depend on the thread count.
 const STRIDED_GRAD_CHUNK: usize = 2;
@@ -706,7 +613,7 @@ pub(crate) fn weight_grad_strided<T: Float>(
     dy: &[T],
     dw: &mut [T],
     db: Option<&mut [T]>,
-    scratch: &mut super::conv::ConvScratch<T>,
+    scratch: &mut super::ConvScratch<T>,
 ) {
     let c = &g.cfg;
     let (cin, cout) = (g.in_channels, g.out_channels);
@@ -733,7 +640,7 @@ pub(crate) fn weight_grad_strided<T: Float>(
             wd.pad_input_at(g, &x[si * in_len..][..in_len], xp, in_plane);
             let dys = &dy[si * out_len..][..out_len];
             for (oc, dc) in dys.chunks_exact(plane).enumerate() {
-                pdb[oc] += super::reduce::sum_f64(dc);
+                pdb[oc] += crate::ops::reduce::sum_f64(dc);
             }
             dy_to_lanes(dys, plane, dyt);
             weight_grad_lanes(2, c.kernel.1, &pair_offs, dims, xp, dyt, cout, &mut pt);
@@ -747,7 +654,7 @@ pub(crate) fn weight_grad_strided<T: Float>(
         }
         (pdw, pdb.into_iter().map(T::of).collect())
     };
-    super::conv::backward_chunks(
+    super::parallel::backward_chunks(
         n,
         STRIDED_GRAD_CHUNK,
         in_len,
@@ -770,15 +677,6 @@ pub(crate) fn dy_to_lanes<T: Float>(dy: &[T], plane: usize, dyt: &mut [T]) {
     {
         rows_to_lanes(isa, src, plane, V, plane, dst);
     }
-}
-
-/// Fewest wide output columns per sample for [`weight_grad`]: below, the per-block overhead
-/// outweighs the multiply-adds.
-const MIN_GRAD_COLS: usize = 128;
-
-/// Whether [`weight_grad`] handles this convolution's dW.
-pub(crate) fn applies_weight_grad(g: &Conv2dGeometry) -> bool {
-    stride1(g) && g.out_h * (g.in_w + g.cfg.pad_begin.1 + g.cfg.pad_end.1) >= MIN_GRAD_COLS
 }
 
 /// Output channels per register block of [`weight_grad`] with this instruction set: 3 taps ×
@@ -872,22 +770,6 @@ fn pack_forward<T: Float>(g: &Conv2dGeometry, w: &[T], ob: usize) -> Vec<T> {
         }
     }
     p
-}
-
-/// y = conv(x, w) + b; the layouts of [`super::conv::conv2d_forward`].
-pub(crate) fn forward<T: Float>(
-    g: &Conv2dGeometry,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    b: Option<&[T]>,
-    y: &mut [T],
-) {
-    if lanes_apply(g, Isa::detect()) {
-        forward_by_lanes(g, n, x, w, b, y)
-    } else {
-        forward_by_wide(g, n, x, w, b, y)
-    }
 }
 
 /// [`forward`] on the wide plane ([`forward_kernel`]).
