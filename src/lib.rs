@@ -46,6 +46,7 @@
 //! # Ok::<(), convnet::Error>(())
 //! ```
 pub mod alloc;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
 pub mod error;
@@ -54,6 +55,7 @@ pub mod loss;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+#[cfg(feature = "cli")]
 pub mod plot;
 pub mod tensor;
 pub mod train;

@@ -1,5 +1,9 @@
-//! Progress display for training: an indicatif bar per epoch and one summary line per epoch.
-use crate::train::trainer::{EpochMetrics, Observer};
+//! Progress display for training: an indicatif bar per epoch, one summary line per epoch, and
+//! the run's `curves.png` redrawn after every saved epoch.
+use crate::error::Result;
+use crate::plot::charts::{save_curves, Curves};
+use crate::train::trainer::{EpochMetrics, Observer, RunPaths};
+use crate::train::Evaluation;
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Progress {
@@ -54,5 +58,24 @@ impl Observer for Progress {
             "epoch {:>3}/{}  train loss {:.4}{test}  {:.1}s  {:.0} img/s",
             m.epoch, self.epochs, m.train_loss, m.seconds, m.images_per_second
         );
+    }
+
+    fn epoch_saved(&mut self, history: &[EpochMetrics], paths: &RunPaths) -> Result<()> {
+        let test = |f: fn(&Evaluation) -> f64| {
+            history
+                .iter()
+                .filter_map(|m| m.test.as_ref().map(f))
+                .collect::<Vec<f64>>()
+        };
+        let train_loss: Vec<f64> = history.iter().map(|m| m.train_loss).collect();
+        let (test_loss, test_accuracy) = (test(|e| e.loss), test(|e| e.accuracy));
+        save_curves(
+            &paths.curves(),
+            &Curves {
+                train_loss: &train_loss,
+                test_loss: &test_loss,
+                test_accuracy: &test_accuracy,
+            },
+        )
     }
 }

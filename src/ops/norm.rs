@@ -329,7 +329,7 @@ mod tests {
         for (a, b) in folded.iter().zip(&relu) {
             assert!((a - b).abs() < 1e-12);
         }
-        assert!(relu.iter().any(|&v| v == 0.0) && relu.iter().any(|&v| v > 0.0));
+        assert!(relu.contains(&0.0) && relu.iter().any(|&v| v > 0.0));
         let m = (n * plane) as f64;
         let scale = vec![0.8; c];
         let (a1, b1) = grad_sums(&d, &h, c, plane, None);

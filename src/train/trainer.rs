@@ -95,6 +95,11 @@ pub trait Observer {
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
     fn batch(&mut self, _done: usize, _running_loss: f64, _images_per_second: f64) {}
     fn epoch_end(&mut self, _m: &EpochMetrics) {}
+    /// After an epoch's files are in `paths`, with every epoch's metrics so far: what the
+    /// observer writes beside them (the CLI's training curves); an error stops the run.
+    fn epoch_saved(&mut self, _history: &[EpochMetrics], _paths: &RunPaths) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An observer that ignores everything.
@@ -288,8 +293,8 @@ fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     Ok(out)
 }
 
-/// Writes the model file, weights, optimizer state, metrics and curves after `epochs_done`
-/// epochs. The checkpoint (weights + optimizer state + epoch) is one file, so it is always
+/// Writes the model file, weights, optimizer state and metrics after `epochs_done` epochs
+/// (the observer is told afterwards: the CLI draws the curves from the metrics). The checkpoint (weights + optimizer state + epoch) is one file, so it is always
 /// self-consistent; nothing is written before the first epoch completes.
 fn save_epoch(
     paths: &RunPaths,
@@ -322,23 +327,7 @@ fn save_epoch(
     ]);
     write_state(&paths.checkpoint(), &state, Some(meta))?;
     write_state(&paths.weights(), &weights, None)?;
-    write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())?;
-    let test = |f: fn(&Evaluation) -> f64| {
-        history
-            .iter()
-            .filter_map(|m| m.test.as_ref().map(f))
-            .collect::<Vec<f64>>()
-    };
-    let train_loss: Vec<f64> = history.iter().map(|m| m.train_loss).collect();
-    let (test_loss, test_accuracy) = (test(|e| e.loss), test(|e| e.accuracy));
-    crate::plot::charts::save_curves(
-        &paths.curves(),
-        &crate::plot::charts::Curves {
-            train_loss: &train_loss,
-            test_loss: &test_loss,
-            test_accuracy: &test_accuracy,
-        },
-    )
+    write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())
 }
 
 /// Trains from `start` to `opts.epochs`, saving into `paths` after every epoch.
@@ -377,6 +366,7 @@ pub fn train(
         start.history.push(m.clone());
         save_epoch(paths, t, opts, epoch + 1, &start.history)?;
         obs.epoch_end(&m);
+        obs.epoch_saved(&start.history, paths)?;
     }
     Ok(start.trainer)
 }
