@@ -59,7 +59,7 @@ pub fn conv2d_forward_with<T: Float>(
     )
 }
 
-/// The forward pass by `algo`, which must [`plan::forward_fits`] this geometry on `isa`.
+/// The forward pass by `algo`, which must [`plan::forward_fits`] this geometry.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_forward<T: Float>(
     algo: Forward,
@@ -72,7 +72,7 @@ pub(crate) fn run_forward<T: Float>(
     y: &mut [T],
     scratch: &mut ConvScratch<T>,
 ) {
-    debug_assert!(plan::forward_fits(algo, g, isa), "{algo:?} for {g:?}");
+    debug_assert!(plan::forward_fits(algo, g), "{algo:?} for {g:?}");
     match algo {
         Forward::Winograd => winograd::forward(isa, g, n, x, w, b, y, scratch),
         Forward::RowsWinograd => rows_winograd::forward(g, n, x, w, b, y),
@@ -832,7 +832,7 @@ mod tests {
                 let mut y_mag = vec![0.0; n * g.out_len()];
                 conv2d_forward_naive(&g, n, &abs(&x), &abs(&wt), Some(&abs(&b)), &mut y_mag);
                 let paths = Forward::ALL.into_iter().map(Some).chain([None]);
-                for algo in paths.filter(|a| a.is_none_or(|a| plan::forward_fits(a, &g, isa))) {
+                for algo in paths.filter(|a| a.is_none_or(|a| plan::forward_fits(a, &g))) {
                     let mut y = vec![0.0; n * g.out_len()];
                     let sc = &mut ConvScratch::default();
                     match algo {

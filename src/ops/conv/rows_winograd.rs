@@ -654,8 +654,7 @@ mod tests {
             let g = Conv2dGeometry::new([ci, h, w], co, cfg).unwrap();
             assert!(super::super::plan::forward_fits(
                 super::super::Forward::RowsWinograd,
-                &g,
-                Isa::detect()
+                &g
             ));
             let n = 3;
             let mut draw =
