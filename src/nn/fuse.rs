@@ -8,7 +8,9 @@
 //!   [`ConvPool`] layer: one pass of the batch-lanes kernels where they take the batch;
 //! - a ReLU after batch normalisation runs inside it: the normalisation's pass applies it, and
 //!   backward recomputes its derivative from the cached x̂, so the ReLU neither reads nor
-//!   writes the tensor again nor caches a copy of it.
+//!   writes the tensor again nor caches a copy of it;
+//! - a ReLU after a residual block runs in the block's sum, which keeps where the sum was
+//!   positive (a byte a value) instead of a copy of the output.
 //!
 //! None of the merged or moved layers has parameters of its own besides the convolution's,
 //! and every layer keeps its spec index, so tensor names are those of the unfused network.
@@ -16,6 +18,7 @@ use super::layers::activation::Act;
 use super::layers::batchnorm::BatchNorm;
 use super::layers::conv2d::Conv2d;
 use super::layers::pool2d::{Pool, PoolKind};
+use super::layers::residual::Residual;
 use super::layers::{Layer, Named, NamedMut, Param, Pass, Seq, NO_CACHE};
 use crate::ops::activation::Activation;
 use crate::ops::conv::{
@@ -31,6 +34,7 @@ enum Kind {
     Relu,
     MaxPool,
     BatchNorm,
+    Residual,
     Other,
 }
 
@@ -50,6 +54,8 @@ fn kind<T: Float>(l: &dyn Layer<T>) -> Kind {
         Kind::MaxPool
     } else if any.is::<BatchNorm<T>>() {
         Kind::BatchNorm
+    } else if any.is::<Residual<T>>() {
+        Kind::Residual
     } else {
         Kind::Other
     }
@@ -109,13 +115,26 @@ pub fn fuse<T: Float>(seq: &mut Seq<T>) {
                 continue;
             }
         }
-        if kinds[i] == Kind::BatchNorm && kinds.get(i + 1) == Some(&Kind::Relu) {
-            let mut bn = take::<BatchNorm<T>, T>(&mut slots[i]);
-            bn.relu = true;
-            seq.layers.push(Box::new(bn));
-            seq.index.push(idx[i]);
-            i += 2;
-            continue;
+        if kinds.get(i + 1) == Some(&Kind::Relu) {
+            let fused: Option<Box<dyn Layer<T>>> = match kinds[i] {
+                Kind::BatchNorm => {
+                    let mut bn = take::<BatchNorm<T>, T>(&mut slots[i]);
+                    bn.relu = true;
+                    Some(Box::new(bn))
+                }
+                Kind::Residual => {
+                    let mut res = take::<Residual<T>, T>(&mut slots[i]);
+                    res.relu = true;
+                    Some(Box::new(res))
+                }
+                _ => None,
+            };
+            if let Some(layer) = fused {
+                seq.layers.push(layer);
+                seq.index.push(idx[i]);
+                i += 2;
+                continue;
+            }
         }
         if kinds[i] == Kind::Relu && kinds.get(i + 1) == Some(&Kind::MaxPool) {
             for k in [i + 1, i] {

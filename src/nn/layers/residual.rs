@@ -4,6 +4,7 @@ use super::{build_sequence, parse_sequence, prefixed, sequence_shape, Buffer, Bu
 use super::{LayerDef, LayerSpec, Named, NamedMut, Param, Pass, Seq, TensorInfo};
 use crate::error::Result;
 use crate::nn::keys::Fields;
+use crate::ops::activation::Activation;
 use crate::tensor::{Float, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -101,13 +102,21 @@ impl LayerDef for ResidualSpec {
             .shortcut
             .as_ref()
             .map(|sc| build_sequence(sc, input, cx));
-        Box::new(Residual { body, shortcut })
+        Box::new(Residual {
+            body,
+            shortcut,
+            relu: false,
+            positive: Vec::new(),
+        })
     }
 }
 
 pub struct Residual<T> {
     body: Seq<T>,
     shortcut: Option<Seq<T>>,
+    /// A ReLU after the sum, fused in by `nn::fuse` (ResNet's blocks end so).
+    pub(crate) relu: bool,
+    positive: Vec<bool>, // (N, C, H, W) with `relu`: where the sum was > 0, for backward
 }
 
 impl<T: Float> Layer<T> for Residual<T> {
@@ -117,13 +126,28 @@ impl<T: Float> Layer<T> for Residual<T> {
             Some(sc) => sc.forward(x, pass),
             None => x,
         };
-        h.data_mut()
-            .iter_mut()
-            .zip(s.data())
-            .for_each(|(a, &b)| *a += b);
+        let sum = h.data_mut().iter_mut().zip(s.data());
+        if self.relu {
+            let relu = Activation::Relu;
+            sum.for_each(|(a, &b)| *a = relu.apply(*a + b));
+            if pass.grad {
+                self.positive.clear();
+                self.positive.extend(h.data().iter().map(|&v| v > T::zero()));
+            }
+        } else {
+            sum.for_each(|(a, &b)| *a += b);
+        }
         h
     }
-    fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
+    fn backward(&mut self, mut dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
+        if self.relu {
+            // dy·ReLU'(y), as the ReLU layer computes it.
+            let one = |p: bool| if p { T::one() } else { T::zero() };
+            dy.data_mut()
+                .iter_mut()
+                .zip(&self.positive)
+                .for_each(|(d, &p)| *d *= one(p));
+        }
         let d_body = self.body.backward(dy.clone(), need_dx);
         let d_short = match &mut self.shortcut {
             Some(sc) => sc.backward(dy, need_dx),

@@ -4,9 +4,8 @@
 //! masks and no column matrix. Stride 1 without dilation or groups; the input gradient is the
 //! same correlation, of the flipped kernels over the padded dY.
 use super::geometry::Conv2dGeometry;
-use super::parallel::{backward_chunks, forward_chunks, ConvScratch};
+use super::parallel::{add_bias_sums, backward_chunks, bias_sums, forward_chunks, ConvScratch};
 use crate::ops::pool::second_wins;
-use crate::ops::reduce::sum_f64;
 #[cfg(target_arch = "x86_64")]
 use crate::ops::simd::{first_lanes, transpose16, transpose8};
 use crate::ops::simd::{madd, Isa};
@@ -846,15 +845,12 @@ pub(crate) fn backward<T: Float>(
 ) {
     let plan = Backward::new(isa, g, w);
     let (in_len, out_len, plane) = (g.in_len(), g.out_len(), g.out_h * g.out_w);
+    let want_db = db.is_some();
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, dxc: Option<&mut [T]>| {
         let [xt, dyt, dxt] = bufs;
         let dys = &dy[s0 * out_len..(s0 + s) * out_len]; // (s, C_out, H_out, W_out)
-        let mut pdb = vec![0.0f64; g.out_channels];
-        for ds in dys.chunks_exact(out_len) {
-            for (b, dc) in pdb.iter_mut().zip(ds.chunks_exact(plane)) {
-                *b += sum_f64(dc);
-            }
-        }
+        let mut pdb = bias_sums(g.out_channels, want_db);
+        add_bias_sums(&mut pdb, dys, plane);
         plan.xp.pack(plan.isa, &x[s0 * in_len..], s, xt);
         plan.dp.pack(plan.isa, dys, s, dyt);
         let pdw = plan.group(g, xt, dyt, dxt, s, dxc);

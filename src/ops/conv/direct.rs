@@ -10,6 +10,7 @@
 //! of Yw are junk and never read back.
 use super::batch::rows_to_lanes;
 use super::geometry::Conv2dGeometry;
+use super::parallel::{add_bias_sums, backward_chunks, bias_sums};
 #[cfg(target_arch = "x86_64")]
 use crate::ops::simd::transpose16;
 use crate::ops::simd::{madd, Isa};
@@ -630,18 +631,17 @@ pub(crate) fn weight_grad_strided<T: Float>(
     let dims = (g.out_h, g.out_w, wd.wp);
     // Per thread: xp (C_in, Hp, Wp) and dY by vectors of channels (C_out/V, H_out·W_out, V).
     let sizes = [cin * in_plane, plane * cout, 0];
+    let want_db = db.is_some();
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, _: Option<&mut [T]>| {
         let [xp, dyt, _] = bufs;
         let mut pt = vec![T::zero(); g.weight_len()]; // (C_in·taps, C_out)
-        let mut pdb = vec![0.0f64; cout];
+        let mut pdb = bias_sums(cout, want_db);
         // Zero borders once per chunk: the samples overwrite only the interior.
         xp[..cin * in_plane].fill(T::zero());
         for si in s0..s0 + s {
             wd.pad_input_at(g, &x[si * in_len..][..in_len], xp, in_plane);
             let dys = &dy[si * out_len..][..out_len];
-            for (oc, dc) in dys.chunks_exact(plane).enumerate() {
-                pdb[oc] += crate::ops::reduce::sum_f64(dc);
-            }
+            add_bias_sums(&mut pdb, dys, plane);
             dy_to_lanes(dys, plane, dyt);
             weight_grad_lanes(2, c.kernel.1, &pair_offs, dims, xp, dyt, cout, &mut pt);
         }
@@ -654,7 +654,7 @@ pub(crate) fn weight_grad_strided<T: Float>(
         }
         (pdw, pdb.into_iter().map(T::of).collect())
     };
-    super::parallel::backward_chunks(
+    backward_chunks(
         n,
         STRIDED_GRAD_CHUNK,
         in_len,

@@ -2,9 +2,8 @@
 //! dilation, groups); and the column-free backward pieces built on the direct kernels.
 use super::direct;
 use super::geometry::{tap_ranges, Conv2dGeometry};
-use super::parallel::{backward_chunks, gemm_par, ConvScratch};
+use super::parallel::{add_bias_sums, backward_chunks, bias_sums, gemm_par, ConvScratch};
 use crate::ops::gemm::{matmul, matmul_ld, Ld, Trans};
-use crate::ops::reduce::sum_f64;
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -323,18 +322,15 @@ pub(super) fn backward_im2col<T: Float>(
     let chunk = samples_per_chunk(g);
     let par = gemm_par(g, n, n.div_ceil(chunk));
 
+    let want_db = db.is_some();
     // One chunk of samples: fills its dx rows, returns its partial (dw, db).
     let tile_rows = tile_rows(g, chunk);
     let tile = tile_rows * g.out_w;
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, mut dxc: Option<&mut [T]>| {
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in/groups·kh·kw)
         let dys = &dy[s0 * out_len..(s0 + s) * out_len]; // (s, C_out, H_out, W_out)
-        let mut pdb = vec![0.0f64; g.out_channels]; // (C_out)
-        for ds in dys.chunks_exact(out_len) {
-            for (b, dc) in pdb.iter_mut().zip(ds.chunks_exact(plane)) {
-                *b += sum_f64(dc);
-            }
-        }
+        let mut pdb = bias_sums(g.out_channels, want_db); // (C_out)
+        add_bias_sums(&mut pdb, dys, plane);
         let [cols, dyc, dcols] = bufs;
         if direct_dw {
             let xs = &x[s0 * in_len..(s0 + s) * in_len];

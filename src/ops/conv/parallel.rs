@@ -2,6 +2,7 @@
 //! of sample chunks per thread, and the partial gradients added in chunk order.
 use super::geometry::Conv2dGeometry;
 use crate::ops::gemm::Par;
+use crate::ops::reduce::sum_f64;
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -43,6 +44,25 @@ impl<T: Float> ConvScratch<T> {
                     buf.resize(size, T::zero());
                 }
             }
+        }
+    }
+}
+
+/// A chunk's partial bias gradient (C_out) in f64, zero; empty where db is not asked for (a
+/// layer without bias), which makes [`add_bias_sums`] free.
+pub(super) fn bias_sums(channels: usize, want: bool) -> Vec<f64> {
+    vec![0.0; if want { channels } else { 0 }]
+}
+
+/// Adds each dY plane of the samples `dys` (S, C_out, plane) into `sums` (C_out), sample by
+/// sample: the order [`backward_chunks`] reduces in. Nothing if `sums` is empty.
+pub(super) fn add_bias_sums<T: Float>(sums: &mut [f64], dys: &[T], plane: usize) {
+    if sums.is_empty() {
+        return;
+    }
+    for ds in dys.chunks_exact(sums.len() * plane) {
+        for (b, dc) in sums.iter_mut().zip(ds.chunks_exact(plane)) {
+            *b += sum_f64(dc);
         }
     }
 }

@@ -225,6 +225,15 @@ fn batch_lanes_pay(g: &Conv2dGeometry, n: usize) -> bool {
 /// batch 8 11.6 against 16.1.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
+/// Where both run, Winograd's backward pass beats the batch-lanes one from 32 input channels,
+/// or from a 32² output plane. Best of 7, ms, batch lanes against Winograd, AVX-512 (AVX2 in
+/// brackets): 32→32 on 16² at batch 128 5.81 against 4.69 (8.19 against 6.07), on 8² at
+/// batch 32 0.44 against 0.39, on 32² 5.83 against 4.55; 16→16 on 32² at batch 32 1.63
+/// against 1.51 (2.26 against 2.06), on 56² 42.8 against 4.27; but 16→16 on 16² at batch
+/// 128 1.60 against 2.13 (2.21 against 2.52), 16→32 on 16² 1.54 against 1.70.
+const WINOGRAD_OVER_BATCH_MIN_CHANNELS: usize = 32;
+const WINOGRAD_OVER_BATCH_MIN_PLANE: usize = 32 * 32;
+
 /// Winograd's forward pass only with 64 channels or more in and out and 8 samples or more
 /// (one sample is one task). It lost elsewhere: 0.5 against 0.19 ms for 32 → 32 on 8² at
 /// batch 32, 2.2 against 1.4 ms for 64 → 64 on 56² at batch 1; it ties at 128 → 128 on 28²
@@ -242,14 +251,25 @@ const WINOGRAD_FORWARD_MIN_BATCH: usize = 8;
 /// against 2.6.
 const LANES_MAX_REDUCTION: usize = 1152;
 
+/// At stride 1 one vector of output channels goes across the lanes from this reduction
+/// C_g·kh·kw on. Best of 7, batch 32–128, AVX-512 Xeon, ms, lanes against the wide plane:
+/// 16→16 3×3 on 32² at batch 128 2.25 against 3.06, on 16² 0.58 against 0.73, on 56² at
+/// batch 32 1.59 against 2.08, 16→32 on 16² 0.50 against 0.67; but 3→16 (27) on 32² 1.11
+/// against 0.67, and 8→16 (72) went either way in two runs (0.59 / 1.20 against 0.72).
+const LANES_MIN_UNIT_STRIDE_REDUCTION: usize = 128;
+
 /// The forward pass puts output channels across the lanes: with AVX-512 (32 registers),
 /// whole vectors of channels per group and a reduction up to [`LANES_MAX_REDUCTION`]; at
-/// stride 1 only with two vectors of channels per group, or where rows are short enough that
-/// the wide plane wastes over a fifth of its columns (LeNet's second layer).
+/// stride 1 only with two vectors of channels per group, a reduction of at least
+/// [`LANES_MIN_UNIT_STRIDE_REDUCTION`], or rows short enough that the wide plane wastes over
+/// a fifth of its columns (LeNet's second layer).
 fn lanes_pay(g: &Conv2dGeometry, isa: Isa) -> bool {
     let wp = padded_width(g);
     let opg = g.out_channels / g.cfg.groups;
-    let shape = g.cfg.stride != (1, 1) || opg.is_multiple_of(2 * V) || 5 * (wp - g.out_w) > wp;
+    let shape = g.cfg.stride != (1, 1)
+        || opg.is_multiple_of(2 * V)
+        || g.k_per_group() >= LANES_MIN_UNIT_STRIDE_REDUCTION
+        || 5 * (wp - g.out_w) > wp;
     avx512(isa) && lanes_fit(g) && g.k_per_group() <= LANES_MAX_REDUCTION && shape
 }
 
@@ -340,12 +360,15 @@ pub(crate) fn plan_direct_forward(g: &Conv2dGeometry, isa: Isa) -> Forward {
 /// The backward pass of `n` samples of `g` on `isa`, with dX (`need_dx`) or without it (a
 /// network's first layer).
 pub(crate) fn plan_backward(g: &Conv2dGeometry, n: usize, isa: Isa, need_dx: bool) -> Backward {
-    if batch_lanes_pay(g, n) {
-        Backward::BatchLanes
-    } else if winograd_fits(g)
+    let winograd = winograd_fits(g)
         && g.in_channels >= WINOGRAD_MIN_CHANNELS
-        && g.out_channels >= WINOGRAD_MIN_CHANNELS
-    {
+        && g.out_channels >= WINOGRAD_MIN_CHANNELS;
+    let winograd_first = winograd
+        && (g.in_channels >= WINOGRAD_OVER_BATCH_MIN_CHANNELS
+            || g.out_plane() >= WINOGRAD_OVER_BATCH_MIN_PLANE);
+    if batch_lanes_pay(g, n) && !winograd_first {
+        Backward::BatchLanes
+    } else if winograd {
         Backward::Winograd
     } else if taps_eligible(g) && g.out_h * padded_width(g) >= TAPS_MIN_BACKWARD_COLS {
         Backward::Taps
@@ -454,11 +477,11 @@ mod tests {
                 "ResNet-20 16→16 32²",
                 geom(16, 32, 16, 3, 1, 1),
                 128,
+                F::DirectLanes,
                 F::DirectWide,
-                F::DirectWide,
-                B::BatchLanes,
-                B::BatchLanes,
-                B::BatchLanes,
+                B::Winograd,
+                B::Winograd,
+                B::Winograd,
             ),
             (
                 "ResNet-20 16→32 /2",
@@ -486,9 +509,9 @@ mod tests {
                 128,
                 F::DirectLanes,
                 F::DirectWide,
-                B::BatchLanes,
-                B::BatchLanes,
-                B::BatchLanes,
+                B::Winograd,
+                B::Winograd,
+                B::Winograd,
             ),
             (
                 "ResNet-20 32→64 /2",

@@ -12,7 +12,7 @@
 //! operands on every call).
 use super::direct;
 use super::geometry::Conv2dGeometry;
-use super::parallel::{backward_chunks, gemm_par, ConvScratch};
+use super::parallel::{add_bias_sums, backward_chunks, bias_sums, gemm_par, ConvScratch};
 use crate::ops::gemm::{matmul_strided, Strides};
 use crate::tensor::Float;
 use rayon::prelude::*;
@@ -201,9 +201,10 @@ pub(crate) fn backward<T: Float>(
         cout * wd.out_plane,
         if want_dx { cin * wd.in_plane() } else { 0 },
     ];
+    let want_db = db.is_some();
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, mut dxc: Option<&mut [T]>| {
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, kh, kw)
-        let mut pdb = vec![0.0f64; cout]; // (C_out), summed in f64 as in the im2col path
+        let mut pdb = bias_sums(cout, want_db); // (C_out)
         let [xp, dyw, dxp] = bufs;
         // With AVX-512 dW comes from the lanes kernel, pair-major (C_in·taps, C_out).
         let mut pdw_t = lanes_dw.then(|| vec![T::zero(); g.weight_len()]);
@@ -213,9 +214,7 @@ pub(crate) fn backward<T: Float>(
             let dys = &dy[(s0 + si) * out_len..(s0 + si + 1) * out_len];
             pad_into(g, &wd, xs, xp);
             widen_into(g, &wd, dys, dyw);
-            for (oc, dc) in dys.chunks_exact(g.out_h * g.out_w).enumerate() {
-                pdb[oc] += crate::ops::reduce::sum_f64(dc);
-            }
+            add_bias_sums(&mut pdb, dys, g.out_h * g.out_w);
             let dyw_st = Strides {
                 rs: wd.out_plane,
                 cs: 1,

@@ -14,8 +14,7 @@
 //! transformed input and products stay in the L2 cache.
 use super::batch::{lanes_to_rows, rows_to_lanes};
 use super::geometry::Conv2dGeometry;
-use super::parallel::{backward_chunks, forward_chunks, ConvScratch};
-use crate::ops::reduce::sum_f64;
+use super::parallel::{add_bias_sums, backward_chunks, bias_sums, forward_chunks, ConvScratch};
 use crate::ops::simd::{madd, Isa};
 use crate::tensor::Float;
 #[cfg(target_arch = "x86_64")]
@@ -715,11 +714,12 @@ pub(crate) fn backward<T: Float>(
     let (cp, kp) = (t.cp, t.kp);
     let (in_len, out_len, plane) = (g.in_len(), g.out_len(), g.out_h * g.out_w);
     let dm_len = P * BLOCK_TILES * kp;
+    let want_db = db.is_some();
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, _: Option<&mut [T]>| {
         let [xb, dyb_dm, v] = bufs;
         let (dm, dyb) = dyb_dm.split_at_mut(dm_len);
         let mut du = vec![T::zero(); P * cp * kp]; // (P, C', K')
-        let mut pdb = vec![0.0f64; t.k]; // (C_out)
+        let mut pdb = bias_sums(t.k, want_db); // (C_out)
         for si in s0..s0 + s {
             let (xs, dys) = (&x[si * in_len..][..in_len], &dy[si * out_len..][..out_len]);
             pack(
@@ -743,9 +743,7 @@ pub(crate) fn backward<T: Float>(
                 (6, 4) => grad_sample::<T, 6, 4>(isa, &t, xb, dyb, &mut du, v, dm),
                 _ => grad_sample::<T, 2, 2>(isa, &t, xb, dyb, &mut du, v, dm),
             }
-            for (b, dc) in pdb.iter_mut().zip(dys.chunks_exact(plane)) {
-                *b += sum_f64(dc);
-            }
+            add_bias_sums(&mut pdb, dys, plane);
         }
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, 3, 3)
         untransform_grad(&du, t.k, t.c, cp, kp, &mut pdw);
