@@ -57,6 +57,8 @@ pub mod ops;
 pub mod optim;
 #[cfg(feature = "cli")]
 pub mod plot;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod tensor;
 pub mod train;
 

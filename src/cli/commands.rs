@@ -118,6 +118,24 @@ pub fn run(cli: Cli) -> Result<()> {
             weights,
             output,
         } => collapse_cmd(&model, weights, &output),
+        #[cfg(feature = "serve")]
+        Command::Serve {
+            model,
+            weights,
+            data,
+            host,
+            port,
+            max_body_mb,
+        } => super::serve::serve_cmd(super::serve::ServeArgs {
+            model,
+            weights,
+            data,
+            config: crate::serve::ServeConfig {
+                host,
+                port,
+                body_limit: max_body_mb.saturating_mul(1 << 20),
+            },
+        }),
     }
 }
 
@@ -242,7 +260,11 @@ fn summary(model: &str) -> Result<()> {
 }
 
 /// A network with its weights: from --weights, else the run directory's.
-fn load_trained(model: &str, weights: Option<PathBuf>, what: &str) -> Result<Network<f32>> {
+pub(super) fn load_trained(
+    model: &str,
+    weights: Option<PathBuf>,
+    what: &str,
+) -> Result<Network<f32>> {
     let ModelArg {
         spec, run_weights, ..
     } = load_model(model)?;

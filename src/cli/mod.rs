@@ -3,6 +3,8 @@ mod commands;
 mod model_arg;
 mod plots;
 mod progress;
+#[cfg(feature = "serve")]
+mod serve;
 mod signal;
 
 use clap::{Parser, Subcommand};
@@ -118,6 +120,28 @@ pub enum Command {
     Plot {
         #[command(subcommand)]
         what: PlotCommand,
+    },
+    /// A local web page for a trained model: draw or drop an image, see every layer respond.
+    #[cfg(feature = "serve")]
+    Serve {
+        /// Run directory (or model file / preset with --weights).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Data directory whose test images the page offers as examples (default: the
+        /// embedded digits, for 1×28×28 models).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Address to listen on; another than 127.0.0.1 opens the page to the network.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Largest image accepted, in MB.
+        #[arg(long, default_value_t = 8)]
+        max_body_mb: usize,
     },
     /// Merge consecutive linear layers (with only identity between) into one, and save the smaller model.
     Collapse {

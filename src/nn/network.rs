@@ -95,7 +95,7 @@ fn zero_grads<T: Float>(layers: &mut Seq<T>) {
 }
 
 /// One row of [`Network::summary`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SummaryRow {
     /// "3" for a top-level layer, "3.body.1" or "3.shortcut.0" inside a residual block.
     pub index: String,
@@ -243,6 +243,23 @@ impl<T: Float> Network<T> {
             .map(|(layers, (a, b))| layers.infer(&data[a * sample..b * sample], &shape_of(b - a)))
             .collect();
         Ok(Tensor::concat_rows(outs))
+    }
+
+    /// Inference of the batch x (N, C, H, W) that keeps every built layer's output, in order:
+    /// (the spec index the layer was built from, its output). Built without fusion
+    /// (`BuildOptions { fuse: false, .. }`) that is every top-level spec layer's output, the
+    /// h¹ … hᴸ of the lecture; a fused layer's entry is the output of all the layers it merged.
+    pub fn infer_layers(&mut self, x: &Tensor<T>) -> Result<Vec<(usize, Tensor<T>)>> {
+        self.check_input(x)?;
+        self.shards.clear();
+        let seq = &mut self.layers;
+        let mut outs = Vec::with_capacity(seq.layers.len());
+        let mut h = x.clone();
+        for (layer, &i) in seq.layers.iter_mut().zip(&seq.index) {
+            h = layer.forward(h, &Pass::INFER);
+            outs.push((i, h.clone()));
+        }
+        Ok(outs)
     }
 
     /// A training step's forward and backward passes in one: each shard runs forward, gets

@@ -99,7 +99,7 @@ fn draw_activations<DB: DrawingBackend>(
                 .position(SeriesLabelPosition::UpperLeft)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
-                .label_font((FONT, 14))
+                .label_font((FONT, 16))
                 .draw()
                 .map_err(s)?;
         }
@@ -224,7 +224,7 @@ pub fn save_confusion(path: &Path, m: &[Vec<usize>]) -> Result<()> {
     let k = m.len().max(1);
     let cell = 48u32;
     let size = (cell * k as u32 + 140, cell * k as u32 + 140);
-    let draw = |root: &DrawingArea<BitMapBackend, Shift>| -> DrawResult {
+    let draw = |root: &DrawingArea<super::Png, Shift>| -> DrawResult {
         root.fill(&WHITE).map_err(s)?;
         let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
         let (x0, y0) = (100i32, 80i32);

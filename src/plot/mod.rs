@@ -1,6 +1,7 @@
 //! Figures: image panels side by side (filter responses, learned filters), line charts
 //! (activations, training curves) and the confusion matrix, as PNG or SVG, written atomically.
 pub mod charts;
+mod glyphs;
 pub mod panels;
 
 use crate::error::{Error, Result};
@@ -8,6 +9,9 @@ use crate::io::write_atomic;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
+
+/// The backend of PNG figures: plotters' bitmap with text at the glyphs' true positions.
+pub(crate) type Png<'a> = glyphs::Glyphs<BitMapBackend<'a>>;
 
 /// The font family every figure uses; registered from the embedded DejaVu Sans, so no system
 /// font is needed.
@@ -56,12 +60,14 @@ pub(crate) fn save_png(
     path: &Path,
     (w, h): (u32, u32),
     pixels: Option<Vec<u8>>,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<(), String>,
+    draw: impl FnOnce(&DrawingArea<Png, plotters::coord::Shift>) -> Result<(), String>,
 ) -> Result<()> {
     ensure_fonts();
     let mut buf = pixels.unwrap_or_else(|| vec![255u8; (w * h * 3) as usize]); // (H, W, RGB)
     {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let backend = glyphs::Glyphs::new(BitMapBackend::with_buffer(&mut buf, (w, h)))
+            .ok_or_else(|| plot_err(path, "the compiled-in font is malformed"))?;
+        let root = backend.into_drawing_area();
         draw(&root).map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }

@@ -255,7 +255,8 @@ fn metrics_csv(history: &[EpochMetrics]) -> String {
     s
 }
 
-fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+/// Reads a run's metrics.csv back (the epochs it has finished).
+pub fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {

@@ -6,6 +6,8 @@ mod common;
 mod gradcheck;
 mod resume;
 mod robustness;
+#[cfg(feature = "serve")]
+mod serve;
 mod shapes_prop;
 mod signal;
 mod torch_fixtures;

@@ -1,0 +1,648 @@
+//! `convnet serve`: the JSON API (answers, every bad request, 200 concurrent predictions)
+//! and the page driven in headless Chromium through real input events.
+use convnet::data::dataset;
+use convnet::serve::{bind, Examples, ServeConfig, ServedModel};
+use convnet::train::trainer::parse_metrics;
+use convnet::{Network, Tensor};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A LeNet-5 run of 3 epochs on the embedded digits, trained once for all tests here.
+fn trained_run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("convnet-serve-run-{}", std::process::id()));
+        let out = Command::new(env!("CARGO_BIN_EXE_convnet"))
+            .args(["train", "--quiet", "--force", "--epochs", "3", "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+fn load_net(run: &Path) -> Network<f32> {
+    let text = std::fs::read_to_string(run.join("model.toml")).unwrap();
+    let spec = convnet::train::ModelFile::parse(&text, "model.toml")
+        .unwrap()
+        .spec;
+    let mut net = Network::<f32>::new(spec, Default::default(), 0);
+    net.load_weights(&run.join("model.safetensors")).unwrap();
+    net
+}
+
+fn examples() -> Examples {
+    let test = dataset::embedded().unwrap().test.unwrap();
+    Examples::from_dataset(&test, 64, &[])
+}
+
+/// A server for the trained run on a free port, answering until the test process ends.
+fn start(body_limit: usize) -> SocketAddr {
+    let run = trained_run();
+    let metrics = parse_metrics(&run.join("metrics.csv")).unwrap();
+    let model = ServedModel::new(load_net(run), Vec::new(), &metrics, Some(examples())).unwrap();
+    let server = bind(
+        model,
+        &ServeConfig {
+            port: 0,
+            body_limit,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let addr = server.addr();
+    std::thread::spawn(move || server.run_until(std::future::pending()));
+    addr
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// (status, body) of a request.
+fn request(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, String) {
+    let a = agent();
+    let mut r = match (method, body) {
+        ("GET", _) => a.get(url).call(),
+        ("DELETE", _) => a.delete(url).call(),
+        ("POST", body) => {
+            let mut req = a.post(url);
+            if let Some(ct) = content_type {
+                req = req.header("Content-Type", ct);
+            }
+            match body {
+                Some(b) => req.send(b),
+                None => req.send_empty(),
+            }
+        }
+        _ => unreachable!("the tests use GET, DELETE and POST"),
+    }
+    .unwrap();
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (status, text)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn example_png(addr: SocketAddr, k: usize) -> Vec<u8> {
+    let mut r = agent()
+        .get(&format!("http://{addr}/api/examples/{k}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.body_mut().read_to_vec().unwrap()
+}
+
+/// What the library itself gives for a PNG: (top class, its probability).
+fn expected(net: &mut Network<f32>, png: &[u8]) -> (usize, f64) {
+    let (px, h, w) = convnet::data::image::decode_image(png, Path::new("example"), 1).unwrap();
+    let y = net
+        .forward(Tensor::from_vec(&[1, 1, h, w], px).unwrap(), false)
+        .unwrap();
+    let z = y.data();
+    let top = (0..z.len()).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap();
+    let sum: f64 = z.iter().map(|&v| ((v - z[top]) as f64).exp()).sum();
+    (top, 1.0 / sum)
+}
+
+#[test]
+fn api_answers_model_examples_and_predictions() {
+    let addr = start(8 << 20);
+    let (s, page) = request("GET", &format!("http://{addr}/"), None, None);
+    assert_eq!(s, 200);
+    assert!(page.contains("id=\"prediction\"") && page.contains("/app.js"));
+    for asset in ["app.js", "style.css"] {
+        assert_eq!(
+            request("GET", &format!("http://{addr}/{asset}"), None, None).0,
+            200
+        );
+    }
+
+    let (s, info) = request("GET", &format!("http://{addr}/api/model"), None, None);
+    assert_eq!(s, 200);
+    let info = json(&info);
+    assert_eq!(info["params"], 61_706);
+    assert_eq!(info["input"], serde_json::json!([1, 28, 28]));
+    assert_eq!(info["classes"][3], "3");
+    assert_eq!(info["examples"].as_array().unwrap().len(), 64);
+    assert_eq!(info["metrics"].as_array().unwrap().len(), 3);
+    assert_eq!(info["filters"]["shape"], serde_json::json!([6, 1, 5, 5]));
+    assert_eq!(info["layers"][0]["kind"], "conv2d");
+
+    let mut net = load_net(trained_run());
+    let png = example_png(addr, 5);
+    let (top, p) = expected(&mut net, &png);
+    let url = format!("http://{addr}/api/predict");
+    let (s, body) = request("POST", &url, Some("image/png"), Some(&png));
+    assert_eq!(s, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["top"]["index"], top);
+    assert_eq!(v["top"]["class"], top.to_string());
+    assert!((v["top"]["probability"].as_f64().unwrap() - p).abs() < 1e-6);
+    let probs = v["probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 10);
+    let total: f64 = probs.iter().map(|x| x.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 12, "every top-level layer of LeNet-5");
+    assert!(layers.iter().all(|l| l.get("activations").is_none()));
+
+    // With every layer's output: h¹ is the first convolution's response, 6×28×28.
+    let (s, body) = request(
+        "POST",
+        &format!("{url}?activations=1"),
+        Some("image/png"),
+        Some(&png),
+    );
+    assert_eq!(s, 200);
+    let v = json(&body);
+    assert_eq!(v["top"]["index"], top);
+    let h1 = &v["layers"][0];
+    assert_eq!(h1["name"], "0: conv2d");
+    assert_eq!(h1["shape"], serde_json::json!([6, 28, 28]));
+    assert_eq!(h1["activations"].as_array().unwrap().len(), 6 * 28 * 28);
+    let last = v["layers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["activations"].as_array().unwrap().len(), 10);
+
+    // A JPEG is read as well.
+    let (px, _, _) = convnet::data::image::decode_image(&png, Path::new("png"), 1).unwrap();
+    let grey: Vec<u8> = px.iter().map(|&v| (v * 255.0).round() as u8).collect();
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::GrayImage::from_raw(28, 28, grey)
+        .unwrap()
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let (s, body) = request("POST", &url, Some("image/jpeg"), Some(jpeg.get_ref()));
+    assert_eq!(s, 200, "{body}");
+}
+
+#[test]
+fn bad_requests_get_4xx_and_the_server_goes_on() {
+    let limit = 4096;
+    let addr = start(limit);
+    let url = format!("http://{addr}/api/predict");
+    let png = example_png(addr, 0);
+    // A valid PNG of another size than 28×28, and one over the body limit.
+    let mut big = std::io::Cursor::new(Vec::new());
+    image::GrayImage::from_fn(64, 64, |x, y| image::Luma([((x * 7 + y * 13) % 256) as u8]))
+        .write_to(&mut big, image::ImageFormat::Png)
+        .unwrap();
+    let noise: Vec<u8> = (0..200 * 200).map(|i| ((i * 7919) % 251) as u8).collect();
+    let mut huge = std::io::Cursor::new(Vec::new());
+    image::GrayImage::from_raw(200, 200, noise)
+        .unwrap()
+        .write_to(&mut huge, image::ImageFormat::Png)
+        .unwrap();
+    assert!(huge.get_ref().len() > limit);
+    // (method, URL, Content-Type, body, expected status, what the error message says)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        Option<&'a [u8]>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        ("POST", url.clone(), None, Some(&png), 415, "Content-Type"),
+        (
+            "POST",
+            url.clone(),
+            Some("text/plain"),
+            Some(&png),
+            415,
+            "image/png",
+        ),
+        ("POST", url.clone(), Some("image/png"), None, 400, "no body"),
+        (
+            "POST",
+            url.clone(),
+            Some("image/png"),
+            Some(b"not an image at all"),
+            422,
+            "cannot decode",
+        ),
+        (
+            "POST",
+            url.clone(),
+            Some("image/jpeg"),
+            Some(&png[..png.len() / 2]),
+            422,
+            "cannot decode",
+        ),
+        (
+            "POST",
+            url.clone(),
+            Some("image/png"),
+            Some(big.get_ref()),
+            422,
+            "64×64",
+        ),
+        (
+            "POST",
+            url.clone(),
+            Some("image/png"),
+            Some(huge.get_ref()),
+            413,
+            "limit",
+        ),
+        (
+            "POST",
+            format!("{url}?activations=maybe"),
+            Some("image/png"),
+            Some(&png),
+            400,
+            "activations",
+        ),
+        ("GET", url.clone(), None, None, 405, "not allowed"),
+        (
+            "DELETE",
+            format!("http://{addr}/api/model"),
+            None,
+            None,
+            405,
+            "not allowed",
+        ),
+        (
+            "GET",
+            format!("http://{addr}/nothing-here"),
+            None,
+            None,
+            404,
+            "no such",
+        ),
+        (
+            "GET",
+            format!("http://{addr}/api/examples/64"),
+            None,
+            None,
+            404,
+            "64 examples",
+        ),
+        (
+            "GET",
+            format!("http://{addr}/api/examples/x"),
+            None,
+            None,
+            404,
+            "no example",
+        ),
+    ];
+    for (method, u, ct, body, status, says) in cases {
+        let (s, text) = request(method, &u, ct, body);
+        assert_eq!(s, status, "{method} {u} {ct:?}: {text}");
+        let err = json(&text)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.contains(says), "{method} {u}: {err}");
+        // Still serving.
+        assert_eq!(request("POST", &url, Some("image/png"), Some(&png)).0, 200);
+    }
+
+    // A body over the limit without a Content-Length (chunked), and a client that goes away
+    // in the middle of its body.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    for _ in 0..3 {
+        write!(s, "800\r\n").unwrap();
+        s.write_all(&[7u8; 0x800]).unwrap();
+        write!(s, "\r\n").unwrap();
+    }
+    write!(s, "0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(&s).read_line(&mut answer).unwrap();
+    assert!(answer.contains("413"), "{answer}");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 3000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&png[..100]).unwrap();
+    drop(s);
+    assert_eq!(request("POST", &url, Some("image/png"), Some(&png)).0, 200);
+}
+
+#[test]
+fn two_hundred_concurrent_predictions_are_all_answered_and_right() {
+    let addr = start(8 << 20);
+    let mut net = load_net(trained_run());
+    let pngs: Vec<Vec<u8>> = (0..64).map(|k| example_png(addr, k)).collect();
+    let want: Vec<(usize, f64)> = pngs.iter().map(|p| expected(&mut net, p)).collect();
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let png = pngs[i % 64].clone();
+            let url = if i % 4 == 0 {
+                format!("http://{addr}/api/predict?activations=1")
+            } else {
+                format!("http://{addr}/api/predict")
+            };
+            std::thread::spawn(move || request("POST", &url, Some("image/png"), Some(&png)))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (s, body) = h.join().unwrap();
+        assert_eq!(s, 200, "request {i}: {body}");
+        let v = json(&body);
+        let (top, p) = want[i % 64];
+        assert_eq!(v["top"]["index"], top, "request {i}");
+        assert!(
+            (v["top"]["probability"].as_f64().unwrap() - p).abs() < 1e-6,
+            "request {i}"
+        );
+    }
+}
+
+/// The `convnet serve` process: its URL, read from the line it prints.
+struct ServeProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ServeProcess {
+    fn start(run: &Path) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_convnet"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(run)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        ServeProcess { child, url }
+    }
+
+    /// Ctrl-C: the server stops cleanly, with status 0.
+    fn interrupt(mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: sending SIGINT to our own child process.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(status.success(), "{status}");
+        assert!(out.contains("stopped"), "{out}");
+    }
+}
+
+#[test]
+fn serve_command_prints_its_url_and_stops_on_ctrl_c() {
+    let server = ServeProcess::start(trained_run());
+    let (s, body) = request("GET", &format!("{}api/model", server.url), None, None);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body)["name"], "lenet5");
+    server.interrupt();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_convnet"))
+        .args(["serve", "--model", "lenet5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs weights"));
+}
+
+/// Chromium for the page test: Debian's, installed by `.ci/run`. Elsewhere the test is
+/// skipped with a message unless CONVNET_REQUIRE_CHROMIUM=1 makes its absence a failure.
+fn chromium() -> Option<PathBuf> {
+    let found = [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CONVNET_REQUIRE_CHROMIUM").is_err(),
+            "CONVNET_REQUIRE_CHROMIUM is set but no Chromium is installed"
+        );
+        eprintln!("skipped: no Chromium (apt-get install chromium)");
+    }
+    found
+}
+
+/// Polls a JavaScript expression until it gives a string that `done` accepts.
+fn wait_for(tab: &headless_chrome::Tab, js: &str, done: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let v = tab.evaluate(js, false).unwrap().value;
+        let s = v
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out on {js}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mouse(tab: &headless_chrome::Tab, kind: &str, x: f64, y: f64) {
+    use headless_chrome::protocol::cdp::Input::{
+        DispatchMouseEvent, DispatchMouseEventTypeOption as Type, MouseButton,
+    };
+    let (kind, buttons) = match kind {
+        "down" => (Type::MousePressed, 1),
+        "move" => (Type::MouseMoved, 1),
+        _ => (Type::MouseReleased, 0),
+    };
+    tab.call_method(DispatchMouseEvent {
+        Type: kind,
+        x,
+        y,
+        modifiers: None,
+        timestamp: None,
+        button: Some(MouseButton::Left),
+        buttons: Some(buttons),
+        click_count: Some(1),
+        force: None,
+        tangential_pressure: None,
+        tilt_x: None,
+        tilt_y: None,
+        twist: None,
+        delta_x: None,
+        delta_y: None,
+        pointer_Type: None,
+    })
+    .unwrap();
+}
+
+#[test]
+fn page_in_headless_chromium_classifies_an_example_and_a_drawn_stroke() {
+    let Some(chrome) = chromium() else { return };
+    let run = trained_run();
+    let server = ServeProcess::start(run);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = headless_chrome::Browser::new(headless_chrome::LaunchOptions {
+        headless: true,
+        sandbox: false,
+        path: Some(chrome),
+        window_size: Some((1280, 1700)),
+        user_data_dir: Some(profile.path().to_path_buf()),
+        args: vec![
+            std::ffi::OsStr::new("--disable-gpu"),
+            std::ffi::OsStr::new("--disable-quic"),
+            std::ffi::OsStr::new("--disable-component-update"),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let tab = browser.new_tab().unwrap();
+
+    // Example 7 on open: the page shows what the network says of it.
+    let k = 7;
+    tab.navigate_to(&format!("{}?example={k}", server.url))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    let seq_js = "document.getElementById('prediction').dataset.seq";
+    let first: u32 = wait_for(&tab, seq_js, |s| s != "0" && !s.is_empty())
+        .parse()
+        .unwrap();
+    let text = wait_for(
+        &tab,
+        "document.getElementById('prediction').textContent",
+        |_| true,
+    );
+    let mut net = load_net(run);
+    let png = example_png(
+        server
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap(),
+        k,
+    );
+    let (top, p) = expected(&mut net, &png);
+    assert_eq!(text, format!("{top} ({:.1} %)", 100.0 * p));
+    // h¹ … hᴷ: LeNet-5's two convolutions and two poolings, one small image per channel.
+    let maps = wait_for(
+        &tab,
+        "String(document.querySelectorAll('#maps .layer').length)",
+        |s| s == "4",
+    );
+    assert_eq!(maps, "4");
+    let tiles = wait_for(
+        &tab,
+        "String(document.querySelectorAll('#maps canvas').length)",
+        |_| true,
+    );
+    assert_eq!(tiles, (6 + 6 + 16 + 16).to_string());
+    let rows = wait_for(
+        &tab,
+        "String(document.querySelectorAll('#summary tr').length)",
+        |_| true,
+    );
+    assert_eq!(rows, "14", "a header, twelve layers and the total");
+
+    // A vertical stroke on the canvas, as a mouse draws it: a new prediction, a one.
+    let rect = tab
+        .evaluate(
+            "JSON.stringify(document.getElementById('draw').getBoundingClientRect())",
+            false,
+        )
+        .unwrap()
+        .value
+        .unwrap();
+    let rect: serde_json::Value = serde_json::from_str(rect.as_str().unwrap()).unwrap();
+    let (left, top_px) = (
+        rect["left"].as_f64().unwrap(),
+        rect["top"].as_f64().unwrap(),
+    );
+    let x = left + 140.0;
+    mouse(&tab, "down", x, top_px + 50.0);
+    for i in 1..=20 {
+        mouse(
+            &tab,
+            "move",
+            x + i as f64 * 0.5,
+            top_px + 50.0 + i as f64 * 9.0,
+        );
+    }
+    mouse(&tab, "up", x + 10.0, top_px + 230.0);
+    let seq = wait_for(&tab, seq_js, |s| s.parse::<u32>().is_ok_and(|n| n > first));
+    assert!(seq.parse::<u32>().unwrap() > first);
+    let index = wait_for(
+        &tab,
+        "document.getElementById('prediction').dataset.index",
+        |_| true,
+    );
+    let text = wait_for(
+        &tab,
+        "document.getElementById('prediction').textContent",
+        |_| true,
+    );
+    assert_eq!(index, "1", "the stroke was read as {text}");
+
+    let shot = tab
+        .capture_screenshot(
+            headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
+            None,
+            None,
+            true,
+        )
+        .unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
+    std::fs::write(&out, shot).unwrap();
+    eprintln!("screenshot: {}", out.display());
+    drop(tab);
+    drop(browser);
+    server.interrupt();
+}
+
+#[test]
+fn examples_png_round_trip() {
+    let e = examples();
+    let png = e.png(0).unwrap();
+    let (px, h, w) = convnet::data::image::decode_image(&png, Path::new("e"), 1).unwrap();
+    assert_eq!((h, w), (28, 28));
+    assert!(px
+        .iter()
+        .zip(&e.pixels[0])
+        .all(|(&a, &b)| (a * 255.0).round() as u8 == b));
+}
