@@ -1,13 +1,13 @@
 //! The code behind each subcommand: load inputs, call the library, print results.
 use super::model_arg::{load_model, ModelArg};
 use super::progress::Progress;
-use super::{Cli, Command, PlotCommand, TrainArgs};
+use super::{Cli, Command, ImageArgs, PlotCommand, TrainArgs};
 use crate::data::idx::read_idx_file;
-use crate::data::image::{is_image_path, read_image};
+use crate::data::image::{decode_image_u8, is_image_path};
 use crate::data::npy::{read_npy, write_npy_f32, NpyData};
-use crate::data::{dataset, DataSplit};
+use crate::data::{dataset, DataSplit, LoadOptions};
 use crate::error::{Error, Result};
-use crate::nn::{Init, Network};
+use crate::nn::{Init, ModelSpec, Network};
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
 use crate::train::eval::argmax;
@@ -34,15 +34,17 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             weights,
             input,
+            resize,
             output,
-        } => predict(&model, weights, &input, output.as_deref()),
+        } => predict(&model, weights, &input, resize, output.as_deref()),
         Command::Train(args) => train_cmd(args),
         Command::Eval {
             model,
             weights,
             data,
+            images,
             plot,
-        } => eval_cmd(&model, weights, data.as_deref(), plot),
+        } => eval_cmd(&model, weights, data.as_deref(), images, plot),
         Command::Filter {
             input,
             kernels,
@@ -123,6 +125,7 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             weights,
             data,
+            images,
             host,
             port,
             max_body_mb,
@@ -130,6 +133,7 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             weights,
             data,
+            images,
             config: crate::serve::ServeConfig {
                 host,
                 port,
@@ -279,7 +283,11 @@ pub(super) fn load_trained(
 }
 
 /// Reads prediction inputs as (N, C, H, W) with a display name per sample.
-fn read_inputs(paths: &[PathBuf], input: [usize; 3]) -> Result<(Tensor<f32>, Vec<String>)> {
+fn read_inputs(
+    paths: &[PathBuf],
+    input: [usize; 3],
+    resize: bool,
+) -> Result<(Tensor<f32>, Vec<String>)> {
     let [c, h, w] = input;
     let size_err = |p: &Path, got: String| {
         Error::format(
@@ -290,11 +298,18 @@ fn read_inputs(paths: &[PathBuf], input: [usize; 3]) -> Result<(Tensor<f32>, Vec
     if paths.iter().all(|p| is_image_path(p)) {
         let mut data = Vec::with_capacity(paths.len() * c * h * w);
         for p in paths {
-            let (px, ih, iw) = read_image(p, c)?;
+            let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+            let (px, ih, iw) = decode_image_u8(&bytes, p, c, resize.then_some([h, w]))?;
             if (ih, iw) != (h, w) {
-                return Err(size_err(p, format!("{c}×{ih}×{iw}")));
+                return Err(Error::format(
+                    p,
+                    format!(
+                        "the image is {c}×{ih}×{iw} but the model takes {c}×{h}×{w} (C×H×W); \
+                         pass --resize to fit it"
+                    ),
+                ));
             }
-            data.extend(px);
+            data.extend(px.into_iter().map(|v| v as f32 / 255.0));
         }
         let names = paths.iter().map(|p| p.display().to_string()).collect();
         return Ok((Tensor::from_vec(&[paths.len(), c, h, w], data)?, names));
@@ -341,10 +356,11 @@ fn predict(
     model: &str,
     weights: Option<PathBuf>,
     input: &[PathBuf],
+    resize: bool,
     output: Option<&Path>,
 ) -> Result<()> {
     let mut net = load_trained(model, weights, "predict")?;
-    let (x, names) = read_inputs(input, net.spec().input)?;
+    let (x, names) = read_inputs(input, net.spec().input, resize)?;
     let n = x.shape()[0];
     let k = net.output_len();
     let mut out = Vec::with_capacity(n * k); // (N, K)
@@ -362,18 +378,89 @@ fn predict(
                 let c = argmax(row);
                 let m = row[c];
                 let z: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
-                println!("{name}: class {c} (p = {:.4})", 1.0 / z);
+                println!("{name}: {} {:.1} %", net.spec().class_name(c), 100.0 / z);
             }
         }
     }
     Ok(())
 }
 
-fn load_data(dir: Option<&Path>) -> Result<DataSplit> {
-    match dir {
-        Some(d) => dataset::load_dir(d),
-        None => dataset::embedded(),
+/// The data of `dir` (the embedded digits without it) read for a model of `spec`: image
+/// files decoded to its channels and size, 8-bit sets converted to its channels. A preset
+/// (`adapt`) takes the data as it is instead, unless `--resize` fits the images to it.
+/// Prints how many bad files were skipped.
+pub(super) fn load_data(
+    dir: Option<&Path>,
+    spec: &ModelSpec,
+    adapt: bool,
+    images: ImageArgs,
+    val_split: Option<f64>,
+    seed: u64,
+) -> Result<DataSplit> {
+    let Some(d) = dir else {
+        if val_split.is_some() {
+            return Err(Error::invalid(
+                "--val-split holds out part of an image folder given by --data",
+            ));
+        }
+        return dataset::embedded();
+    };
+    let [c, h, w] = spec.input;
+    // A preset fitted with --resize keeps its own input: images are fitted to it.
+    let fixed = !adapt || images.resize;
+    let o = LoadOptions {
+        channels: fixed.then_some(c),
+        size: fixed.then_some([h, w]),
+        resize: images.resize,
+        val_split,
+        seed,
+        skip_bad: images.skip_bad,
+    };
+    let split = dataset::load_dir(d, &o)?;
+    if split.skipped > 0 {
+        println!(
+            "skipped {} unreadable image file(s) in {}",
+            split.skipped,
+            d.display()
+        );
     }
+    Ok(split)
+}
+
+/// The class names a run records: the model's own, else the data's (padded with index
+/// text to the model's outputs). Names that disagree with the model's are an error.
+fn run_classes(spec: &ModelSpec, data: &DataSplit, source: &str) -> Result<Vec<String>> {
+    if data.classes.is_empty() {
+        return Ok(spec.classes.clone());
+    }
+    let outputs = spec.output_len();
+    if !spec.classes.is_empty() {
+        if spec.classes[..data.classes.len().min(outputs)] != data.classes[..] {
+            return Err(Error::invalid(format!(
+                "the model's classes [{}] are not the data's [{}] ({source})",
+                spec.classes.join(", "),
+                data.classes.join(", ")
+            )));
+        }
+        return Ok(spec.classes.clone());
+    }
+    if data.classes.len() > outputs {
+        return Err(Error::invalid(format!(
+            "{source} has {} classes but the model has {outputs} outputs",
+            data.classes.len()
+        )));
+    }
+    let names: Vec<String> = (0..outputs)
+        .map(|i| {
+            data.classes
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| i.to_string())
+        })
+        .collect();
+    spec.check_classes(&names)
+        .map_err(|e| Error::invalid(format!("{source}: {e}")))?;
+    Ok(names)
 }
 
 fn parse_opt<X: std::str::FromStr<Err = String>>(
@@ -454,11 +541,26 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             start.epochs_done,
             opts.epochs
         );
-        (start, opts, paths, load_data(a.data.as_deref())?)
+        let data = load_data(
+            a.data.as_deref(),
+            start.trainer.net.spec(),
+            false,
+            a.images,
+            a.val_split,
+            meta.seed,
+        )?;
+        (start, opts, paths, data)
     } else {
         let m = load_model(&a.model)?;
         let opts = TrainOptions::resolve(&[&cli, &m.recipe], a.seed, !a.no_shuffle)?;
-        let data = load_data(a.data.as_deref())?;
+        let data = load_data(
+            a.data.as_deref(),
+            &m.spec,
+            m.preset,
+            a.images,
+            a.val_split,
+            a.seed,
+        )?;
         let dir = a.out.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
         });
@@ -482,6 +584,13 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 shape_text(&spec.input)
             );
         }
+        let source = a
+            .data
+            .as_ref()
+            .map_or("the embedded digits".to_string(), |d| {
+                d.display().to_string()
+            });
+        spec.classes = run_classes(&spec, &data, &source)?;
         let mut net = Network::<f32>::new(spec, opts.init, opts.seed);
         if let Some(w) = &a.weights {
             net.load_weights(w)?;
@@ -547,15 +656,17 @@ fn eval_cmd(
     model: &str,
     weights: Option<PathBuf>,
     data: Option<&Path>,
+    images: ImageArgs,
     plot: Option<PathBuf>,
 ) -> Result<()> {
     let mut net = load_trained(model, weights, "eval")?;
-    let split = load_data(data)?;
+    let split = load_data(data, net.spec(), false, images, None, 0)?;
     let (set, which) = match &split.test {
         Some(t) => (t, "test"),
         None => (&split.train, "training (no test set found)"),
     };
     set.check_fits(net.spec().input, net.output_len())?;
+    let names = net.spec().class_names();
     let e = evaluate(&mut net, set, crate::loss::LossKind::CrossEntropy)?;
     println!("{which} set: {} images", set.len());
     println!(
@@ -564,9 +675,16 @@ fn eval_cmd(
         e.loss
     );
     println!("per-class accuracy:");
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(1)
+        .max(3);
     for (c, a) in e.per_class_accuracy().iter().enumerate() {
         println!(
-            "  {c:>3}: {}",
+            "  {:>width$}: {}",
+            names.get(c).cloned().unwrap_or_else(|| c.to_string()),
             if a.is_nan() {
                 "   n/a".to_string()
             } else {
@@ -588,13 +706,21 @@ fn eval_cmd(
         }
         println!();
     }
+    if !net.spec().classes.is_empty() {
+        let key: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{i} {n}"))
+            .collect();
+        println!("classes: {}", key.join(", "));
+    }
     let plot = plot.or_else(|| {
         Path::new(model)
             .is_dir()
             .then(|| Path::new(model).join("confusion.png"))
     });
     if let Some(p) = plot {
-        crate::plot::charts::save_confusion(&p, &e.confusion)?;
+        crate::plot::charts::save_confusion(&p, &e.confusion, &names)?;
         println!("confusion matrix image: {}", p.display());
     }
     Ok(())

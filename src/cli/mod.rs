@@ -51,6 +51,9 @@ pub enum Command {
         /// A .npy float32 [N, C, H, W] array, an IDX image file, or PNG/JPEG images.
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
+        /// Fit images of another size than the model's input (shorter side, centre crop).
+        #[arg(long)]
+        resize: bool,
         /// Write the raw outputs as float32 [N, outputs] to this .npy file.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -64,9 +67,12 @@ pub enum Command {
         model: String,
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Data directory (IDX or npy layout); default: the embedded digits.
+        /// Data directory (IDX, npy, CIFAR-10 batches or image folders); default: the
+        /// embedded digits.
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        images: ImageArgs,
         /// Confusion-matrix image (default: confusion.png in the run directory).
         #[arg(long)]
         plot: Option<PathBuf>,
@@ -133,6 +139,8 @@ pub enum Command {
         /// embedded digits, for 1×28×28 models).
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        images: ImageArgs,
         /// Address to listen on; another than 127.0.0.1 opens the page to the network.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -186,6 +194,18 @@ pub enum PlotCommand {
     },
 }
 
+/// How image files are read.
+#[derive(clap::Args, Debug, Default, Clone, Copy)]
+pub struct ImageArgs {
+    /// Fit images of another size than the model's input: shorter side to the input size,
+    /// then a centre crop (antialiased).
+    #[arg(long)]
+    pub resize: bool,
+    /// Skip unreadable or corrupt image files (and count them) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
 #[derive(clap::Args, Debug, Default)]
 pub struct TrainArgs {
     /// Model file or preset name.
@@ -194,9 +214,17 @@ pub struct TrainArgs {
     /// Start from these weights instead of a random initialisation.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Data directory (IDX or npy layout); default: the embedded MNIST subset.
+    /// Data directory: MNIST IDX files, npy arrays, CIFAR-10 binary batches, or image folders
+    /// (DIR/train/<class>/*.png|jpg [+ DIR/test/<class>/], or DIR/<class>/*); default: the
+    /// embedded MNIST subset.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Hold out this fraction of each class of a single image folder (DIR/<class>/*) as the
+    /// test set (seeded by --seed).
+    #[arg(long)]
+    pub val_split: Option<f64>,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]

@@ -49,6 +49,7 @@ pub fn plot_filters(net: &Network<f32>, input: Option<&Path>, output: &Path) -> 
     // The network up to and including the first convolution, with the same weights.
     let head_spec = ModelSpec {
         layers: spec.layers[..=i].to_vec(),
+        classes: Vec::new(),
         ..spec.clone()
     };
     let mut head = Network::<f32>::new(head_spec, Default::default(), 0);

@@ -1,5 +1,6 @@
 //! `convnet serve`: loads a trained model, its run's curves and example images, and serves them.
-use super::commands::load_trained;
+use super::commands::{load_data, load_trained};
+use super::ImageArgs;
 use crate::data::dataset;
 use crate::error::Result;
 use crate::serve::{bind, Examples, ServeConfig, ServedModel};
@@ -13,6 +14,7 @@ pub struct ServeArgs {
     pub model: String,
     pub weights: Option<PathBuf>,
     pub data: Option<PathBuf>,
+    pub images: ImageArgs,
     pub config: ServeConfig,
 }
 
@@ -25,21 +27,22 @@ pub fn serve_cmd(a: ServeArgs) -> Result<()> {
         Vec::new()
     };
     let input = net.spec().input;
+    let classes = net.spec().classes.clone();
     // The test images of --data (its training images when it has none); without --data the
     // embedded test digits, when the model takes 1×28×28.
     let examples = match &a.data {
         Some(dir) => {
-            let split = dataset::load_dir(dir)?;
+            let split = load_data(Some(dir), net.spec(), false, a.images, None, 0)?;
             let set = split.test.unwrap_or(split.train);
             set.check_fits(input, net.output_len())?;
-            Some(Examples::from_dataset(&set, EXAMPLES, &[]))
+            Some(Examples::from_dataset(&set, EXAMPLES, &classes))
         }
         None => dataset::embedded()?
             .test
             .filter(|t| t.sample_shape == input)
-            .map(|t| Examples::from_dataset(&t, EXAMPLES, &[])),
+            .map(|t| Examples::from_dataset(&t, EXAMPLES, &classes)),
     };
-    let model = ServedModel::new(net, Vec::new(), &metrics, examples)?;
+    let model = ServedModel::new(net, &metrics, examples)?;
     let name = model.info().name.clone();
     let server = bind(model, &a.config)?;
     println!(

@@ -20,13 +20,38 @@ pub struct Dataset {
     /// [C, H, W] of one image.
     pub sample_shape: [usize; 3],
     pub labels: Vec<u32>,
+    /// Where the labels came from, in order: (file or folder, how many labels), so that an
+    /// error about a label names its file and its place there.
+    label_sources: Vec<(PathBuf, usize)>,
 }
 
-/// A training set and an optional test set.
+/// A training set, an optional test set, and the class names (empty when the data has none).
 #[derive(Clone, Debug)]
 pub struct DataSplit {
     pub train: Dataset,
     pub test: Option<Dataset>,
+    pub classes: Vec<String>,
+    /// Image files skipped as unreadable (`skip_bad`).
+    pub skipped: usize,
+}
+
+/// How a data directory is read for a model.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Channels of the model's input: image files are decoded to them (1: grey as PIL's "L",
+    /// 3: RGB) and 8-bit sets of the other count converted. None: as the data has them (the
+    /// first image's, for image files).
+    pub channels: Option<usize>,
+    /// [H, W] of the model's input that image files must have; None: the first image's size.
+    pub size: Option<[usize; 2]>,
+    /// Fit images of another size (shorter side to the input size, then centre crop).
+    pub resize: bool,
+    /// Hold out this fraction of each class of a single image folder as the test set.
+    pub val_split: Option<f64>,
+    /// Seed of the held-out choice.
+    pub seed: u64,
+    /// Skip (and count) unreadable image files instead of stopping at the first.
+    pub skip_bad: bool,
 }
 
 impl Dataset {
@@ -51,12 +76,101 @@ impl Dataset {
                 format!("{} images but {} labels", n_px / per.max(1), labels.len()),
             ));
         }
+        let label_sources = vec![(source.clone(), labels.len())];
         Ok(Dataset {
             source,
             pixels,
             sample_shape,
             labels,
+            label_sources,
         })
+    }
+
+    /// Names where the labels came from: consecutive (source, count) spans covering them all.
+    pub fn with_label_sources(mut self, spans: Vec<(PathBuf, usize)>) -> Result<Dataset> {
+        let total: usize = spans.iter().map(|s| s.1).sum();
+        if total != self.labels.len() {
+            return Err(Error::format(
+                &self.source,
+                format!(
+                    "{} labels but {total} in its label files",
+                    self.labels.len()
+                ),
+            ));
+        }
+        self.label_sources = spans;
+        Ok(self)
+    }
+
+    /// The file (or folder) label `i` came from, and its place there.
+    fn label_source(&self, mut i: usize) -> (&Path, usize) {
+        for (p, n) in &self.label_sources {
+            if i < *n {
+                return (p, i);
+            }
+            i -= n;
+        }
+        (&self.source, i)
+    }
+
+    /// The samples at `indices` (in that order), with their label sources.
+    pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
+        let per: usize = self.sample_shape.iter().product();
+        let pixels = match &self.pixels {
+            Pixels::U8(v) => Pixels::U8(
+                indices
+                    .iter()
+                    .flat_map(|&i| &v[i * per..(i + 1) * per])
+                    .copied()
+                    .collect(),
+            ),
+            Pixels::F32(v) => Pixels::F32(
+                indices
+                    .iter()
+                    .flat_map(|&i| &v[i * per..(i + 1) * per])
+                    .copied()
+                    .collect(),
+            ),
+        };
+        let mut spans: Vec<(PathBuf, usize)> = Vec::new();
+        for &i in indices {
+            let (p, _) = self.label_source(i);
+            match spans.last_mut() {
+                Some((q, n)) if q.as_path() == p => *n += 1,
+                _ => spans.push((p.to_path_buf(), 1)),
+            }
+        }
+        let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        Dataset::new(self.source.clone(), pixels, self.sample_shape, labels)?
+            .with_label_sources(spans)
+    }
+
+    /// Pixels of 1 or 3 channels as the other (grey as PIL's "L"; grey copied into R, G and
+    /// B); float pixels and other channel counts stay as they are.
+    pub fn with_channels(mut self, channels: usize) -> Dataset {
+        let [c, h, w] = self.sample_shape;
+        let Pixels::U8(v) = &self.pixels else {
+            return self;
+        };
+        let plane = h * w;
+        let converted: Vec<u8> = match (c, channels) {
+            (3, 1) => v
+                .chunks_exact(3 * plane)
+                .flat_map(|img| {
+                    (0..plane).map(move |i| {
+                        super::image::luma(img[i], img[plane + i], img[2 * plane + i])
+                    })
+                })
+                .collect(),
+            (1, 3) => v
+                .chunks_exact(plane)
+                .flat_map(|img| img.iter().chain(img).chain(img).copied())
+                .collect(),
+            _ => return self,
+        };
+        self.pixels = Pixels::U8(converted);
+        self.sample_shape = [channels, h, w];
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -102,9 +216,10 @@ impl Dataset {
             .enumerate()
             .find(|(_, &l)| l as usize >= outputs)
         {
+            let (file, at) = self.label_source(i);
             return Err(Error::format(
-                &self.source,
-                format!("label {l} (sample {i}) is beyond the model's {outputs} outputs"),
+                file,
+                format!("label {l} (item {at}) is beyond the model's {outputs} outputs"),
             ));
         }
         Ok(())
@@ -123,6 +238,8 @@ pub fn embedded() -> Result<DataSplit> {
     Ok(DataSplit {
         train,
         test: Some(test),
+        classes: Vec::new(),
+        skipped: 0,
     })
 }
 
@@ -181,7 +298,8 @@ fn load_idx_pair(images: &Path, labels: &Path) -> Result<Dataset> {
             ),
         ));
     }
-    from_idx(x, y, images)
+    let n = y.dims.first().copied().unwrap_or(0);
+    from_idx(x, y, images)?.with_label_sources(vec![(labels.to_path_buf(), n)])
 }
 
 fn load_npy_pair(images: &Path, labels: &Path) -> Result<Dataset> {
@@ -236,17 +354,52 @@ fn load_npy_pair(images: &Path, labels: &Path) -> Result<Dataset> {
         pixels,
         shape,
         labels_v.into_iter().map(|l| l as u32).collect(),
-    )
+    )?
+    .with_label_sources(vec![(labels.to_path_buf(), n)])
 }
 
-/// Loads a directory in MNIST's IDX layout or in the npy layout (train_images.npy, ...).
-pub fn load_dir(dir: &Path) -> Result<DataSplit> {
+/// What `load_dir` looks for, for its error when a directory holds none of them.
+const LAYOUTS: &str =
+    "MNIST IDX files (train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]), \
+npy arrays (train_images.npy + train_labels.npy), CIFAR-10 binary batches (data_batch_1.bin … \
+in DIR or DIR/cifar-10-batches-bin), or image folders (DIR/train/<class>/*.png|jpg, or \
+DIR/<class>/*.png|jpg)";
+
+/// Loads a data directory, its layout detected from what it holds: MNIST's IDX files, npy
+/// arrays (with an optional classes.txt), CIFAR-10's binary batches, or image folders as
+/// torchvision's `ImageFolder` reads them. 8-bit sets are converted to `o.channels`.
+pub fn load_dir(dir: &Path, o: &LoadOptions) -> Result<DataSplit> {
     if !dir.is_dir() {
         return Err(Error::format(
             dir,
-            "not a directory (expected MNIST IDX files or train_images.npy / train_labels.npy)",
+            format!("not a directory (expected {LAYOUTS})"),
         ));
     }
+    let mut split = load_layout(dir, o)?;
+    if let Some(c) = o.channels {
+        split.train = split.train.with_channels(c);
+        split.test = split.test.map(|t| t.with_channels(c));
+    }
+    Ok(split)
+}
+
+fn load_layout(dir: &Path, o: &LoadOptions) -> Result<DataSplit> {
+    // Sets of these layouts come with their test set (or none): a held-out part is for a
+    // single image folder.
+    let split = |train, test, classes| {
+        if o.val_split.is_some() {
+            return Err(Error::invalid(format!(
+                "{}: --val-split holds out part of a single image folder (DIR/<class>/*), not of this layout",
+                dir.display()
+            )));
+        }
+        Ok(DataSplit {
+            train,
+            test,
+            classes,
+            skipped: 0,
+        })
+    };
     if let (Some(x), Some(y)) = (
         find(dir, "train-images-idx3-ubyte"),
         find(dir, "train-labels-idx1-ubyte"),
@@ -265,7 +418,7 @@ pub fn load_dir(dir: &Path) -> Result<DataSplit> {
                 ))
             }
         };
-        return Ok(DataSplit { train, test });
+        return split(train, test, read_class_names(dir)?);
     }
     let (x, y) = (dir.join("train_images.npy"), dir.join("train_labels.npy"));
     if x.is_file() && y.is_file() {
@@ -281,12 +434,38 @@ pub fn load_dir(dir: &Path) -> Result<DataSplit> {
                 ))
             }
         };
-        return Ok(DataSplit { train, test });
+        return split(train, test, read_class_names(dir)?);
+    }
+    if let Some(d) = super::cifar::find(dir) {
+        let (train, test, classes) = super::cifar::load(&d)?;
+        return split(train, test, classes);
+    }
+    if let Some(s) = super::folder::load(dir, o)? {
+        return Ok(s);
     }
     Err(Error::format(
         dir,
-        "holds no data set: expected train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz], or train_images.npy + train_labels.npy",
+        format!("holds no data set: expected {LAYOUTS}"),
     ))
+}
+
+/// The class names of `dir/classes.txt`, one per line (none without the file).
+fn read_class_names(dir: &Path) -> Result<Vec<String>> {
+    let p = dir.join("classes.txt");
+    if !p.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() {
+        return Err(Error::format(&p, "lists no class names"));
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

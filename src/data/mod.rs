@@ -1,7 +1,10 @@
-//! Reading data: IDX (MNIST), npy arrays, PNG/JPEG images, and training sets built from them.
+//! Reading data: IDX (MNIST), npy arrays, CIFAR-10 batches, PNG/JPEG images and image folders,
+//! and the training sets built from them.
+pub mod cifar;
 pub mod dataset;
+pub mod folder;
 pub mod idx;
 pub mod image;
 pub mod npy;
 
-pub use dataset::{DataSplit, Dataset, Pixels};
+pub use dataset::{DataSplit, Dataset, LoadOptions, Pixels};

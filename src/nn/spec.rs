@@ -23,6 +23,9 @@ pub struct ModelSpec {
     /// [channels, height, width] of one input sample.
     pub input: [usize; 3],
     pub layers: Vec<LayerSpec>,
+    /// Names of the output classes (`classes = [...]`), one per output; empty when unnamed
+    /// (a class is then its index as text: see [`ModelSpec::class_name`]).
+    pub classes: Vec<String>,
 }
 
 /// The top-level table of a model file that is not the network's: the training recipe
@@ -44,9 +47,9 @@ impl ModelSpec {
             msg,
         };
         for k in table.keys() {
-            if !["name", "input", "layers", RECIPE_TABLE].contains(&k.as_str()) {
+            if !["name", "input", "classes", "layers", RECIPE_TABLE].contains(&k.as_str()) {
                 return Err(top_err(format!(
-                    "unknown top-level key `{k}` (known: name, input, layers, train)"
+                    "unknown top-level key `{k}` (known: name, input, classes, layers, train)"
                 )));
             }
         }
@@ -91,16 +94,35 @@ impl ModelSpec {
             .enumerate()
             .map(|(i, l)| parse_layer(l, source, i.to_string()))
             .collect::<Result<Vec<_>>>()?;
+        let classes = match table.get("classes") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    v => Err(top_err(format!(
+                        "key `classes` must be an array of strings, got {v}"
+                    ))),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(v) => {
+                return Err(top_err(format!(
+                    "key `classes` must be an array of strings, got {v}"
+                )))
+            }
+        };
         let spec = ModelSpec {
             name,
             input,
             layers,
+            classes,
         };
         spec.shapes().map_err(|(i, msg)| Error::Model {
             source_name: source.into(),
             layer: Some(format!("layer {i} ({})", spec.layers[i].type_name())),
             msg,
         })?;
+        spec.check_classes(&spec.classes).map_err(top_err)?;
         Ok(spec)
     }
 
@@ -149,6 +171,35 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// Checks that `names` fit the model: one per output, none repeated.
+    pub fn check_classes(&self, names: &[String]) -> Result<(), String> {
+        let outputs = self.output_len();
+        if !names.is_empty() && names.len() != outputs {
+            return Err(format!(
+                "{} class names for the model's {outputs} outputs",
+                names.len()
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(format!("class name {dup:?} is given twice"));
+        }
+        Ok(())
+    }
+
+    /// The name of output `i`: its class name, or its index as text.
+    pub fn class_name(&self, i: usize) -> String {
+        self.classes
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| i.to_string())
+    }
+
+    /// Every output's name ([`ModelSpec::class_name`]).
+    pub fn class_names(&self) -> Vec<String> {
+        (0..self.output_len()).map(|i| self.class_name(i)).collect()
+    }
+
     /// Length of the network's output vector (its last layer must be flat).
     pub fn output_len(&self) -> usize {
         self.shapes()
@@ -166,6 +217,14 @@ impl ModelSpec {
             self.input[1],
             self.input[2]
         );
+        if !self.classes.is_empty() {
+            let names: Vec<String> = self
+                .classes
+                .iter()
+                .map(|c| Value::String(c.clone()).to_string())
+                .collect();
+            let _ = writeln!(s, "classes = [{}]", names.join(", "));
+        }
         for l in &self.layers {
             s.push_str("\n[[layers]]\n");
             for (k, v) in l.toml_fields(true) {

@@ -3,6 +3,7 @@ use super::{save_png, save_svg, Format, FONT};
 use crate::error::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
 type DrawResult = std::result::Result<(), String>;
@@ -220,38 +221,43 @@ pub fn save_curves(path: &Path, c: &Curves) -> Result<()> {
 }
 
 /// Counts of (true class, predicted class) as a shaded grid with the numbers written in.
-pub fn save_confusion(path: &Path, m: &[Vec<usize>]) -> Result<()> {
+/// The confusion matrix as a grid of counts (rows: true class, columns: predicted), each
+/// row and column labelled with its class name (`names[i]`, or i).
+pub fn save_confusion(path: &Path, m: &[Vec<usize>], names: &[String]) -> Result<()> {
     let k = m.len().max(1);
     let cell = 48u32;
-    let size = (cell * k as u32 + 140, cell * k as u32 + 140);
+    let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| i.to_string());
+    // Room for the longest name beside the rows and, turned upright, above the columns.
+    let longest = (0..k).map(|i| name(i).chars().count()).max().unwrap_or(1) as u32;
+    let margin = 60 + 9 * longest.max(2);
+    let size = (cell * k as u32 + margin + 40, cell * k as u32 + margin + 40);
     let draw = |root: &DrawingArea<super::Png, Shift>| -> DrawResult {
         root.fill(&WHITE).map_err(s)?;
         let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
-        let (x0, y0) = (100i32, 80i32);
+        let (x0, y0) = (margin as i32, margin as i32);
         let font = |px: u32| TextStyle::from((FONT, px).into_font());
         root.draw(&Text::new(
             "predicted class",
-            (x0 + (cell as i32 * k as i32) / 2 - 60, 20),
+            (x0 + (cell as i32 * k as i32) / 2 - 60, 8),
             font(18),
         ))
         .map_err(s)?;
-        root.draw(&Text::new(
-            "true class",
-            (5, y0 + (cell as i32 * k as i32) / 2),
-            font(18),
-        ))
-        .map_err(s)?;
+        root.draw(&Text::new("true class", (4, y0 - 30), font(18)))
+            .map_err(s)?;
         for (t, row) in m.iter().enumerate() {
+            let label = name(t);
             root.draw(&Text::new(
-                t.to_string(),
-                (x0 - 25, y0 + t as i32 * cell as i32 + cell as i32 / 3),
-                font(16),
+                label.clone(),
+                (x0 - 8, y0 + t as i32 * cell as i32 + cell as i32 / 2),
+                font(16).pos(Pos::new(HPos::Right, VPos::Center)),
             ))
             .map_err(s)?;
             root.draw(&Text::new(
-                t.to_string(),
-                (x0 + t as i32 * cell as i32 + cell as i32 / 3, y0 - 25),
-                font(16),
+                label,
+                (x0 + t as i32 * cell as i32 + cell as i32 / 2, y0 - 8),
+                font(16)
+                    .transform(FontTransform::Rotate270)
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
             ))
             .map_err(s)?;
             for (p, &v) in row.iter().enumerate() {

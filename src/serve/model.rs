@@ -186,17 +186,15 @@ pub struct ServedModel {
 }
 
 impl ServedModel {
-    /// Serves `net` (weights loaded) with the class names `classes` (index text where
-    /// missing), the run's metrics and example images.
+    /// Serves `net` (weights loaded; its spec's class names, index text where it has none)
+    /// with the run's metrics and example images.
     pub fn new(
         net: Network<f32>,
-        classes: Vec<String>,
         metrics: &[EpochMetrics],
         examples: Option<Examples>,
     ) -> Result<ServedModel> {
         let spec = net.spec().clone();
-        let outputs = net.output_len();
-        let classes: Vec<String> = (0..outputs).map(|i| class_name(&classes, i)).collect();
+        let classes = spec.class_names();
         let layers = net.summary();
         let filters = spec
             .layers
@@ -336,7 +334,7 @@ impl ServedModel {
             classes: self.info.classes.clone(),
             top: Top {
                 index,
-                class: class_name(&self.info.classes, index),
+                class: self.spec.class_name(index),
                 probability: probabilities.get(index).copied().unwrap_or(0.0),
             },
             probabilities,

@@ -164,10 +164,7 @@ fn predict_matches_pytorch_and_reads_every_input_kind() {
     let row0 = &io["y"].data()[..10];
     let top = convnet::train::eval::argmax(row0);
     assert!(
-        text.lines()
-            .next()
-            .unwrap()
-            .contains(&format!("class {top} ")),
+        text.lines().next().unwrap().contains(&format!(": {top} ")),
         "{text}"
     );
 

@@ -3,6 +3,7 @@
 //! tests took 7 min 20 s of the 2-core machine's time before they were merged).
 mod cli;
 mod common;
+mod data_sources;
 mod gradcheck;
 mod resume;
 mod robustness;

@@ -87,6 +87,8 @@ fn data() -> DataSplit {
     DataSplit {
         train: cut(&all.train, 1000),
         test: all.test.as_ref().map(|t| cut(t, 200)),
+        classes: Vec::new(),
+        skipped: 0,
     }
 }
 

@@ -49,7 +49,7 @@ fn examples() -> Examples {
 fn start(body_limit: usize) -> SocketAddr {
     let run = trained_run();
     let metrics = parse_metrics(&run.join("metrics.csv")).unwrap();
-    let model = ServedModel::new(load_net(run), Vec::new(), &metrics, Some(examples())).unwrap();
+    let model = ServedModel::new(load_net(run), &metrics, Some(examples())).unwrap();
     let server = bind(
         model,
         &ServeConfig {

@@ -1,0 +1,276 @@
+//! Image folders as torchvision's `ImageFolder` reads them: DIR/<class>/**/*.png|jpg|jpeg,
+//! classes numbered in the sorted order of their folder names, decoded on all cores.
+use super::dataset::{DataSplit, Dataset, LoadOptions, Pixels};
+use super::image::{decode_image_u8, is_image_path};
+use crate::error::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The class folders of `root`, sorted by name.
+fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+        let e = e.map_err(|e| Error::io(root, e))?;
+        let p = e.path();
+        if p.is_dir() {
+            out.push((e.file_name().to_string_lossy().into_owned(), p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The image files under `dir`, in torchvision's order: folders by their path, and within a
+/// folder files by name (`sorted(os.walk(dir))`, then `sorted(fnames)`).
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut folders = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < folders.len() {
+        let d = folders[i].clone();
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
+            let p = e.map_err(|e| Error::io(&d, e))?.path();
+            if p.is_dir() {
+                folders.push(p);
+            }
+        }
+        i += 1;
+    }
+    folders.sort_by_key(|p| p.to_string_lossy().into_owned());
+    let mut files = Vec::new();
+    for d in folders {
+        let mut here: Vec<PathBuf> = std::fs::read_dir(&d)
+            .map_err(|e| Error::io(&d, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image_path(p))
+            .collect();
+        here.sort_by_key(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        files.extend(here);
+    }
+    Ok(files)
+}
+
+/// True when `root` has a class folder holding an image somewhere below it.
+fn looks_like_folder_set(root: &Path) -> bool {
+    class_dirs(root).is_ok_and(|classes| {
+        classes
+            .iter()
+            .any(|(_, d)| image_files(d).is_ok_and(|f| !f.is_empty()))
+    })
+}
+
+/// (file, label) of each image of a split.
+type Items = Vec<(PathBuf, u32)>;
+/// (class folder, how many images) of each class of a split, in label order.
+type Spans = Vec<(PathBuf, usize)>;
+
+/// The files of one split, labelled by `classes` (the training split's names), and the
+/// folder of each class present.
+fn list(root: &Path, classes: &[String]) -> Result<(Items, Spans)> {
+    let mut items = Vec::new();
+    let mut spans = Vec::new();
+    for (name, dir) in class_dirs(root)? {
+        let label = classes.iter().position(|c| *c == name).ok_or_else(|| {
+            Error::format(
+                &dir,
+                format!(
+                    "class `{name}` is not among the training classes ({})",
+                    classes.join(", ")
+                ),
+            )
+        })?;
+        let files = image_files(&dir)?;
+        if files.is_empty() {
+            return Err(Error::format(
+                &dir,
+                "class folder holds no .png, .jpg or .jpeg file",
+            ));
+        }
+        spans.push((dir, files.len()));
+        items.extend(files.into_iter().map(|f| (f, label as u32)));
+    }
+    Ok((items, spans))
+}
+
+/// What became of one file.
+enum Outcome {
+    Pixels(Vec<u8>),
+    /// Unreadable or corrupt: skipped under `skip_bad`.
+    Bad(Error),
+    /// Readable but unfit for the model: always an error.
+    Unfit(Error),
+}
+
+/// Decodes the files of a split on all cores into one 8-bit set of [channels, h, w].
+/// Unreadable files are an error naming the first of them in file order, or with `skip_bad`
+/// are left out and counted. Returns the set and how many files were skipped.
+fn decode(
+    root: &Path,
+    items: &[(PathBuf, u32)],
+    spans: &[(PathBuf, usize)],
+    channels: usize,
+    [h, w]: [usize; 2],
+    o: &LoadOptions,
+) -> Result<(Dataset, usize)> {
+    let fit = o.resize.then_some([h, w]);
+    let outcomes: Vec<Outcome> = items
+        .par_iter()
+        .map(|(path, _)| {
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => return Outcome::Bad(Error::io(path, e)),
+            };
+            match decode_image_u8(&bytes, path, channels, fit) {
+                Err(e) => Outcome::Bad(e),
+                Ok((_, ih, iw)) if (ih, iw) != (h, w) => Outcome::Unfit(Error::format(
+                    path,
+                    format!(
+                        "the image is {iw}×{ih} pixels but the model takes {w}×{h} \
+                         (width × height); pass --resize to fit it"
+                    ),
+                )),
+                Ok((px, _, _)) => Outcome::Pixels(px),
+            }
+        })
+        .collect();
+    let mut pixels = Vec::with_capacity(items.len() * channels * h * w);
+    let mut labels = Vec::with_capacity(items.len());
+    let mut kept = Vec::with_capacity(spans.len());
+    let mut skipped = 0;
+    let mut outcomes = outcomes.into_iter().zip(items);
+    for (dir, n) in spans {
+        let mut count = 0;
+        for (outcome, (_, label)) in outcomes.by_ref().take(*n) {
+            match outcome {
+                Outcome::Pixels(px) => {
+                    pixels.extend_from_slice(&px);
+                    labels.push(*label);
+                    count += 1;
+                }
+                Outcome::Bad(e) if !o.skip_bad => return Err(e),
+                Outcome::Bad(_) => skipped += 1,
+                Outcome::Unfit(e) => return Err(e),
+            }
+        }
+        if count == 0 {
+            return Err(Error::format(
+                dir,
+                "no file of this class could be read (--skip-bad skipped them all)",
+            ));
+        }
+        kept.push((dir.clone(), count));
+    }
+    let set = Dataset::new(
+        root.to_path_buf(),
+        Pixels::U8(pixels),
+        [channels, h, w],
+        labels,
+    )?
+    .with_label_sources(kept)?;
+    Ok((set, skipped))
+}
+
+/// The channels and size of the first image, for options that leave them to the data.
+fn first_image_shape(path: &Path, o: &LoadOptions) -> Result<(usize, [usize; 2])> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    let channels = o
+        .channels
+        .unwrap_or(if img.color().has_color() { 3 } else { 1 });
+    let size = o
+        .size
+        .unwrap_or([img.height() as usize, img.width() as usize]);
+    Ok((channels, size))
+}
+
+/// Loads DIR/train/<class>/ (with DIR/test/<class>/ or DIR/val/<class>/ as the test set), or
+/// DIR/<class>/ alone (a test set only by `val_split`). None when DIR is neither.
+pub fn load(dir: &Path, o: &LoadOptions) -> Result<Option<DataSplit>> {
+    let train_root = dir.join("train");
+    let (train_root, test_root) = if train_root.is_dir() && looks_like_folder_set(&train_root) {
+        let test = ["test", "val"]
+            .iter()
+            .map(|t| dir.join(t))
+            .find(|p| p.is_dir());
+        (train_root, test)
+    } else if looks_like_folder_set(dir) {
+        (dir.to_path_buf(), None)
+    } else {
+        return Ok(None);
+    };
+    if test_root.is_some() && o.val_split.is_some() {
+        return Err(Error::invalid(format!(
+            "{}: has its own test set ({}); --val-split is for a single image folder",
+            dir.display(),
+            test_root.as_deref().unwrap_or(dir).display()
+        )));
+    }
+    let classes: Vec<String> = class_dirs(&train_root)?.into_iter().map(|c| c.0).collect();
+    let (items, spans) = list(&train_root, &classes)?;
+    let (channels, size) = first_image_shape(&items[0].0, o)?;
+    let o_fixed = LoadOptions {
+        channels: Some(channels),
+        size: Some(size),
+        ..o.clone()
+    };
+    let (mut train, mut skipped) = decode(&train_root, &items, &spans, channels, size, &o_fixed)?;
+    let test = match (&test_root, o.val_split) {
+        (Some(t), _) => {
+            let (items, spans) = list(t, &classes)?;
+            if items.is_empty() {
+                return Err(Error::format(t, "holds no class folder with images"));
+            }
+            let (set, s) = decode(t, &items, &spans, channels, size, &o_fixed)?;
+            skipped += s;
+            Some(set)
+        }
+        (None, Some(f)) => {
+            let (rest, held) = hold_out(&train, f, o.seed)?;
+            train = rest;
+            Some(held)
+        }
+        (None, None) => None,
+    };
+    Ok(Some(DataSplit {
+        train,
+        test,
+        classes,
+        skipped,
+    }))
+}
+
+/// Splits off a fraction `f` of each class (seeded, stratified): (the rest, the held-out part),
+/// each in the set's order. Every class keeps at least one training image.
+fn hold_out(set: &Dataset, f: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+    if !(f > 0.0 && f < 1.0) {
+        return Err(Error::invalid(format!(
+            "--val-split {f}: give a fraction between 0 and 1"
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut held = vec![false; set.len()];
+    let mut start = 0;
+    while start < set.len() {
+        let label = set.labels[start];
+        let end = start
+            + set.labels[start..]
+                .iter()
+                .take_while(|&&l| l == label)
+                .count();
+        let mut idx: Vec<usize> = (start..end).collect();
+        idx.shuffle(&mut rng);
+        let k = ((idx.len() as f64 * f).round() as usize).min(idx.len() - 1);
+        for &i in &idx[..k] {
+            held[i] = true;
+        }
+        start = end;
+    }
+    let pick = |want: bool| -> Vec<usize> { (0..set.len()).filter(|&i| held[i] == want).collect() };
+    Ok((set.subset(&pick(false))?, set.subset(&pick(true))?))
+}
