@@ -1,5 +1,5 @@
 //! CIFAR-10's binary files: records of one label byte and 3,072 bytes of R, G, B planes (32×32).
-use super::dataset::{Dataset, Pixels};
+use super::dataset::{read_class_names, Dataset, Pixels};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -54,13 +54,7 @@ pub fn load(dir: &Path) -> Result<(Dataset, Option<Dataset>, Vec<String>)> {
     };
     let meta = dir.join("batches.meta.txt");
     let classes = if meta.is_file() {
-        let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(&meta, e))?;
-        let names: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
+        let names = read_class_names(&meta)?;
         if names.len() != CLASSES {
             return Err(Error::format(
                 &meta,

@@ -418,7 +418,7 @@ fn load_layout(dir: &Path, o: &LoadOptions) -> Result<DataSplit> {
                 ))
             }
         };
-        return split(train, test, read_class_names(dir)?);
+        return split(train, test, classes_txt(dir)?);
     }
     let (x, y) = (dir.join("train_images.npy"), dir.join("train_labels.npy"));
     if x.is_file() && y.is_file() {
@@ -434,7 +434,7 @@ fn load_layout(dir: &Path, o: &LoadOptions) -> Result<DataSplit> {
                 ))
             }
         };
-        return split(train, test, read_class_names(dir)?);
+        return split(train, test, classes_txt(dir)?);
     }
     if let Some(d) = super::cifar::find(dir) {
         let (train, test, classes) = super::cifar::load(&d)?;
@@ -449,13 +449,18 @@ fn load_layout(dir: &Path, o: &LoadOptions) -> Result<DataSplit> {
     ))
 }
 
-/// The class names of `dir/classes.txt`, one per line (none without the file).
-fn read_class_names(dir: &Path) -> Result<Vec<String>> {
+/// The class names of `dir/classes.txt` (none without the file).
+fn classes_txt(dir: &Path) -> Result<Vec<String>> {
     let p = dir.join("classes.txt");
     if !p.is_file() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    read_class_names(&p)
+}
+
+/// Class names, one per line of a text file (blank lines and surrounding spaces ignored).
+pub fn read_class_names(p: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -463,7 +468,7 @@ fn read_class_names(dir: &Path) -> Result<Vec<String>> {
         .map(String::from)
         .collect();
     if names.is_empty() {
-        return Err(Error::format(&p, "lists no class names"));
+        return Err(Error::format(p, "lists no class names"));
     }
     Ok(names)
 }

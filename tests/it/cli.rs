@@ -1,42 +1,7 @@
 //! The `convnet` binary as a user runs it: summary, predict, train, resume, eval, and errors.
 use crate::common::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn convnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_convnet"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A failed run: non-zero exit, one clear message, no panic.
-fn fails(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(
-        !o.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{err}"
-    );
-    err
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use std::process::Command;
 
 #[test]
 fn summary_of_lenet5() {

@@ -3,7 +3,46 @@
 use convnet::nn::weights::{read_state, read_tensors, StateDict};
 use convnet::{ModelSpec, Network, Tensor};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the `convnet` binary.
+pub fn convnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_convnet"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A successful run's standard output.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A failed run: non-zero exit, one clear message, no panic.
+pub fn fails(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    err
+}
+
+/// A path as a command-line argument.
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

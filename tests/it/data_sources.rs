@@ -1,46 +1,15 @@
 //! Data a user has: image folders (grey and colour, train/test or one folder with a held-out
 //! part), CIFAR-10 binary batches, class names through train, eval and predict, and the
 //! errors for corrupt files, wrong sizes, empty classes and labels beyond the model.
+use crate::common::{convnet, fails, ok, p};
 use convnet::data::dataset::{embedded, load_dir};
 use convnet::data::image::luma;
 use convnet::data::LoadOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const NAMES: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 ];
-
-fn convnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_convnet"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "expected failure: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// The embedded digits `range` of a split as (28×28 bytes, label).
 fn digits(test: bool, range: std::ops::Range<usize>) -> Vec<(Vec<u8>, usize)> {

@@ -1,15 +1,9 @@
 //! Bad input through every subcommand: a non-zero exit, one message naming the file and the
 //! problem, no panic, no partial output; and nothing is lost when training goes wrong.
 use crate::common;
+use crate::common::convnet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn convnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_convnet"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::process::Output;
 
 /// Asserts a clean failure with the given exit code and returns stderr.
 fn fails_with(o: &Output, code: i32) -> String {

@@ -1,21 +1,14 @@
 //! `convnet filter` and `convnet pool` against scipy.signal fixtures and the lecture's examples,
 //! and smoke tests of every figure.
 use crate::common;
+use crate::common::convnet;
 use convnet::data::npy::{read_npy, write_npy_f64, NpyData};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn scipy(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/scipy")
         .join(name)
-}
-
-fn convnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_convnet"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn values(p: &Path) -> (Vec<usize>, Vec<f64>, bool) {
