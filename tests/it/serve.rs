@@ -512,7 +512,7 @@ fn mouse(tab: &headless_chrome::Tab, kind: &str, x: f64, y: f64) {
 }
 
 #[test]
-fn page_in_headless_chromium_classifies_an_example_and_a_drawn_stroke() {
+fn page_in_headless_chromium_classifies_an_example_a_drawn_stroke_and_a_picked_file() {
     let Some(chrome) = chromium() else { return };
     let run = trained_run();
     let server = ServeProcess::start(run);
@@ -618,6 +618,43 @@ fn page_in_headless_chromium_classifies_an_example_and_a_drawn_stroke() {
         |_| true,
     );
     assert_eq!(index, "1", "the stroke was read as {text}");
+
+    // A picked file of another size (a digit scaled to 84×56): fitted to 28×28 in the page,
+    // then classified.
+    let (px, _, _) = convnet::data::image::decode_image(&png, Path::new("png"), 1).unwrap();
+    let wide = image::GrayImage::from_fn(84, 56, |x, y| {
+        let (sx, sy) = (x as i64 / 2 - 7, y as i64 / 2);
+        let v = if (0..28).contains(&sx) {
+            px[(sy * 28 + sx) as usize]
+        } else {
+            0.0
+        };
+        image::Luma([(v * 255.0).round() as u8])
+    });
+    let picked = std::env::temp_dir().join(format!("convnet-pick-{}.png", std::process::id()));
+    wide.save(&picked).unwrap();
+    let before: u32 = wait_for(&tab, seq_js, |_| true).parse().unwrap();
+    let node = tab.find_element("#file").unwrap().node_id;
+    tab.handle_file_chooser(vec![picked.display().to_string()], node)
+        .unwrap();
+    wait_for(&tab, seq_js, |s| s.parse::<u32>().is_ok_and(|n| n > before));
+    let seen = wait_for(
+        &tab,
+        "(() => { const c = document.getElementById('seen'); return c.width + 'x' + c.height; })()",
+        |_| true,
+    );
+    assert_eq!(seen, "28x28");
+    let index = wait_for(
+        &tab,
+        "document.getElementById('prediction').dataset.index",
+        |_| true,
+    );
+    assert_eq!(
+        index,
+        top.to_string(),
+        "the fitted picture is example {k} again"
+    );
+    std::fs::remove_file(&picked).unwrap();
 
     let shot = tab
         .capture_screenshot(

@@ -68,6 +68,17 @@ function stroke(a, b) {
   pen.stroke();
 }
 
+// A w×h canvas whose scaled drawing is antialiased, and its context.
+function smoothCanvas(w, h) {
+  const c = document.createElement("canvas");
+  c.width = w;
+  c.height = h;
+  const ctx = c.getContext("2d");
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = "high";
+  return [c, ctx];
+}
+
 // The drawing as MNIST digits are made: the ink's bounding box scaled (anti-aliased) into a
 // box of 20/28 of the input, placed so that its centre of mass is at the input's centre.
 function drawingToInput() {
@@ -89,12 +100,7 @@ function drawingToInput() {
   const box = Math.max(1, Math.round(Math.min(w, h) * 20 / 28));
   const s = box / Math.max(bw, bh);
   const tw = Math.max(1, Math.round(bw * s)), th = Math.max(1, Math.round(bh * s));
-  const t = document.createElement("canvas");
-  t.width = tw;
-  t.height = th;
-  const tc = t.getContext("2d");
-  tc.imageSmoothingEnabled = true;
-  tc.imageSmoothingQuality = "high";
+  const [t, tc] = smoothCanvas(tw, th);
   tc.drawImage(draw, x0, y0, bw, bh, 0, 0, tw, th);
   const td = tc.getImageData(0, 0, tw, th).data;
   let m = 0, mx = 0, my = 0;
@@ -135,12 +141,7 @@ function showOnCanvas(img) {
 // An image of another size than the model's: shorter side to the input size, centre crop.
 function fitToInput(img) {
   const [, h, w] = model.input;
-  const out = document.createElement("canvas");
-  out.width = w;
-  out.height = h;
-  const oc = out.getContext("2d");
-  oc.imageSmoothingEnabled = true;
-  oc.imageSmoothingQuality = "high";
+  const [out, oc] = smoothCanvas(w, h);
   const s = Math.max(w / img.width, h / img.height);
   const dw = img.width * s, dh = img.height * s;
   oc.drawImage(img, (w - dw) / 2, (h - dh) / 2, dw, dh);
