@@ -488,6 +488,8 @@ fn cli_recipe(a: &TrainArgs) -> Result<TrainRecipe> {
         batch_size: a.batch_size,
         loss: parse_opt("loss", &a.loss)?,
         augment: a.augment,
+        crop_padding: a.crop_padding,
+        hflip: a.hflip.then_some(true),
         init: parse_opt("init", &a.init)?,
     })
 }
@@ -612,7 +614,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             dir.display()
         );
         println!(
-            "optimizer {} lr {} momentum {} weight decay {} schedule {} loss {} batch {} augment {}",
+            "optimizer {} lr {} momentum {} weight decay {} schedule {} loss {} batch {} shifts {}{}",
             opts.optimizer.kind.name(),
             opts.lr,
             opts.optimizer.momentum,
@@ -620,7 +622,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             opts.schedule,
             opts.loss.name(),
             opts.batch_size,
-            opts.augment
+            opts.shift(),
+            if opts.hflip { " flips" } else { "" }
         );
         let trainer = Trainer::new(net, Optimizer::new(opts.optimizer), opts.loss);
         (

@@ -249,6 +249,13 @@ pub struct TrainArgs {
     /// Random shifts of up to this many pixels.
     #[arg(long)]
     pub augment: Option<usize>,
+    /// torchvision's RandomCrop(size, padding=P): zero padding P, then a random crop (the
+    /// same shifts as --augment P).
+    #[arg(long)]
+    pub crop_padding: Option<usize>,
+    /// torchvision's RandomHorizontalFlip: mirror each training image with probability 1/2.
+    #[arg(long)]
+    pub hflip: bool,
     /// pytorch, kaiming or xavier.
     #[arg(long)]
     pub init: Option<String>,

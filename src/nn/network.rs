@@ -49,9 +49,10 @@ pub struct Network<T: Float = f32> {
     replicas: Vec<Seq<T>>,     // the other shards' layers, parameter and buffer values copied
     synced: usize,             // how many replicas hold the current parameter and buffer values
     param_count: usize,
-    whole_batch: bool,           // a layer needs the whole batch in training
-    key: u64,                    // random key of the next training passes (dropout)
-    shards: Vec<(usize, usize)>, // row ranges of the last caching forward's shards
+    whole_batch: bool,              // a layer needs the whole batch in training
+    key: u64,                       // random key of the next training passes (dropout)
+    shards: Vec<(usize, usize)>,    // row ranges of the last caching forward's shards
+    norm: Option<(Vec<T>, Vec<T>)>, // the spec's input normalisation: per channel (mean, 1/std)
 }
 
 /// Samples per shard, about: the layers' fixed costs spread over enough samples (LeNet-5, a
@@ -125,7 +126,15 @@ impl<T: Float> Network<T> {
         let layers = build_layers(&spec, options);
         let param_count = layers.params().iter().map(|(_, p)| p.value.len()).sum();
         let whole_batch = layers.whole_batch();
+        let norm = (!spec.mean.is_empty()).then(|| {
+            let t = |v: f32| T::from(v).unwrap_or_else(T::zero);
+            (
+                spec.mean.iter().map(|&m| t(m)).collect(),
+                spec.std.iter().map(|&s| t(1.0 / s)).collect(),
+            )
+        });
         Network {
+            norm,
             spec,
             options,
             layers,
@@ -179,6 +188,7 @@ impl<T: Float> Network<T> {
             return self.infer_rows(&x, 0..x.shape().first().copied().unwrap_or(0));
         }
         self.check_input(&x)?;
+        let x = self.normalize(x);
         let shards = self.shards_for(x.shape()[0], &pass);
         self.shards = shards.clone();
         if pass.train {
@@ -220,6 +230,20 @@ impl<T: Float> Network<T> {
                 rows.start, rows.end
             )));
         }
+        if self.norm.is_some() {
+            // The rows normalised, in a copy of their own.
+            let x = self.normalize(x.slice_rows(rows.start, rows.end));
+            return self.infer_normalized(&x, 0..rows.len());
+        }
+        self.infer_normalized(x, rows)
+    }
+
+    /// [`Network::infer_rows`] of input already normalised.
+    fn infer_normalized(
+        &mut self,
+        x: &Tensor<T>,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Tensor<T>> {
         self.shards.clear();
         let sample: usize = x.shape()[1..].iter().product();
         let shape_of = |len: usize| {
@@ -252,9 +276,9 @@ impl<T: Float> Network<T> {
     pub fn infer_layers(&mut self, x: &Tensor<T>) -> Result<Vec<(usize, Tensor<T>)>> {
         self.check_input(x)?;
         self.shards.clear();
+        let mut h = self.normalize(x.clone());
         let seq = &mut self.layers;
         let mut outs = Vec::with_capacity(seq.layers.len());
-        let mut h = x.clone();
         for (layer, &i) in seq.layers.iter_mut().zip(&seq.index) {
             h = layer.forward(h, &Pass::INFER);
             outs.push((i, h.clone()));
@@ -269,6 +293,7 @@ impl<T: Float> Network<T> {
     /// [`Network::backward`]. Returns the sum of the shares.
     pub fn forward_backward(&mut self, x: Tensor<T>, dloss: &LossGrad<T>) -> Result<f64> {
         self.check_input(&x)?;
+        let x = self.normalize(x);
         let n = x.shape()[0];
         let pass = Pass::train(self.key);
         let shards = self.shards_for(n, &pass);
@@ -318,6 +343,18 @@ impl<T: Float> Network<T> {
         }
     }
 
+    /// x (N, C, H, W) normalised in place by the spec's `mean` and `std`, if it has them.
+    fn normalize(&self, mut x: Tensor<T>) -> Tensor<T> {
+        if let Some((mean, inv_std)) = &self.norm {
+            let plane: usize = self.spec.input[1] * self.spec.input[2];
+            for (i, p) in x.data_mut().chunks_exact_mut(plane).enumerate() {
+                let c = i % mean.len();
+                p.iter_mut().for_each(|v| *v = (*v - mean[c]) * inv_std[c]);
+            }
+        }
+        x
+    }
+
     /// An error unless x is (N, C, H, W) with the spec's sample shape.
     fn check_input(&self, x: &Tensor<T>) -> Result<()> {
         let [c, h, w] = self.spec.input;
@@ -341,8 +378,18 @@ impl<T: Float> Network<T> {
 
     /// Like [`Network::backward`] but also returns dL/d(input) (for gradient checks).
     pub fn backward_with_input_grad(&mut self, dy: Tensor<T>) -> Tensor<T> {
-        self.backward_shards(dy, true)
-            .expect("every layer returns dx when asked")
+        let mut dx = self
+            .backward_shards(dy, true)
+            .expect("every layer returns dx when asked");
+        // Through the normalisation: d(x − m)/s / dx = 1/s.
+        if let Some((_, inv_std)) = &self.norm {
+            let plane: usize = self.spec.input[1] * self.spec.input[2];
+            for (i, p) in dx.data_mut().chunks_exact_mut(plane).enumerate() {
+                let k = inv_std[i % inv_std.len()];
+                p.iter_mut().for_each(|v| *v *= k);
+            }
+        }
+        dx
     }
 
     /// Each shard's backward through its own layers (a replica's gradients are zeroed first),
@@ -578,5 +625,70 @@ impl<T: Float> Network<T> {
         let mut rows = Vec::new();
         walk(&self.spec.layers, "", &self.spec.input, &mut rows);
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = "[[layers]]\ntype = \"conv2d\"\nout_channels = 3\nkernel = 3\n\
+                        [[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 4\n";
+    const MEAN: [f64; 2] = [0.5, 0.25];
+    const STD: [f64; 2] = [0.2, 2.0];
+
+    fn close(a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} against {y}");
+        }
+    }
+
+    #[test]
+    fn input_normalisation_is_the_plain_network_on_normalised_pixels() {
+        let plain = ModelSpec::parse(&format!("input = [2, 5, 5]\n{BODY}"), "plain").unwrap();
+        let normed = ModelSpec::parse(
+            &format!("input = [2, 5, 5]\nmean = [0.5, 0.25]\nstd = [0.2, 2.0]\n{BODY}"),
+            "normed",
+        )
+        .unwrap();
+        let mut a = Network::<f64>::new(plain, Init::Pytorch, 3);
+        let mut b = Network::<f64>::new(normed, Init::Pytorch, 3);
+        let raw: Vec<f64> = (0..150).map(|i| ((i * 37) % 101) as f64 / 100.0).collect();
+        let pre: Vec<f64> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v - MEAN[(i / 25) % 2]) / STD[(i / 25) % 2])
+            .collect();
+        let x = Tensor::from_vec(&[3, 2, 5, 5], raw).unwrap();
+        let xn = Tensor::from_vec(&[3, 2, 5, 5], pre).unwrap();
+        // Inference, whole batch and some rows.
+        let (ya, yb) = (
+            a.forward(xn.clone(), false).unwrap(),
+            b.forward(x.clone(), false).unwrap(),
+        );
+        close(yb.data(), ya.data());
+        close(
+            b.infer_rows(&x, 1..3).unwrap().data(),
+            a.infer_rows(&xn, 1..3).unwrap().data(),
+        );
+        let layers = b.infer_layers(&x).unwrap();
+        close(layers.last().unwrap().1.data(), ya.data());
+        // Training: the same parameter gradients; the input gradient through 1/std.
+        let dy = Tensor::from_vec(&[3, 4], (0..12).map(|i| i as f64 - 5.0).collect()).unwrap();
+        a.forward(xn, true).unwrap();
+        b.forward(x, true).unwrap();
+        let dxa = a.backward_with_input_grad(dy.clone());
+        let dxb = b.backward_with_input_grad(dy);
+        let want: Vec<f64> = dxa
+            .data()
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| g / STD[(i / 25) % 2])
+            .collect();
+        close(dxb.data(), &want);
+        for ((_, pa), (_, pb)) in a.layers.params().into_iter().zip(b.layers.params()) {
+            close(pb.grad.data(), pa.grad.data());
+        }
     }
 }

@@ -26,6 +26,10 @@ pub struct ModelSpec {
     /// Names of the output classes (`classes = [...]`), one per output; empty when unnamed
     /// (a class is then its index as text: see [`ModelSpec::class_name`]).
     pub classes: Vec<String>,
+    /// Per-channel normalisation of [0, 1] pixels before the first layer, (x − mean) / std
+    /// (`mean = [...]`, `std = [...]`, one value per input channel); empty when absent.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 /// The top-level table of a model file that is not the network's: the training recipe
@@ -47,9 +51,19 @@ impl ModelSpec {
             msg,
         };
         for k in table.keys() {
-            if !["name", "input", "classes", "layers", RECIPE_TABLE].contains(&k.as_str()) {
+            if ![
+                "name",
+                "input",
+                "classes",
+                "mean",
+                "std",
+                "layers",
+                RECIPE_TABLE,
+            ]
+            .contains(&k.as_str())
+            {
                 return Err(top_err(format!(
-                    "unknown top-level key `{k}` (known: name, input, classes, layers, train)"
+                    "unknown top-level key `{k}` (known: name, input, classes, mean, std, layers, train)"
                 )));
             }
         }
@@ -111,11 +125,42 @@ impl ModelSpec {
                 )))
             }
         };
+        let channel_values = |key: &str| -> Result<Vec<f32>> {
+            let bad = || {
+                top_err(format!(
+                    "key `{key}` must be an array of {} numbers (one per input channel)",
+                    input[0]
+                ))
+            };
+            match table.get(key) {
+                None => Ok(Vec::new()),
+                Some(Value::Array(a)) if a.len() == input[0] => a
+                    .iter()
+                    .map(|v| match v {
+                        Value::Float(f) if f.is_finite() => Ok(*f as f32),
+                        Value::Integer(i) => Ok(*i as f32),
+                        _ => Err(bad()),
+                    })
+                    .collect(),
+                Some(_) => Err(bad()),
+            }
+        };
+        let (mean, std) = (channel_values("mean")?, channel_values("std")?);
+        if mean.is_empty() != std.is_empty() {
+            return Err(top_err(
+                "`mean` and `std` go together: give both or neither".into(),
+            ));
+        }
+        if let Some(s) = std.iter().find(|&&s| s <= 0.0) {
+            return Err(top_err(format!("`std` values must be positive, got {s}")));
+        }
         let spec = ModelSpec {
             name,
             input,
             layers,
             classes,
+            mean,
+            std,
         };
         spec.shapes().map_err(|(i, msg)| Error::Model {
             source_name: source.into(),
@@ -159,6 +204,16 @@ impl ModelSpec {
     /// The same layers on samples of another [channels, height, width] (a preset on other
     /// data); an error names the layer that does not fit them.
     pub fn with_input(&self, input: [usize; 3]) -> Result<ModelSpec> {
+        if !self.mean.is_empty() && self.mean.len() != input[0] {
+            return Err(Error::Model {
+                source_name: format!("{} on inputs {input:?}", self.name),
+                layer: None,
+                msg: format!(
+                    "its `mean` and `std` have {} values, not one per input channel",
+                    self.mean.len()
+                ),
+            });
+        }
         let spec = ModelSpec {
             input,
             ..self.clone()
@@ -217,6 +272,20 @@ impl ModelSpec {
             self.input[1],
             self.input[2]
         );
+        if !self.mean.is_empty() {
+            let list = |v: &[f32]| {
+                v.iter()
+                    .map(|x| format!("{x:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "mean = [{}]\nstd = [{}]",
+                list(&self.mean),
+                list(&self.std)
+            );
+        }
         if !self.classes.is_empty() {
             let names: Vec<String> = self
                 .classes
@@ -242,4 +311,46 @@ pub fn parse_toml(text: &str, source: &str) -> Result<toml::Table> {
         layer: None,
         msg: e.to_string().trim_end().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str =
+        "[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 3\n";
+
+    fn parse(top: &str) -> Result<ModelSpec> {
+        ModelSpec::parse(&format!("input = [2, 4, 4]\n{top}\n{BODY}"), "m.toml")
+    }
+
+    #[test]
+    fn classes_mean_and_std_parse_check_and_round_trip() {
+        let s = parse("classes = [\"cat\", \"dog\", \"bird\"]\nmean = [0.5, 0.25]\nstd = [0.2, 1]")
+            .unwrap();
+        assert_eq!(s.classes, ["cat", "dog", "bird"]);
+        assert_eq!(
+            (s.mean.clone(), s.std.clone()),
+            (vec![0.5, 0.25], vec![0.2, 1.0])
+        );
+        assert_eq!(s.class_name(1), "dog");
+        assert_eq!(ModelSpec::parse(&s.to_toml(), "again").unwrap(), s);
+        let unnamed = parse("").unwrap();
+        assert_eq!(unnamed.class_names(), ["0", "1", "2"]);
+        for (top, says) in [
+            (
+                "classes = [\"a\", \"b\"]",
+                "2 class names for the model's 3 outputs",
+            ),
+            ("classes = [\"a\", \"b\", \"a\"]", "given twice"),
+            ("classes = \"abc\"", "array of strings"),
+            ("mean = [0.5]\nstd = [1, 1]", "2 numbers"),
+            ("mean = [0.5, 0.5]", "give both or neither"),
+            ("mean = [0.5, 0.5]\nstd = [1, 0]", "must be positive"),
+            ("mean = [0.5, \"x\"]\nstd = [1, 1]", "numbers"),
+        ] {
+            let e = parse(top).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("m.toml"), "{top}: {e}");
+        }
+    }
 }

@@ -16,6 +16,10 @@ pub struct TrainOptions {
     pub loss: LossKind,
     /// Largest random shift in pixels (0: no augmentation).
     pub augment: usize,
+    /// RandomCrop's zero padding: shifts of up to this many pixels (0: none).
+    pub crop_padding: usize,
+    /// Mirror each training image with probability 1/2.
+    pub hflip: bool,
     pub init: Init,
     pub seed: u64,
     /// Batches in random order each epoch (false: file order, last batch may be smaller).
@@ -33,6 +37,8 @@ impl Default for TrainOptions {
             schedule: Schedule::Constant,
             loss: LossKind::CrossEntropy,
             augment: 0,
+            crop_padding: 0,
+            hflip: false,
             init: Init::Pytorch,
             seed: 0,
             shuffle: true,
@@ -71,6 +77,8 @@ impl TrainOptions {
             schedule: pick!(schedule, d.schedule),
             loss: pick!(loss, d.loss),
             augment: pick!(augment, d.augment),
+            crop_padding: pick!(crop_padding, d.crop_padding),
+            hflip: pick!(hflip, d.hflip),
             init: pick!(init, d.init),
             seed,
             shuffle,
@@ -101,6 +109,12 @@ impl TrainOptions {
         if o.nesterov && (o.kind != OptimizerKind::Sgd || o.momentum == 0.0) {
             return bad("nesterov needs the sgd optimizer with a momentum above 0".into());
         }
+        if self.augment > 0 && self.crop_padding > 0 {
+            return bad(format!(
+                "augment {} and crop_padding {} are the same random shifts: give one of them",
+                self.augment, self.crop_padding
+            ));
+        }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return bad(format!(
                 "weight decay must be a non-negative finite number, got {}",
@@ -108,6 +122,11 @@ impl TrainOptions {
             ));
         }
         Ok(())
+    }
+
+    /// Largest random shift of the augmentation: `augment` or `crop_padding`, whichever is set.
+    pub fn shift(&self) -> usize {
+        self.augment.max(self.crop_padding)
     }
 
     /// The options as a [train] recipe (every field set), stored with a run for --resume.
@@ -123,6 +142,8 @@ impl TrainOptions {
             batch_size: Some(self.batch_size),
             loss: Some(self.loss),
             augment: Some(self.augment),
+            crop_padding: Some(self.crop_padding),
+            hflip: Some(self.hflip),
             init: Some(self.init),
         }
     }

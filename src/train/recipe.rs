@@ -18,10 +18,15 @@ pub struct TrainRecipe {
     pub batch_size: Option<usize>,
     pub loss: Option<LossKind>,
     pub augment: Option<usize>,
+    /// torchvision's `RandomCrop(size, padding=P)`: zero padding P, then a random crop of
+    /// the original size (the same shifts as `augment`, under torchvision's name).
+    pub crop_padding: Option<usize>,
+    /// torchvision's `RandomHorizontalFlip()`: each image mirrored with probability 1/2.
+    pub hflip: Option<bool>,
     pub init: Option<Init>,
 }
 
-const KEYS: &str = "optimizer, lr, momentum, nesterov, weight_decay, schedule, epochs, batch_size, loss, augment, init";
+const KEYS: &str = "optimizer, lr, momentum, nesterov, weight_decay, schedule, epochs, batch_size, loss, augment, crop_padding, hflip, init";
 
 fn float(k: &str, v: &Value) -> Result<f64, String> {
     let x = match v {
@@ -77,6 +82,13 @@ impl TrainRecipe {
                 "batch_size" => r.batch_size = Some(count(k, v, 1)?),
                 "loss" => r.loss = Some(parsed(k, v)?),
                 "augment" => r.augment = Some(count(k, v, 0)?),
+                "crop_padding" => r.crop_padding = Some(count(k, v, 0)?),
+                "hflip" => {
+                    r.hflip = Some(
+                        v.as_bool()
+                            .ok_or_else(|| format!("`hflip` must be true or false, got {v}"))?,
+                    )
+                }
                 "init" => r.init = Some(parsed(k, v)?),
                 _ => return Err(format!("unknown key `{k}` (known: {KEYS})")),
             }
@@ -119,6 +131,12 @@ impl TrainRecipe {
         }
         if let Some(x) = self.augment {
             line("augment", x.to_string());
+        }
+        if let Some(x) = self.crop_padding {
+            line("crop_padding", x.to_string());
+        }
+        if let Some(x) = self.hflip {
+            line("hflip", x.to_string());
         }
         if let Some(x) = self.init {
             line("init", format!("\"{}\"", x.name()));

@@ -149,15 +149,22 @@ pub struct Start {
 
 /// Shifts each image (C, H, W) by a random (dy, dx) in [−a, a]², filling with zeros
 /// (the lecture's shift invariance, as augmentation).
-fn augment(x: &mut [f32], shape: [usize; 3], a: usize, rng: &mut ChaCha8Rng) {
+/// With `hflip`, each image is then mirrored left–right with probability 1/2 (torchvision's
+/// RandomHorizontalFlip); the draws go image by image, shift first, from one stream.
+fn augment(x: &mut [f32], shape: [usize; 3], a: usize, hflip: bool, rng: &mut ChaCha8Rng) {
     let [c, h, w] = shape;
     let a = a as isize;
     let mut tmp = vec![0.0f32; h * w]; // (H, W)
     for img in x.chunks_exact_mut(c * h * w) {
-        let (dy, dx) = (rng.gen_range(-a..=a), rng.gen_range(-a..=a));
-        if dy != 0 || dx != 0 {
-            img.chunks_exact_mut(h * w)
-                .for_each(|plane| shift(plane, h, w, dy, dx, &mut tmp));
+        if a > 0 {
+            let (dy, dx) = (rng.gen_range(-a..=a), rng.gen_range(-a..=a));
+            if dy != 0 || dx != 0 {
+                img.chunks_exact_mut(h * w)
+                    .for_each(|plane| shift(plane, h, w, dy, dx, &mut tmp));
+            }
+        }
+        if hflip && rng.gen::<bool>() {
+            img.chunks_exact_mut(w).for_each(|row| row.reverse());
         }
     }
 }
@@ -215,8 +222,14 @@ fn run_epoch(
         }
         let mut x = vec![0.0f32; chunk.len() * per]; // (B, C, H, W)
         data.gather(chunk, &mut x);
-        if opts.augment > 0 {
-            augment(&mut x, data.sample_shape, opts.augment, &mut rng);
+        if opts.shift() > 0 || opts.hflip {
+            augment(
+                &mut x,
+                data.sample_shape,
+                opts.shift(),
+                opts.hflip,
+                &mut rng,
+            );
         }
         let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i] as usize).collect();
         let l = t.step(Tensor::from_vec(&[chunk.len(), c, h, w], x)?, &labels, lr)?;
@@ -453,6 +466,48 @@ mod tests {
         let mut q: Vec<f32> = (1..=6).map(|v| v as f32).collect(); // 2×3
         shift(&mut q, 2, 3, 0, 2, &mut tmp[..6]);
         assert_eq!(q, [0., 0., 1., 0., 0., 4.]);
+    }
+
+    #[test]
+    fn hflip_mirrors_about_half_the_images_and_keeps_the_stream_of_shifts() {
+        // 200 images of 2 channels, 2×3, each row [0, 1, 2] + 10·image.
+        let (n, shape) = (200, [2, 2, 3]);
+        let img =
+            |i: usize| -> Vec<f32> { (0..12).map(|j| (j % 3) as f32 + 10.0 * i as f32).collect() };
+        let mut x: Vec<f32> = (0..n).flat_map(img).collect();
+        let mut rng = epoch_rng(7, 1);
+        augment(&mut x, shape, 0, true, &mut rng);
+        let mut flipped = 0;
+        for (i, got) in x.chunks_exact(12).enumerate() {
+            let b = 10.0 * i as f32;
+            let row = [got[0] - b, got[1] - b, got[2] - b];
+            if row == [2.0, 1.0, 0.0] {
+                flipped += 1;
+                assert!(
+                    got.chunks(3).all(|r| r[0] > r[2]),
+                    "every row and plane of image {i}"
+                );
+            } else {
+                assert_eq!(got, img(i), "image {i}");
+            }
+        }
+        assert!((70..=130).contains(&flipped), "{flipped} of {n}");
+        // The same seed and epoch draw the same flips.
+        let mut y: Vec<f32> = (0..n).flat_map(img).collect();
+        augment(&mut y, shape, 0, true, &mut epoch_rng(7, 1));
+        assert_eq!(x, y);
+        // Without flips the stream of shifts is what it was: old runs stay bit-identical.
+        let mut a: Vec<f32> = (0..n).flat_map(img).collect();
+        let mut b = a.clone();
+        augment(&mut a, shape, 1, false, &mut epoch_rng(3, 2));
+        let mut rng = epoch_rng(3, 2);
+        let mut tmp = vec![0.0; 6];
+        for im in b.chunks_exact_mut(12) {
+            let (dy, dx) = (rng.gen_range(-1..=1isize), rng.gen_range(-1..=1isize));
+            im.chunks_exact_mut(6)
+                .for_each(|p| shift(p, 2, 3, dy, dx, &mut tmp));
+        }
+        assert_eq!(a, b);
     }
 
     #[test]

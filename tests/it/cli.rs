@@ -283,8 +283,9 @@ fn interrupted_and_resumed_run_ends_with_identical_weights() {
         "0.001",
         "--schedule",
         "cosine",
-        "--augment",
+        "--crop-padding",
         "1",
+        "--hflip",
         "--seed",
         "3",
     ];

@@ -1,6 +1,6 @@
 //! Stopping and resuming a run through the library's stop flag (no signal to race): the
 //! resumed run ends with exactly the weights and buffers of the uninterrupted one, with
-//! BatchNorm, dropout, shuffling and augmentation on, and on 1 or 2 threads alike.
+//! BatchNorm, dropout, shuffling and augmentation (shifts and flips) on, and on 1 or 2 threads alike.
 use convnet::data::{dataset, DataSplit};
 use convnet::nn::weights::StateDict;
 use convnet::optim::Optimizer;
@@ -51,6 +51,7 @@ lr = 0.01
 epochs = 3
 batch_size = 50
 augment = 1
+hflip = true
 "#;
 
 /// Sets the stop flag at a given batch of a given epoch, as Ctrl-C would.
