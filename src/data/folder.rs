@@ -172,21 +172,39 @@ fn decode(
     Ok((set, skipped))
 }
 
-/// The channels and size of the first image, for options that leave them to the data.
-fn first_image_shape(path: &Path, o: &LoadOptions) -> Result<(usize, [usize; 2])> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
-    let channels = o
-        .channels
-        .unwrap_or(if img.color().has_color() { 3 } else { 1 });
-    let size = o
-        .size
-        .unwrap_or([img.height() as usize, img.width() as usize]);
-    Ok((channels, size))
+/// The channels and size the set is read at: the options', else those of its first image
+/// that decodes (the very first unless `skip_bad`).
+fn set_shape(items: &Items, o: &LoadOptions) -> Result<(usize, [usize; 2])> {
+    if let (Some(c), Some(size)) = (o.channels, o.size) {
+        return Ok((c, size));
+    }
+    let decode = |path: &Path| -> Result<image::DynamicImage> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?
+            .decode()
+            .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))
+    };
+    let mut first_err = None;
+    for (path, _) in items {
+        match decode(path) {
+            Ok(img) => {
+                let channels = o
+                    .channels
+                    .unwrap_or(if img.color().has_color() { 3 } else { 1 });
+                let size = o
+                    .size
+                    .unwrap_or([img.height() as usize, img.width() as usize]);
+                return Ok((channels, size));
+            }
+            Err(e) if o.skip_bad => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(first_err.unwrap_or_else(|| Error::invalid("no image to read")))
 }
 
 /// Loads DIR/train/<class>/ (with DIR/test/<class>/ or DIR/val/<class>/ as the test set), or
@@ -213,7 +231,7 @@ pub fn load(dir: &Path, o: &LoadOptions) -> Result<Option<DataSplit>> {
     }
     let classes: Vec<String> = class_dirs(&train_root)?.into_iter().map(|c| c.0).collect();
     let (items, spans) = list(&train_root, &classes)?;
-    let (channels, size) = first_image_shape(&items[0].0, o)?;
+    let (channels, size) = set_shape(&items, o)?;
     let o_fixed = LoadOptions {
         channels: Some(channels),
         size: Some(size),

@@ -34,7 +34,7 @@ struct Pool {
     free: Mutex<Vec<Network<f32>>>,
 }
 
-/// One of the first convolution's filters, for the page.
+/// The first convolution's filters, for the page.
 #[derive(Serialize, Clone, Debug)]
 pub struct Filters {
     /// Index of the layer in the model file.

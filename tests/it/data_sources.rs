@@ -365,6 +365,13 @@ fn bad_images_sizes_and_classes_are_clear_errors() {
     );
     let out = ok(&run(&["--skip-bad"]));
     assert!(out.contains("skipped 1 unreadable image file(s)"), "{out}");
+    // The same when the corrupt file is the very first of the set, and the set's shape
+    // comes from the data (a preset).
+    let first = data.join("eight").join("0000-corrupt.png");
+    std::fs::write(&first, b"not a png").unwrap();
+    let out = ok(&run(&["--skip-bad", "--model", "mlp"]));
+    assert!(out.contains("skipped 2 unreadable image file(s)"), "{out}");
+    std::fs::remove_file(&first).unwrap();
     std::fs::remove_file(&corrupt).unwrap();
     // An image of another size: named, with the way out; --resize fits it.
     let big = data.join("four").join("big.png");
