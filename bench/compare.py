@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -72,7 +73,22 @@ TARGETS = {
     "maxpool_n64_c16_28_2x2": None,
     "filter_direct_3x3_512": 5.0,
     "filter_fft_31x31_512": 1.0,
+    # Whole processes against the peer in-process (the own-images issue): `convnet filter` on a
+    # 2048×2048 float64 .npy (read, filter, atomic write) against scipy on the array in memory;
+    # one `convnet train` process for one LeNet-5 epoch on Fashion-MNIST (its recipe, no
+    # augmentation; loading the gzipped IDX files and the test evaluation included) against
+    # PyTorch's training loop over tensors already in memory; and reading 70,000 PNG files
+    # (`convnet eval` of that image folder) against a Python loop decoding them with PIL.
+    "process_filter_3x3_2048": 1.0,
+    "process_filter_fft_31x31_2048": 1.0,
+    "process_lenet5_epoch_fashion": 3.0,
+    "process_load_70k_png": 3.0,
 }
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+# The PNG folder bench/png_folder.py writes (and this script, if it is missing).
+PNG_DIR = os.environ.get("CONVNET_PNG_DIR", "/tmp/fashion-png")
+WORK = tempfile.mkdtemp(prefix="convnet-compare-")
 
 
 def median_time(fn, warmup, repeats):
@@ -210,7 +226,46 @@ def peer_workloads():
     out["filter_direct_3x3_512"] = lambda: median_time(lambda: ss.convolve2d(img, k3), 3, 30)
     k31 = rng.standard_normal((31, 31))
     out["filter_fft_31x31_512"] = lambda: median_time(lambda: ss.fftconvolve(img, k31), 3, 30)
+
+    big = rng.standard_normal((2048, 2048))
+    for name, a in (("img2048", big), ("k3", k3), ("k31", k31)):
+        np.save(os.path.join(WORK, name + ".npy"), a)
+    out["process_filter_3x3_2048"] = lambda: median_time(lambda: ss.convolve2d(big, k3), 1, 3)
+    out["process_filter_fft_31x31_2048"] = lambda: median_time(lambda: ss.fftconvolve(big, k31), 1, 3)
+    if os.path.isdir(FASHION):
+        out["process_lenet5_epoch_fashion"] = fashion_epoch(g)
+    if os.path.isdir(FASHION):
+        out["process_load_70k_png"] = png_load()
     return out
+
+
+def fashion_epoch(g):
+    """One epoch of LeNet-5 with convnet's preset recipe (AdamW lr 0.003, weight decay 0.1,
+    batch 32, shuffled, cross-entropy) over Fashion-MNIST's 60,000 training images, already
+    in memory as a float tensor."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from png_folder import idx
+    x = torch.from_numpy(idx(f"{FASHION}/train-images-idx3-ubyte.gz").copy()).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(idx(f"{FASHION}/train-labels-idx1-ubyte.gz").astype(np.int64))
+
+    def epoch():
+        model = lenet()
+        opt = torch.optim.AdamW(model.parameters(), lr=0.003, weight_decay=0.1)
+        order = torch.randperm(len(x), generator=g)
+        for s in range(0, len(x), 32):
+            i = order[s:s + 32]
+            opt.zero_grad()
+            F.cross_entropy(model(x[i]), y[i]).backward()
+            opt.step()
+    return lambda: median_time(epoch, 0, 1)
+
+
+def png_load():
+    """The PIL loop of bench/png_folder.py over its 70,000 files (written first if missing)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from png_folder import pil_load, write_folder
+    write_folder(PNG_DIR)
+    return lambda: median_time(lambda: pil_load(PNG_DIR), 0, 1)
 
 
 def build_ours(avx2):
@@ -218,15 +273,40 @@ def build_ours(avx2):
     target directory of its own, so that the two builds do not replace each other."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     target = os.path.join(root, "target", "avx2") if avx2 else os.path.join(root, "target")
-    cmd = ["cargo", "build", "--release", "--example", "workloads", "--target-dir", target]
+    cmd = ["cargo", "build", "--release", "--example", "workloads", "--bin", "convnet", "--target-dir", target]
     if avx2:
         cmd.append("--no-default-features")
     subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return os.path.join(target, "release", "examples", "workloads")
 
 
+def whole_process(args, repeats):
+    """The median wall time of a whole convnet process."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def ours(binary, name):
-    """convnet's median time of one workload, in a process of its own."""
+    """convnet's median time of one workload, in a process of its own (for the process_
+    workloads, the whole `convnet` command)."""
+    exe = os.path.join(os.path.dirname(os.path.dirname(binary)), "convnet")
+    w = lambda f: os.path.join(WORK, f)  # noqa: E731
+    if name.startswith("process_filter"):
+        k = "k3.npy" if "3x3" in name else "k31.npy"
+        return whole_process([exe, "filter", w("img2048.npy"), "--kernel", w(k), "--output", w("out.npy")], 3)
+    if name == "process_lenet5_epoch_fashion":
+        return whole_process([exe, "train", "--quiet", "--data", FASHION, "--epochs", "1", "--augment", "0",
+                              "--force", "--out", w("run-fashion")], 1)
+    if name == "process_load_70k_png":
+        run = w("run-lenet")
+        if not os.path.isdir(run):
+            subprocess.run([exe, "train", "--quiet", "--epochs", "1", "--force", "--out", run], check=True,
+                           stdout=subprocess.DEVNULL)
+        return whole_process([exe, "eval", "--model", run, "--data", PNG_DIR], 1)
     text = subprocess.run([binary, name], check=True, capture_output=True, text=True).stdout
     times = {n: float(t) for n, t in (line.split("\t") for line in text.strip().splitlines())}
     return times[name]
@@ -255,7 +335,7 @@ def main():
     rounds = ARGS.rounds
     binary = build_ours(ARGS.avx2)
     workloads = peer_workloads()
-    names = [name for name in TARGETS if ARGS.only in name]
+    names = [name for name in TARGETS if ARGS.only in name and name in workloads]
     peer = {name: [] for name in names}
     mine = {name: [] for name in names}
     for r in range(rounds):
@@ -280,7 +360,7 @@ def main():
         best[name] = (p, m)
         ratio = p / m
         paired = statistics.median(a / b for a, b in zip(peer[name], mine[name]))
-        who = "scipy" if name.startswith("filter") else "PyTorch"
+        who = "scipy" if "filter" in name else "PIL" if "png" in name else "PyTorch"
         met = "" if target is None else ("yes" if ratio >= target else "no")
         ok &= target is None or ratio >= target
         tgt = "" if target is None else f"≥ {target:g}×"

@@ -53,6 +53,7 @@ pub mod error;
 pub mod io;
 pub mod loss;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 #[cfg(feature = "cli")]

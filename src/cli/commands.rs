@@ -37,7 +37,13 @@ pub fn run(cli: Cli) -> Result<()> {
             resize,
             output,
         } => predict(&model, weights, &input, resize, output.as_deref()),
-        Command::Train(args) => train_cmd(args),
+        Command::Train(args) => train_cmd(*args),
+        Command::Export {
+            model,
+            weights,
+            output,
+            opset,
+        } => export_cmd(&model, weights, &output, opset),
         Command::Eval {
             model,
             weights,
@@ -184,6 +190,21 @@ fn collapse_cmd(model: &str, weights: Option<PathBuf>, output: &Path) -> Result<
         thousands(net.param_count()),
         thousands(small.param_count()),
         output.display()
+    );
+    Ok(())
+}
+
+fn export_cmd(model: &str, weights: Option<PathBuf>, output: &Path, opset: i64) -> Result<()> {
+    let net = load_trained(model, weights, "export")?;
+    let options = crate::onnx::ExportOptions { opset };
+    crate::onnx::write(&net, &options, model, output)?;
+    let spec = net.spec();
+    let [c, h, w] = spec.input;
+    println!(
+        "wrote {} (ONNX operator set {opset}): input [batch, {c}, {h}, {w}] pixels in [0, 1]{}, output logits [batch, {}]",
+        output.display(),
+        if spec.mean.is_empty() { "" } else { " (mean/std inside)" },
+        net.output_len()
     );
     Ok(())
 }
@@ -415,6 +436,7 @@ pub(super) fn load_data(
         val_split,
         seed,
         skip_bad: images.skip_bad,
+        cache_mb: Some(images.cache_mb),
     };
     let split = dataset::load_dir(d, &o)?;
     if split.skipped > 0 {

@@ -59,7 +59,22 @@ pub enum Command {
         output: Option<PathBuf>,
     },
     /// Train a network (default: LeNet-5 on the embedded MNIST digits).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
+    /// Write a trained network as an ONNX model (inference mode, [0, 1] pixels in, logits out).
+    Export {
+        /// Model file, preset or run directory (a run directory brings its weights).
+        #[arg(long)]
+        model: String,
+        /// Weights (.safetensors); optional when --model is a run directory.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The .onnx file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// ONNX operator set (13 to 21).
+        #[arg(long, default_value_t = crate::onnx::DEFAULT_OPSET)]
+        opset: i64,
+    },
     /// Test accuracy, per-class accuracy and the confusion matrix of a trained network.
     Eval {
         /// Run directory (or model file / preset with --weights).
@@ -195,7 +210,7 @@ pub enum PlotCommand {
 }
 
 /// How image files are read.
-#[derive(clap::Args, Debug, Default, Clone, Copy)]
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct ImageArgs {
     /// Fit images of another size than the model's input: shorter side to the input size,
     /// then a centre crop (antialiased).
@@ -204,6 +219,20 @@ pub struct ImageArgs {
     /// Skip unreadable or corrupt image files (and count them) instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Keep an image folder decoded in memory when its pixels fit this many MiB; a larger one
+    /// is read from disk at every batch, a few batches ahead (bounded memory).
+    #[arg(long, value_name = "MB", default_value_t = crate::data::stream::DEFAULT_CACHE_MB)]
+    pub cache_mb: usize,
+}
+
+impl Default for ImageArgs {
+    fn default() -> Self {
+        ImageArgs {
+            resize: false,
+            skip_bad: false,
+            cache_mb: crate::data::stream::DEFAULT_CACHE_MB,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Default)]

@@ -42,7 +42,7 @@ pub fn plot_filters(net: &Network<f32>, input: Option<&Path>, output: &Path) -> 
                 ));
             }
             let mut v = vec![0.0; c * h * w];
-            test.gather(&[0], &mut v);
+            test.gather(&[0], &mut v)?;
             v
         }
     };

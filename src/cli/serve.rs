@@ -35,12 +35,13 @@ pub fn serve_cmd(a: ServeArgs) -> Result<()> {
             let split = load_data(Some(dir), net.spec(), false, a.images, None, 0)?;
             let set = split.test.unwrap_or(split.train);
             set.check_fits(input, net.output_len())?;
-            Some(Examples::from_dataset(&set, EXAMPLES, &classes))
+            Some(Examples::from_dataset(&set, EXAMPLES, &classes)?)
         }
         None => dataset::embedded()?
             .test
             .filter(|t| t.sample_shape == input)
-            .map(|t| Examples::from_dataset(&t, EXAMPLES, &classes)),
+            .map(|t| Examples::from_dataset(&t, EXAMPLES, &classes))
+            .transpose()?,
     };
     let model = ServedModel::new(net, &metrics, examples)?;
     let name = model.info().name.clone();

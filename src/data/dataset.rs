@@ -1,14 +1,19 @@
 //! Labelled image sets: a directory in IDX or npy layout, or the embedded MNIST subset.
 use super::idx::{parse_idx, read_idx_file, IdxArray};
 use super::npy::{read_npy, NpyData};
+use super::stream::ImageFiles;
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Pixel storage: bytes stay bytes (4× less memory), scaled to [0, 1] when a batch is gathered.
+/// Pixel storage: bytes stay bytes (4× less memory), scaled to [0, 1] when a batch is gathered;
+/// image files beyond the cache budget stay on disk and are decoded at each gather.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Pixels {
     U8(Vec<u8>),
     F32(Vec<f32>),
+    Files(Arc<ImageFiles>),
 }
 
 /// N images of one shape with their class labels.
@@ -52,6 +57,9 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Skip (and count) unreadable image files instead of stopping at the first.
     pub skip_bad: bool,
+    /// Image folders whose decoded pixels (train and test) exceed this many MiB are read from
+    /// disk at every batch instead of kept; None: [`super::stream::DEFAULT_CACHE_MB`].
+    pub cache_mb: Option<usize>,
 }
 
 impl Dataset {
@@ -66,6 +74,7 @@ impl Dataset {
         let n_px = match &pixels {
             Pixels::U8(v) => v.len(),
             Pixels::F32(v) => v.len(),
+            Pixels::Files(f) => f.paths.len() * per,
         };
         if labels.is_empty() {
             return Err(Error::format(&source, "the data set is empty"));
@@ -131,6 +140,10 @@ impl Dataset {
                     .copied()
                     .collect(),
             ),
+            Pixels::Files(f) => Pixels::Files(Arc::new(ImageFiles {
+                paths: indices.iter().map(|&i| f.paths[i].clone()).collect(),
+                decode: f.decode,
+            })),
         };
         let mut spans: Vec<(PathBuf, usize)> = Vec::new();
         for &i in indices {
@@ -149,6 +162,15 @@ impl Dataset {
     /// B); float pixels and other channel counts stay as they are.
     pub fn with_channels(mut self, channels: usize) -> Dataset {
         let [c, h, w] = self.sample_shape;
+        if let Pixels::Files(f) = &self.pixels {
+            if matches!((c, channels), (3, 1) | (1, 3)) {
+                let mut files = ImageFiles::clone(f);
+                files.decode.channels = channels;
+                self.pixels = Pixels::Files(Arc::new(files));
+                self.sample_shape = [channels, h, w];
+            }
+            return self;
+        }
         let Pixels::U8(v) = &self.pixels else {
             return self;
         };
@@ -180,18 +202,33 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Copies the images at `indices` into `out` (B, C, H, W) as floats (bytes scaled by 1/255).
-    pub fn gather(&self, indices: &[usize], out: &mut [f32]) {
+    /// Copies the images at `indices` into `out` (B, C, H, W) as floats (bytes scaled by 1/255);
+    /// image files are decoded on all cores, and one that no longer decodes is an error.
+    pub fn gather(&self, indices: &[usize], out: &mut [f32]) -> Result<()> {
         let per: usize = self.sample_shape.iter().product();
-        for (dst, &i) in out.chunks_exact_mut(per).zip(indices) {
-            match &self.pixels {
-                Pixels::U8(v) => dst
-                    .iter_mut()
+        let samples = out.chunks_exact_mut(per).zip(indices);
+        match &self.pixels {
+            Pixels::U8(v) => samples.for_each(|(dst, &i)| {
+                dst.iter_mut()
                     .zip(&v[i * per..(i + 1) * per])
-                    .for_each(|(d, &s)| *d = s as f32 / 255.0),
-                Pixels::F32(v) => dst.copy_from_slice(&v[i * per..(i + 1) * per]),
+                    .for_each(|(d, &s)| *d = s as f32 / 255.0)
+            }),
+            Pixels::F32(v) => {
+                samples.for_each(|(dst, &i)| dst.copy_from_slice(&v[i * per..(i + 1) * per]))
+            }
+            Pixels::Files(f) => {
+                return out
+                    .par_chunks_exact_mut(per)
+                    .zip(indices)
+                    .try_for_each(|(dst, &i)| f.read_into(i, dst))
             }
         }
+        Ok(())
+    }
+
+    /// Whether the pixels are read from disk at each gather (a set beyond the cache budget).
+    pub fn streamed(&self) -> bool {
+        matches!(self.pixels, Pixels::Files(_))
     }
 
     /// The largest label plus one.
@@ -493,7 +530,7 @@ mod tests {
             .for_each(|&l| counts[l as usize] += 1);
         assert_eq!(counts, [500; 10]);
         let mut px = vec![0.0; 784];
-        d.train.gather(&[0], &mut px);
+        d.train.gather(&[0], &mut px).unwrap();
         assert!(px.iter().all(|&v| (0.0..=1.0).contains(&v)) && px.contains(&1.0));
     }
 }

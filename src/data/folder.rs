@@ -1,13 +1,32 @@
 //! Image folders as torchvision's `ImageFolder` reads them: DIR/<class>/**/*.png|jpg|jpeg,
-//! classes numbered in the sorted order of their folder names, decoded on all cores.
+//! classes numbered in the sorted order of their folder names, decoded on all cores (and kept,
+//! or read again at each gather when larger than the cache budget).
 use super::dataset::{DataSplit, Dataset, LoadOptions, Pixels};
-use super::image::{decode_image_u8, is_image_path};
+use super::image::is_image_path;
+use super::stream::{Decode, ImageFiles, Outcome, DEFAULT_CACHE_MB};
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Whether a directory entry is a folder (`dir`) or a file, following symbolic links; the
+/// entry's own type costs no system call, only a link needs one.
+fn entry_is(e: &std::fs::DirEntry, dir: bool) -> bool {
+    match e.file_type() {
+        Ok(t) if !t.is_symlink() => (dir && t.is_dir()) || (!dir && t.is_file()),
+        _ => {
+            let p = e.path();
+            if dir {
+                p.is_dir()
+            } else {
+                p.is_file()
+            }
+        }
+    }
+}
 
 /// The class folders of `root`, sorted by name.
 fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -15,7 +34,7 @@ fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
         let e = e.map_err(|e| Error::io(root, e))?;
         let p = e.path();
-        if p.is_dir() {
+        if entry_is(&e, true) {
             out.push((e.file_name().to_string_lossy().into_owned(), p));
         }
     }
@@ -31,9 +50,9 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     while i < folders.len() {
         let d = folders[i].clone();
         for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
-            let p = e.map_err(|e| Error::io(&d, e))?.path();
-            if p.is_dir() {
-                folders.push(p);
+            let e = e.map_err(|e| Error::io(&d, e))?;
+            if entry_is(&e, true) {
+                folders.push(e.path());
             }
         }
         i += 1;
@@ -43,8 +62,8 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     for d in folders {
         let mut here: Vec<PathBuf> = std::fs::read_dir(&d)
             .map_err(|e| Error::io(&d, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image_path(p))
+            .filter_map(|e| e.ok().filter(|e| entry_is(e, false)).map(|e| e.path()))
+            .filter(|p| is_image_path(p))
             .collect();
         here.sort_by_key(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
         files.extend(here);
@@ -94,62 +113,47 @@ fn list(root: &Path, classes: &[String]) -> Result<(Items, Spans)> {
     Ok((items, spans))
 }
 
-/// What became of one file.
-enum Outcome {
-    Pixels(Vec<u8>),
-    /// Unreadable or corrupt: skipped under `skip_bad`.
-    Bad(Error),
-    /// Readable but unfit for the model: always an error.
-    Unfit(Error),
-}
-
-/// Decodes the files of a split on all cores into one 8-bit set of [channels, h, w].
+/// Decodes the files of a split on all cores into one 8-bit set, or with `keep` false checks
+/// them only and gives a set that decodes its files at every gather (bounded memory).
 /// Unreadable files are an error naming the first of them in file order, or with `skip_bad`
 /// are left out and counted. Returns the set and how many files were skipped.
 fn decode(
     root: &Path,
     items: &[(PathBuf, u32)],
     spans: &[(PathBuf, usize)],
-    channels: usize,
-    [h, w]: [usize; 2],
-    o: &LoadOptions,
+    dec: Decode,
+    skip_bad: bool,
+    keep: bool,
 ) -> Result<(Dataset, usize)> {
-    let fit = o.resize.then_some([h, w]);
     let outcomes: Vec<Outcome> = items
         .par_iter()
-        .map(|(path, _)| {
-            let bytes = match std::fs::read(path) {
-                Ok(b) => b,
-                Err(e) => return Outcome::Bad(Error::io(path, e)),
-            };
-            match decode_image_u8(&bytes, path, channels, fit) {
-                Err(e) => Outcome::Bad(e),
-                Ok((_, ih, iw)) if (ih, iw) != (h, w) => Outcome::Unfit(Error::format(
-                    path,
-                    format!(
-                        "the image is {iw}×{ih} pixels but the model takes {w}×{h} \
-                         (width × height); pass --resize to fit it"
-                    ),
-                )),
-                Ok((px, _, _)) => Outcome::Pixels(px),
-            }
+        .map(|(path, _)| match dec.file(path) {
+            Outcome::Pixels(_) if !keep => Outcome::Pixels(Vec::new()),
+            o => o,
         })
         .collect();
-    let mut pixels = Vec::with_capacity(items.len() * channels * h * w);
+    let [h, w] = dec.size;
+    let per = dec.channels * h * w;
+    let mut pixels = Vec::with_capacity(if keep { items.len() * per } else { 0 });
+    let mut paths = Vec::new();
     let mut labels = Vec::with_capacity(items.len());
     let mut kept = Vec::with_capacity(spans.len());
     let mut skipped = 0;
     let mut outcomes = outcomes.into_iter().zip(items);
     for (dir, n) in spans {
         let mut count = 0;
-        for (outcome, (_, label)) in outcomes.by_ref().take(*n) {
+        for (outcome, (path, label)) in outcomes.by_ref().take(*n) {
             match outcome {
                 Outcome::Pixels(px) => {
-                    pixels.extend_from_slice(&px);
+                    if keep {
+                        pixels.extend_from_slice(&px);
+                    } else {
+                        paths.push(path.clone());
+                    }
                     labels.push(*label);
                     count += 1;
                 }
-                Outcome::Bad(e) if !o.skip_bad => return Err(e),
+                Outcome::Bad(e) if !skip_bad => return Err(e),
                 Outcome::Bad(_) => skipped += 1,
                 Outcome::Unfit(e) => return Err(e),
             }
@@ -162,13 +166,13 @@ fn decode(
         }
         kept.push((dir.clone(), count));
     }
-    let set = Dataset::new(
-        root.to_path_buf(),
-        Pixels::U8(pixels),
-        [channels, h, w],
-        labels,
-    )?
-    .with_label_sources(kept)?;
+    let pixels = if keep {
+        Pixels::U8(pixels)
+    } else {
+        Pixels::Files(Arc::new(ImageFiles { paths, decode: dec }))
+    };
+    let set = Dataset::new(root.to_path_buf(), pixels, [dec.channels, h, w], labels)?
+        .with_label_sources(kept)?;
     Ok((set, skipped))
 }
 
@@ -232,19 +236,32 @@ pub fn load(dir: &Path, o: &LoadOptions) -> Result<Option<DataSplit>> {
     let classes: Vec<String> = class_dirs(&train_root)?.into_iter().map(|c| c.0).collect();
     let (items, spans) = list(&train_root, &classes)?;
     let (channels, size) = set_shape(&items, o)?;
-    let o_fixed = LoadOptions {
-        channels: Some(channels),
-        size: Some(size),
-        ..o.clone()
+    let dec = Decode {
+        channels,
+        size,
+        resize: o.resize,
     };
-    let (mut train, mut skipped) = decode(&train_root, &items, &spans, channels, size, &o_fixed)?;
-    let test = match (&test_root, o.val_split) {
-        (Some(t), _) => {
+    let test_items = match &test_root {
+        Some(t) => {
             let (items, spans) = list(t, &classes)?;
             if items.is_empty() {
                 return Err(Error::format(t, "holds no class folder with images"));
             }
-            let (set, s) = decode(t, &items, &spans, channels, size, &o_fixed)?;
+            Some((t, items, spans))
+        }
+        None => None,
+    };
+    // Kept decoded when train and test together fit the cache budget, else read at each gather.
+    let files = items.len() + test_items.as_ref().map_or(0, |t| t.1.len());
+    let budget = o
+        .cache_mb
+        .unwrap_or(DEFAULT_CACHE_MB)
+        .saturating_mul(1 << 20);
+    let keep = files.saturating_mul(channels * size[0] * size[1]) <= budget;
+    let (mut train, mut skipped) = decode(&train_root, &items, &spans, dec, o.skip_bad, keep)?;
+    let test = match (test_items, o.val_split) {
+        (Some((t, items, spans)), _) => {
+            let (set, s) = decode(t, &items, &spans, dec, o.skip_bad, keep)?;
             skipped += s;
             Some(set)
         }

@@ -47,7 +47,11 @@ pub fn decode_image_u8(
         img = resize_cover(&img, h, w);
     }
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let rgb = img.to_rgb8().into_raw(); // (H, W, 3); alpha dropped
+    if let (1, DynamicImage::ImageLuma8(grey)) = (channels, &img) {
+        // 8-bit grey is its own luma (r = g = b = v gives v exactly): no detour through RGB.
+        return Ok((grey.as_raw().clone(), h, w));
+    }
+    let rgb = img.into_rgb8().into_raw(); // (H, W, 3); alpha dropped
     let data = if channels == 1 {
         rgb.chunks_exact(3)
             .map(|p| luma(p[0], p[1], p[2]))

@@ -6,5 +6,6 @@ pub mod folder;
 pub mod idx;
 pub mod image;
 pub mod npy;
+pub mod stream;
 
 pub use dataset::{DataSplit, Dataset, LoadOptions, Pixels};

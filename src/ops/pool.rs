@@ -413,6 +413,9 @@ mod tests {
             (6, 5, (2, 3), (2, 1), (1, 1), true),
             (7, 7, (3, 2), (3, 2), (1, 0), false),
             (5, 5, (2, 2), (2, 2), (1, 1), true),
+            // windows larger than the padded input (ceil_mode)
+            (1, 2, (2, 3), (2, 3), (0, 0), true),
+            (2, 3, (3, 3), (3, 2), (1, 1), true),
         ] {
             let cfg = Pool2dConfig {
                 kernel: k,

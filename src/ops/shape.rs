@@ -27,16 +27,19 @@ pub fn pool_output_size(
     stride: usize,
     ceil_mode: bool,
 ) -> Option<usize> {
-    let padded = n + 2 * pad;
-    if stride == 0 || padded < kernel {
+    // In ceil_mode a last window may reach up to stride − 1 past the padded input, even the
+    // first one: PyTorch's ⌊(n + 2p − k + s − 1) / s⌋ + 1.
+    let reach = n
+        + 2 * pad
+        + if ceil_mode {
+            stride.saturating_sub(1)
+        } else {
+            0
+        };
+    if stride == 0 || reach < kernel {
         return None;
     }
-    let span = padded - kernel;
-    let mut out = if ceil_mode {
-        span.div_ceil(stride) + 1
-    } else {
-        span / stride + 1
-    };
+    let mut out = (reach - kernel) / stride + 1;
     if ceil_mode && (out - 1) * stride >= n + pad {
         out -= 1;
     }
@@ -75,6 +78,12 @@ mod tests {
         assert_eq!(pool_output_size(6, 1, 3, 2, true), Some(4));
         // n=5, k=2, s=2, p=1: ceil gives 4, last window starts at 6 ≥ n+p=6, dropped.
         assert_eq!(pool_output_size(5, 1, 2, 2, true), Some(3));
+        // A window larger than the padded input, in ceil_mode only (PyTorch: one output).
+        assert_eq!(pool_output_size(1, 0, 2, 2, true), Some(1));
+        assert_eq!(pool_output_size(2, 0, 3, 2, true), Some(1));
+        assert_eq!(pool_output_size(1, 0, 3, 3, true), Some(1));
+        assert_eq!(pool_output_size(1, 0, 2, 2, false), None);
+        assert_eq!(pool_output_size(1, 0, 2, 1, true), None);
     }
 
     #[test]

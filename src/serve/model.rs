@@ -120,13 +120,13 @@ pub struct Examples {
 
 impl Examples {
     /// The first `n` images of a data set (their labels named by `classes`).
-    pub fn from_dataset(data: &Dataset, n: usize, classes: &[String]) -> Examples {
+    pub fn from_dataset(data: &Dataset, n: usize, classes: &[String]) -> Result<Examples> {
         let n = n.min(data.len());
         let per: usize = data.sample_shape.iter().product();
         let mut buf = vec![0.0f32; per];
         let mut pixels = Vec::with_capacity(n);
         for i in 0..n {
-            data.gather(&[i], &mut buf);
+            data.gather(&[i], &mut buf)?;
             pixels.push(
                 buf.iter()
                     .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
@@ -137,11 +137,11 @@ impl Examples {
             .iter()
             .map(|&l| class_name(classes, l as usize))
             .collect();
-        Examples {
+        Ok(Examples {
             shape: data.sample_shape,
             pixels,
             labels,
-        }
+        })
     }
 
     /// Example `k` as a PNG file.

@@ -45,7 +45,7 @@ pub fn evaluate(net: &mut Network<f32>, data: &Dataset, kind: LossKind) -> Resul
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
         let mut x = vec![0.0f32; chunk.len() * per]; // (B, C, H, W)
-        data.gather(chunk, &mut x);
+        data.gather(chunk, &mut x)?;
         let out = net.forward(Tensor::from_vec(&[chunk.len(), c, h, w], x)?, false)?; // (B, K)
         let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i] as usize).collect();
         total_loss += loss(kind, out.data(), &labels, k, None) * chunk.len() as f64;

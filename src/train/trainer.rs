@@ -195,6 +195,10 @@ fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
     rng
 }
 
+/// Batches the loader thread may have ready ahead of the one training: enough to hide the
+/// decoding of one batch behind the step before it.
+const PREFETCH: usize = 2;
+
 /// Mean loss over a training epoch, or the error that stopped it.
 fn run_epoch(
     t: &mut Trainer,
@@ -216,38 +220,57 @@ fn run_epoch(
     obs.epoch_start(epoch + 1, opts.epochs, batches);
     let started = Instant::now();
     let (mut sum, mut seen) = (0.0, 0usize);
-    for (b, chunk) in order.chunks(opts.batch_size).enumerate() {
-        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            return Err(Error::Interrupted { epochs_done: epoch });
-        }
-        let mut x = vec![0.0f32; chunk.len() * per]; // (B, C, H, W)
-        data.gather(chunk, &mut x);
-        if opts.shift() > 0 || opts.hflip {
-            augment(
-                &mut x,
-                data.sample_shape,
-                opts.shift(),
-                opts.hflip,
-                &mut rng,
+    // A loader thread gathers the next batches (decoding image files when the set is read
+    // from disk) while the network trains on this one; at most PREFETCH batches wait, so
+    // memory stays bounded. Augmentation draws stay here, in batch order.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<f32>>>(PREFETCH);
+        let order = &order;
+        scope.spawn(move || {
+            for chunk in order.chunks(opts.batch_size) {
+                let mut x = vec![0.0f32; chunk.len() * per]; // (B, C, H, W)
+                let batch = data.gather(chunk, &mut x).map(|_| x);
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    break; // the epoch ended early, or this batch is its error
+                }
+            }
+        });
+        for (b, chunk) in order.chunks(opts.batch_size).enumerate() {
+            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                return Err(Error::Interrupted { epochs_done: epoch });
+            }
+            let mut x = rx
+                .recv()
+                .map_err(|_| Error::invalid("the batch loader stopped unexpectedly"))??;
+            if opts.shift() > 0 || opts.hflip {
+                augment(
+                    &mut x,
+                    data.sample_shape,
+                    opts.shift(),
+                    opts.hflip,
+                    &mut rng,
+                );
+            }
+            let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i] as usize).collect();
+            let l = t.step(Tensor::from_vec(&[chunk.len(), c, h, w], x)?, &labels, lr)?;
+            if !l.is_finite() {
+                return Err(Error::NonFinite {
+                    epoch: epoch + 1,
+                    batch: b + 1,
+                    value: l,
+                });
+            }
+            sum += l * chunk.len() as f64;
+            seen += chunk.len();
+            obs.batch(
+                b + 1,
+                sum / seen as f64,
+                seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
             );
         }
-        let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i] as usize).collect();
-        let l = t.step(Tensor::from_vec(&[chunk.len(), c, h, w], x)?, &labels, lr)?;
-        if !l.is_finite() {
-            return Err(Error::NonFinite {
-                epoch: epoch + 1,
-                batch: b + 1,
-                value: l,
-            });
-        }
-        sum += l * chunk.len() as f64;
-        seen += chunk.len();
-        obs.batch(
-            b + 1,
-            sum / seen as f64,
-            seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
-        );
-    }
+        Ok(())
+    })?;
     Ok((
         sum / seen.max(1) as f64,
         seen as f64 / started.elapsed().as_secs_f64().max(1e-9),

@@ -22,7 +22,7 @@ fn digits(test: bool, range: std::ops::Range<usize>) -> Vec<(Vec<u8>, usize)> {
     let mut px = vec![0.0f32; 784];
     range
         .map(|i| {
-            set.gather(&[i], &mut px);
+            set.gather(&[i], &mut px).unwrap();
             let bytes = px.iter().map(|&v| (v * 255.0).round() as u8).collect();
             (bytes, set.labels[i] as usize)
         })
@@ -152,7 +152,7 @@ fn colour_folders_feed_grey_and_rgb_models() {
     // Samples are in class order, then file order: the first of its class is item 0's class's
     // first file, which is item 0 itself when it comes first in its folder.
     let mut got = vec![0.0f32; 784];
-    split.train.gather(&[i], &mut got);
+    split.train.gather(&[i], &mut got).unwrap();
     let want: Vec<f32> = px
         .iter()
         .map(|&v| luma(v, v / 2, 255 - v) as f32 / 255.0)
@@ -166,7 +166,7 @@ fn colour_folders_feed_grey_and_rgb_models() {
     let split = load_dir(&data, &rgb).unwrap();
     assert_eq!(split.train.sample_shape, [3, 28, 28]);
     let mut got = vec![0.0f32; 3 * 784];
-    split.train.gather(&[i], &mut got);
+    split.train.gather(&[i], &mut got).unwrap();
     assert_eq!(got[784 + 100], (px[100] / 2) as f32 / 255.0);
     assert_eq!(got[2 * 784 + 100], (255 - px[100]) as f32 / 255.0);
     // Without a model's say, colour images stay colour.
@@ -193,12 +193,13 @@ fn one_folder_with_a_held_out_part_is_seeded_and_stratified() {
     let mut x = vec![0.0; 784 * at.len()];
     let mut y = vec![0.0; 784 * at.len()];
     let idx: Vec<usize> = (0..at.len()).collect();
-    at.gather(&idx, &mut x);
-    bt.gather(&idx, &mut y);
+    at.gather(&idx, &mut x).unwrap();
+    bt.gather(&idx, &mut y).unwrap();
     assert_eq!(x, y, "the same seed holds out the same images");
     let ct = c.test.unwrap();
     let mut z = vec![0.0; 784 * ct.len()];
-    ct.gather(&(0..ct.len()).collect::<Vec<_>>(), &mut z);
+    ct.gather(&(0..ct.len()).collect::<Vec<_>>(), &mut z)
+        .unwrap();
     assert_ne!(x, z, "another seed, other images");
     // 20 % of each class, rounded.
     let all = load_dir(&data, &LoadOptions::default()).unwrap().train;
@@ -272,7 +273,7 @@ fn cifar_batches_load_with_their_class_names() {
     let items = digits(false, 0..600);
     assert_eq!(split.train.labels[123] as usize, items[123].1);
     let mut px = vec![0.0; 3 * 1024];
-    split.train.gather(&[123], &mut px);
+    split.train.gather(&[123], &mut px).unwrap();
     let v = items[123].0[14 * 28 + 14];
     assert_eq!(px[16 * 32 + 16], v as f32 / 255.0);
     assert_eq!(px[2 * 1024 + 16 * 32 + 16], (v / 3) as f32 / 255.0);
@@ -287,7 +288,7 @@ fn cifar_batches_load_with_their_class_names() {
     .unwrap();
     assert_eq!(grey.train.sample_shape, [1, 32, 32]);
     let mut g = vec![0.0; 1024];
-    grey.train.gather(&[123], &mut g);
+    grey.train.gather(&[123], &mut g).unwrap();
     assert_eq!(g[16 * 32 + 16], luma(v, v / 2, v / 3) as f32 / 255.0);
 
     // Trained through the command line: class names in predict's output.
@@ -467,4 +468,69 @@ fn a_label_beyond_the_model_names_the_labels_file() {
         p(&tmp.path().join("r3")),
     ]));
     assert!(e.contains("are not the data's"), "{e}");
+}
+
+#[test]
+fn a_folder_beyond_the_cache_budget_streams_from_disk_with_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("digits");
+    write_folder(&data.join("train"), &digits(false, 0..600), false);
+    write_folder(&data.join("test"), &digits(true, 0..100), false);
+
+    // The library: 700 images of 784 bytes do not fit 0 MiB; the streamed set gathers the
+    // same pixels as the kept one.
+    let kept = load_dir(&data, &LoadOptions::default()).unwrap();
+    let o = LoadOptions {
+        cache_mb: Some(0),
+        ..LoadOptions::default()
+    };
+    let streamed = load_dir(&data, &o).unwrap();
+    assert!(!kept.train.streamed() && streamed.train.streamed());
+    assert_eq!(streamed.train.labels, kept.train.labels);
+    let idx: Vec<usize> = (0..600).rev().step_by(7).collect();
+    let (mut a, mut b) = (vec![0f32; idx.len() * 784], vec![0f32; idx.len() * 784]);
+    kept.train.gather(&idx, &mut a).unwrap();
+    streamed.train.gather(&idx, &mut b).unwrap();
+    assert_eq!(a, b);
+
+    // Training: the same weights, bit for bit, with shuffling and augmentation on.
+    let train = |run: &Path, cache: &str| {
+        ok(&convnet(&[
+            "train",
+            "--quiet",
+            "--epochs",
+            "2",
+            "--hflip",
+            "--augment",
+            "2",
+            "--data",
+            p(&data),
+            "--cache-mb",
+            cache,
+            "--out",
+            p(run),
+        ]))
+    };
+    let (r1, r2) = (tmp.path().join("kept"), tmp.path().join("streamed"));
+    train(&r1, "4096");
+    train(&r2, "0");
+    assert_eq!(
+        std::fs::read(r1.join("model.safetensors")).unwrap(),
+        std::fs::read(r2.join("model.safetensors")).unwrap()
+    );
+
+    // A file that disappears after loading is an error naming it, not a panic.
+    let gone = data
+        .join("train/seven")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&gone).unwrap();
+    let all: Vec<usize> = (0..600).collect();
+    let mut x = vec![0f32; 600 * 784];
+    let e = streamed.train.gather(&all, &mut x).unwrap_err().to_string();
+    assert!(e.contains(p(&gone)), "{e}");
 }

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod data_sources;
 mod gradcheck;
+mod onnx;
 mod resume;
 mod robustness;
 #[cfg(feature = "serve")]

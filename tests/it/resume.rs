@@ -80,7 +80,7 @@ fn data() -> DataSplit {
     let cut = |d: &convnet::data::Dataset, n: usize| {
         let per: usize = d.sample_shape.iter().product();
         let mut px = vec![0.0f32; n * per];
-        d.gather(&(0..n).collect::<Vec<_>>(), &mut px);
+        d.gather(&(0..n).collect::<Vec<_>>(), &mut px).unwrap();
         let pixels = convnet::data::dataset::Pixels::F32(px);
         let labels = d.labels[..n].to_vec();
         convnet::data::Dataset::new(d.source.clone(), pixels, d.sample_shape, labels).unwrap()

@@ -42,7 +42,7 @@ fn load_net(run: &Path) -> Network<f32> {
 
 fn examples() -> Examples {
     let test = dataset::embedded().unwrap().test.unwrap();
-    Examples::from_dataset(&test, 64, &[])
+    Examples::from_dataset(&test, 64, &[]).unwrap()
 }
 
 /// A server for the trained run on a free port, answering until the test process ends.

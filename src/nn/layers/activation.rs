@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::nn::keys::Fields;
 use crate::ops::activation::{self, Activation};
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::Scope;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActivationSpec(pub Activation);
@@ -38,6 +39,16 @@ impl LayerDef for ActivationSpec {
             act: self.0,
             output: None,
         })
+    }
+
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let op = match self.0 {
+            Activation::Identity => return Ok(x.to_string()),
+            Activation::Sigmoid => "Sigmoid",
+            Activation::Tanh => "Tanh",
+            Activation::Relu => "Relu",
+        };
+        Ok(cx.node(op, &[x], &[], self.0.name()))
     }
 }
 

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::nn::keys::{pair_text, Fields};
 use crate::ops::adaptive_pool::{self as ap, AdaptiveGeometry};
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::{Attr, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdaptivePoolSpec {
@@ -54,6 +55,40 @@ impl LayerDef for AdaptivePoolSpec {
             batch: 0,
             _t: std::marker::PhantomData,
         })
+    }
+
+    /// Global pooling for a 1×1 output, a plain pool when the output divides the input,
+    /// else each axis in turn: one Slice and Reduce per output row (then column), joined by
+    /// Concat: H_out + W_out windows rather than H_out·W_out, exact because every window
+    /// of a row band spans the same rows.
+    fn onnx(&self, input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let [_, h, w] = chw(input)?;
+        let (oh, ow) = self.output;
+        let kind = if self.max { "Max" } else { "Average" };
+        if (oh, ow) == (1, 1) {
+            return Ok(cx.node(&format!("Global{kind}Pool"), &[x], &[], "pool"));
+        }
+        if h % oh == 0 && w % ow == 0 {
+            let k = vec![(h / oh) as i64, (w / ow) as i64];
+            let attrs = [("kernel_shape", Attr::Ints(k.clone())), ("strides", Attr::Ints(k))];
+            return Ok(cx.node(&format!("{kind}Pool"), &[x], &attrs, "pool"));
+        }
+        let mut v = x.to_string();
+        for (axis, n, m) in [(2, h, oh), (3, w, ow)] {
+            if n == m {
+                continue;
+            }
+            let parts: Vec<String> = (0..m)
+                .map(|i| {
+                    let (b, e) = ap::adaptive_window(i, n, m);
+                    let s = cx.slice(&v, &[(axis, b, e, 1)], &format!("axis{axis}_{i}"));
+                    cx.reduce(self.max, &s, &[axis], &format!("axis{axis}_{i}_pool"))
+                })
+                .collect();
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            v = cx.node("Concat", &parts, &[("axis", Attr::Int(axis))], &format!("axis{axis}"));
+        }
+        Ok(v)
     }
 }
 

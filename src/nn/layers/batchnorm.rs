@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::nn::keys::{float_text, Fields};
 use crate::ops::norm;
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::{Attr, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormSpec {
@@ -108,6 +109,21 @@ impl LayerDef for BatchNormSpec {
             spare: None,
             relu: false,
         })
+    }
+
+    /// BatchNormalization with the running statistics (inference mode); without `affine`,
+    /// scale 1 and bias 0.
+    fn onnx(&self, input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let c = input[0];
+        let (scale, bias) = if self.affine {
+            (cx.weight("weight")?, cx.weight("bias")?)
+        } else {
+            (cx.float("scale", &[c], &vec![1.0; c]), cx.float("bias", &[c], &vec![0.0; c]))
+        };
+        let mean = cx.weight("running_mean")?;
+        let var = cx.weight("running_var")?;
+        let attrs = [("epsilon", Attr::Float(self.eps as f32))];
+        Ok(cx.node("BatchNormalization", &[x, &scale, &bias, &mean, &var], &attrs, "batchnorm"))
     }
 }
 

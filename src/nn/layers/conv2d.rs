@@ -8,6 +8,7 @@ use crate::ops::conv::ConvScratch;
 use crate::ops::conv::{conv2d_backward_with, conv2d_forward_with, Conv2dConfig, Conv2dGeometry};
 use crate::ops::shape::same_padding;
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::{Attr, Scope};
 use toml::Value;
 
 /// Convolution padding as written in a model file.
@@ -171,6 +172,26 @@ impl LayerDef for Conv2dSpec {
 
     fn build<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         Box::new(self.build_conv::<T>(input, cx))
+    }
+
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let c = self.config();
+        let pair = |p: (usize, usize)| [p.0 as i64, p.1 as i64];
+        let pads = [pair(c.pad_begin), pair(c.pad_end)].concat();
+        let w = cx.weight("weight")?;
+        let mut inputs = vec![x.to_string(), w];
+        if self.bias {
+            inputs.push(cx.weight("bias")?);
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = [
+            ("kernel_shape", Attr::Ints(pair(c.kernel).to_vec())),
+            ("strides", Attr::Ints(pair(c.stride).to_vec())),
+            ("dilations", Attr::Ints(pair(c.dilation).to_vec())),
+            ("pads", Attr::Ints(pads)),
+            ("group", Attr::Int(c.groups as i64)),
+        ];
+        Ok(cx.node("Conv", &inputs, &attrs, "conv"))
     }
 }
 

@@ -6,6 +6,7 @@ use super::{chw, BuildCx, Layer, LayerDef, Pass, NO_CACHE};
 use crate::error::Result;
 use crate::nn::keys::{float_text, Fields};
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::Scope;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -53,6 +54,11 @@ impl LayerDef for DropoutSpec {
             salt: cx.salt(),
             mask: None,
         })
+    }
+
+    /// The identity: an exported model runs in inference mode.
+    fn onnx(&self, _input: &[usize], x: &str, _cx: &mut Scope) -> Result<String, String> {
+        Ok(x.to_string())
     }
 }
 

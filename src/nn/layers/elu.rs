@@ -4,6 +4,7 @@ use super::{BuildCx, Layer, LayerDef};
 use crate::error::Result;
 use crate::nn::keys::{float_text, Fields};
 use crate::tensor::Float;
+use crate::onnx::graph::{Attr, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EluSpec {
@@ -53,6 +54,10 @@ impl LayerDef for EluSpec {
 
     fn build<T: Float>(&self, _input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         PointwiseLayer::boxed(*self)
+    }
+
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        Ok(cx.node("Elu", &[x], &[("alpha", Attr::Float(self.alpha as f32))], "elu"))
     }
 }
 

@@ -3,6 +3,7 @@ use super::{BuildCx, Layer, LayerDef, Pass};
 use crate::error::Result;
 use crate::nn::keys::Fields;
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::{Attr, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlattenSpec;
@@ -28,6 +29,10 @@ impl LayerDef for FlattenSpec {
         Box::new(Flatten {
             in_shape: Vec::new(),
         })
+    }
+
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        Ok(cx.node("Flatten", &[x], &[("axis", Attr::Int(1))], "flatten"))
     }
 }
 

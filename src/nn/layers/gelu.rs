@@ -5,6 +5,7 @@ use super::{BuildCx, Layer, LayerDef};
 use crate::error::Result;
 use crate::nn::keys::Fields;
 use crate::tensor::Float;
+use crate::onnx::graph::{Attr, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GeluSpec {
@@ -64,6 +65,35 @@ impl LayerDef for GeluSpec {
 
     fn build<T: Float>(&self, _input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         PointwiseLayer::boxed(*self)
+    }
+
+    /// The Gelu operator from operator set 20; before it, its definition in elementary
+    /// operators: 0.5·x·(1 + erf(x/√2)), or 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let approximate = if self.tanh { "tanh" } else { "none" };
+        if cx.opset() >= 20 {
+            let a = Attr::Str(approximate.into());
+            return Ok(cx.node("Gelu", &[x], &[("approximate", a)], "gelu"));
+        }
+        let inner = if self.tanh {
+            let coef = cx.float("coef", &[], &[COEF as f32]);
+            let scale = cx.float("scale", &[], &[SQRT_2_OVER_PI as f32]);
+            let x2 = cx.node("Mul", &[x, x], &[], "x2");
+            let x3 = cx.node("Mul", &[&x2, x], &[], "x3");
+            let cx3 = cx.node("Mul", &[&x3, &coef], &[], "cx3");
+            let sum = cx.node("Add", &[x, &cx3], &[], "sum");
+            let arg = cx.node("Mul", &[&sum, &scale], &[], "arg");
+            cx.node("Tanh", &[&arg], &[], "tanh")
+        } else {
+            let root2 = cx.float("sqrt2", &[], &[std::f32::consts::SQRT_2]);
+            let arg = cx.node("Div", &[x, &root2], &[], "arg");
+            cx.node("Erf", &[&arg], &[], "erf")
+        };
+        let one = cx.float("one", &[], &[1.0]);
+        let half = cx.float("half", &[], &[0.5]);
+        let p = cx.node("Add", &[&inner, &one], &[], "one_plus");
+        let xp = cx.node("Mul", &[x, &p], &[], "x_times");
+        Ok(cx.node("Mul", &[&xp, &half], &[], "gelu"))
     }
 }
 

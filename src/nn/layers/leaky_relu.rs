@@ -4,6 +4,7 @@ use super::{BuildCx, Layer, LayerDef};
 use crate::error::Result;
 use crate::nn::keys::{float_text, Fields};
 use crate::tensor::Float;
+use crate::onnx::graph::{Attr, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LeakyReluSpec {
@@ -58,6 +59,11 @@ impl LayerDef for LeakyReluSpec {
 
     fn build<T: Float>(&self, _input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         PointwiseLayer::boxed(*self)
+    }
+
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let alpha = Attr::Float(self.negative_slope as f32);
+        Ok(cx.node("LeakyRelu", &[x], &[("alpha", alpha)], "leaky_relu"))
     }
 }
 

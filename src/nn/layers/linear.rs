@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::nn::keys::Fields;
 use crate::ops::gemm::{matmul, Par, Trans};
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::{Attr, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearSpec {
@@ -62,6 +63,17 @@ impl LayerDef for LinearSpec {
             bias,
             input: None,
         })
+    }
+
+    /// Gemm: x·Wᵀ + b.
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let w = cx.weight("weight")?;
+        let mut inputs = vec![x.to_string(), w];
+        if self.bias {
+            inputs.push(cx.weight("bias")?);
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        Ok(cx.node("Gemm", &inputs, &[("transB", Attr::Int(1))], "linear"))
     }
 }
 

@@ -5,6 +5,7 @@
 use super::init::Init;
 use super::keys::{Ctx, Fields};
 use crate::error::{Error, Result};
+use crate::onnx::graph::Scope;
 use crate::tensor::{Float, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -336,6 +337,9 @@ pub trait LayerDef: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static 
     }
     /// The layer for inputs of sample shape `input` (already shape-checked).
     fn build<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Box<dyn Layer<T>>;
+    /// Appends the layer's inference-mode ONNX nodes on value `x` (sample shape `input`,
+    /// already checked) and returns the output value, or why the layer has no ONNX form.
+    fn onnx(&self, input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String>;
 }
 
 /// Declares each layer file's module and [`LayerSpec`], one variant per layer definition,
@@ -389,6 +393,10 @@ macro_rules! registry {
             /// The built layer for inputs of sample shape `input` (already shape-checked).
             pub fn build<T: Float>(&self, input: &[usize], cx: &mut BuildCx) -> Box<dyn Layer<T>> {
                 match self { $(LayerSpec::$variant(s) => s.build(input, cx),)* }
+            }
+            /// The layer's ONNX nodes on value `x` (see [`LayerDef::onnx`]).
+            pub fn onnx(&self, input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+                match self { $(LayerSpec::$variant(s) => s.onnx(input, x, cx),)* }
             }
         }
     };
@@ -544,6 +552,26 @@ pub fn build_sequence<T: Float>(specs: &[LayerSpec], input: &[usize], cx: &mut B
         layers,
         index: (0..specs.len()).collect(),
     }
+}
+
+/// The ONNX nodes of `specs` in sequence on value `x` (sample shape `input`), each layer in
+/// the scope of its index; the error names the layer that has no ONNX form.
+pub fn sequence_onnx(
+    specs: &[LayerSpec],
+    input: &[usize],
+    x: &str,
+    cx: &mut Scope,
+) -> Result<String, String> {
+    let mut shape = input.to_vec();
+    let mut v = x.to_string();
+    for (j, l) in specs.iter().enumerate() {
+        let mut c = cx.child(&j.to_string());
+        v = l
+            .onnx(&shape, &v, &mut c)
+            .map_err(|e| format!("layer {} ({}): {e}", c.path(), l.type_name()))?;
+        shape = l.output_shape(&shape)?;
+    }
+    Ok(v)
 }
 
 /// f(z) and f'(z) of the element-wise layer `table` (inline TOML, or a bare type name) at

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::nn::keys::{pair_text, Fields};
 use crate::ops::pool::{self, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::{Attr, Scope};
 
 /// Which of the three pooling kernels a layer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +99,61 @@ impl LayerDef for PoolSpec {
 
     fn build<T: Float>(&self, input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         Box::new(self.build_pool::<T>(input))
+    }
+
+    /// MaxPool / AveragePool, and subsampling as a strided Slice. A ceil_mode overhang is
+    /// written as end padding that no window counts (max pooling ignores its pads; average
+    /// pooling pads its real zeros explicitly and leaves the overhang uncounted), so that
+    /// every runtime gives PyTorch's windows and divisors without relying on its ceil rule.
+    fn onnx(&self, input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let g = Pool2dGeometry::new(chw(input)?, self.config())?;
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        if self.kind == PoolKind::Subsample {
+            let cuts = [
+                (2, 0, (g.out_h - 1) * sh + 1, sh),
+                (3, 0, (g.out_w - 1) * sw + 1, sw),
+            ];
+            return Ok(cx.slice(x, &cuts, "subsample"));
+        }
+        let (ph, pw) = self.padding;
+        // Rows and columns the last window reaches past the padded input (ceil_mode).
+        let over_h = ((g.out_h - 1) * sh + kh).saturating_sub(g.in_h + 2 * ph);
+        let over_w = ((g.out_w - 1) * sw + kw).saturating_sub(g.in_w + 2 * pw);
+        let window = [
+            ("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
+            ("strides", Attr::Ints(vec![sh as i64, sw as i64])),
+        ];
+        let pads = |b: [usize; 2], e: [usize; 2]| {
+            Attr::Ints([b, e].concat().iter().map(|&v| v as i64).collect())
+        };
+        if self.kind == PoolKind::Max {
+            let attrs = [
+                window[0].clone(),
+                window[1].clone(),
+                ("pads", pads([ph, pw], [ph + over_h, pw + over_w])),
+            ];
+            return Ok(cx.node("MaxPool", &[x], &attrs, "maxpool"));
+        }
+        let mut v = x.to_string();
+        if over_h + over_w > 0 && ph + pw > 0 {
+            let p = [0, 0, ph, pw, 0, 0, ph, pw].map(|v| v as i64);
+            let p = cx.ints("pads", &p);
+            v = cx.node("Pad", &[&v, &p], &[], "padded");
+        }
+        let attrs = if over_h + over_w > 0 {
+            [
+                ("pads", pads([0, 0], [over_h, over_w])),
+                ("count_include_pad", Attr::Int(0)),
+            ]
+        } else {
+            [
+                ("pads", pads([ph, pw], [ph, pw])),
+                ("count_include_pad", Attr::Int(1)),
+            ]
+        };
+        let attrs: Vec<(&str, Attr)> = window.into_iter().chain(attrs).collect();
+        Ok(cx.node("AveragePool", &[&v], &attrs, "avgpool"))
     }
 }
 

@@ -1,11 +1,13 @@
 //! `residual`: output = body(x) + shortcut(x), the shortcut the identity unless given
 //! (a projection such as 1×1 conv + BatchNorm where the body changes the shape).
-use super::{build_sequence, parse_sequence, prefixed, sequence_shape, Buffer, BuildCx, Layer};
+use super::{build_sequence, parse_sequence, prefixed, sequence_onnx, sequence_shape, Buffer};
+use super::{BuildCx, Layer};
 use super::{LayerDef, LayerSpec, Named, NamedMut, Param, Pass, Seq, TensorInfo};
 use crate::error::Result;
 use crate::nn::keys::Fields;
 use crate::ops::activation::Activation;
 use crate::tensor::{Float, Tensor};
+use crate::onnx::graph::Scope;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResidualSpec {
@@ -108,6 +110,16 @@ impl LayerDef for ResidualSpec {
             relu: false,
             positive: Vec::new(),
         })
+    }
+
+    /// Add(body(x), shortcut(x)), the two sequences in the scopes `body` and `shortcut`.
+    fn onnx(&self, input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let b = sequence_onnx(&self.body, input, x, &mut cx.child("body"))?;
+        let s = match &self.shortcut {
+            Some(sc) => sequence_onnx(sc, input, x, &mut cx.child("shortcut"))?,
+            None => x.to_string(),
+        };
+        Ok(cx.node("Add", &[&b, &s], &[], "add"))
     }
 }
 

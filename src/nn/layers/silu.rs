@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::nn::keys::Fields;
 use crate::ops::activation::sigmoid;
 use crate::tensor::Float;
+use crate::onnx::graph::Scope;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SiluSpec;
@@ -41,6 +42,12 @@ impl LayerDef for SiluSpec {
 
     fn build<T: Float>(&self, _input: &[usize], _cx: &mut BuildCx) -> Box<dyn Layer<T>> {
         PointwiseLayer::boxed(*self)
+    }
+
+    /// x·σ(x): ONNX has no SiLU operator (HardSwish is another function).
+    fn onnx(&self, _input: &[usize], x: &str, cx: &mut Scope) -> Result<String, String> {
+        let s = cx.node("Sigmoid", &[x], &[], "sigmoid");
+        Ok(cx.node("Mul", &[x, &s], &[], "silu"))
     }
 }
 
