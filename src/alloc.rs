@@ -20,3 +20,31 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// Asks the kernel to back the buffer's whole 2 MiB pages with transparent huge pages (where the
+/// system leaves that to `madvise`, as Debian does). Call it before the buffer is first
+/// written: a 32 MB buffer then faults in 16 times instead of 8,192, each fault of a VM costing
+/// microseconds. Only a hint: nothing changes where huge pages are off, or off Linux.
+pub fn advise_huge_pages<T>(buf: &[T]) {
+    const HUGE: usize = 2 << 20;
+    let (start, len) = (buf.as_ptr() as usize, std::mem::size_of_val(buf));
+    let (begin, end) = (start.next_multiple_of(HUGE), (start + len) / HUGE * HUGE);
+    #[cfg(target_os = "linux")]
+    if end > begin {
+        // SAFETY: the range lies inside `buf`'s allocation; MADV_HUGEPAGE only changes how the
+        // kernel backs those pages, never their contents.
+        unsafe {
+            libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (begin, end);
+}
+
+/// `n` copies of `value` in a buffer advised to use huge pages ([`advise_huge_pages`]).
+pub fn filled<T: Clone>(n: usize, value: T) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    advise_huge_pages(v.spare_capacity_mut());
+    v.resize(n, value);
+    v
+}

@@ -28,6 +28,13 @@ impl Array {
             Array::F64(t) => t.clone(),
         }
     }
+    /// [`Array::to_f64`] without a copy of a float64 array.
+    fn into_f64(self) -> Tensor<f64> {
+        match self {
+            Array::F32(t) => t.cast(),
+            Array::F64(t) => t,
+        }
+    }
 }
 
 /// A .npy array (1-D or 2-D, float32 or float64) or an image as grayscale in [0, 1].
@@ -176,14 +183,14 @@ pub fn filter_cmd(
                 return Err(Error::invalid(format!("{}: a .npy output holds one response; give one --kernel (or write a .png figure)", output.display())));
             };
             // float32 only when both are float32, as numpy's type promotion does.
-            match (&x, k) {
+            match (x, k) {
                 (Array::F32(x), Array::F32(k)) => {
-                    let y = run_one(x, k, &cfg, a.stride)?;
+                    let y = run_one(&x, k, &cfg, a.stride)?;
                     write_npy_f32(output, y.shape(), y.data())?;
                     println!("wrote {} (float32 {:?})", output.display(), y.shape());
                 }
-                _ => {
-                    let y = run_one(&x.to_f64(), &k.to_f64(), &cfg, a.stride)?;
+                (x, k) => {
+                    let y = run_one(&x.into_f64(), &k.to_f64(), &cfg, a.stride)?;
                     write_npy_f64(output, y.shape(), y.data())?;
                     println!("wrote {} (float64 {:?})", output.display(), y.shape());
                 }

@@ -1,6 +1,6 @@
 //! npy arrays (C order, little- or big-endian) read through `npyz`, sized against the file first.
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::write_atomic_with;
 use npyz::{DType, Order, TypeChar, WriterBuilder};
 use std::path::Path;
 
@@ -34,7 +34,16 @@ impl NpyArray {
 
 /// Reads an npy file; Fortran order, structured and non-numeric dtypes are errors.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len() as usize;
+        let mut bytes = Vec::with_capacity(len);
+        crate::alloc::advise_huge_pages(bytes.spare_capacity_mut());
+        f.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let bytes = read().map_err(|e| Error::io(path, e))?;
     parse_npy(&bytes, path)
 }
 
@@ -45,6 +54,8 @@ struct Header {
     descr: String,
     fortran_order: bool,
     shape: Vec<u64>,
+    /// Offset of the data: the end of the header.
+    data_start: usize,
 }
 
 /// Checks the header with a small strict parser before npyz sees it: npyz parses the header as
@@ -71,7 +82,10 @@ fn check_header(bytes: &[u8]) -> Result<Header, String> {
         s: text.trim_end().as_bytes(),
         i: 0,
     };
-    p.header()
+    p.header().map(|h| Header {
+        data_start: start + len,
+        ..h
+    })
 }
 
 struct HeaderParser<'a> {
@@ -194,6 +208,7 @@ impl HeaderParser<'_> {
                 descr,
                 fortran_order,
                 shape,
+                data_start: 0,
             }),
             _ => Err("header lacks descr, fortran_order or shape".into()),
         }
@@ -235,6 +250,32 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
         return Err(bad(format!("truncated: shape {shape:?} of {size}-byte elements needs more than the {} bytes in the file", bytes.len())));
     }
     let read = |e: std::io::Error| bad(format!("cannot read npy data: {e}"));
+    // Little-endian floats, the common case, straight from the bytes into a buffer on huge
+    // pages (npyz's element-by-element reader faults in a fresh buffer page by page).
+    let raw = &bytes[header.data_start..];
+    match header.descr.as_str() {
+        "<f8" if raw.len() >= n * 8 => {
+            let mut v = crate::alloc::filled(n, 0f64);
+            for (d, c) in v.iter_mut().zip(raw.chunks_exact(8)) {
+                *d = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
+            return Ok(NpyArray {
+                shape,
+                data: NpyData::F64(v),
+            });
+        }
+        "<f4" if raw.len() >= n * 4 => {
+            let mut v = crate::alloc::filled(n, 0f32);
+            for (d, c) in v.iter_mut().zip(raw.chunks_exact(4)) {
+                *d = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+            }
+            return Ok(NpyArray {
+                shape,
+                data: NpyData::F32(v),
+            });
+        }
+        _ => {}
+    }
     let data = match (kind, size) {
         (TypeChar::Float, 4) => NpyData::F32(file.into_vec().map_err(read)?),
         (TypeChar::Float, 8) => NpyData::F64(file.into_vec().map_err(read)?),
@@ -303,27 +344,29 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     Ok(NpyArray { shape, data })
 }
 
-fn encode<T: npyz::AutoSerialize + Copy>(shape: &[usize], data: &[T]) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+fn encode<T: npyz::AutoSerialize + Copy>(
+    out: &mut dyn std::io::Write,
+    shape: &[usize],
+    data: &[T],
+) -> std::io::Result<()> {
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
     let mut w = npyz::WriteOptions::new()
         .default_dtype()
         .shape(&shape)
-        .writer(&mut buf)
+        .writer(out)
         .begin_nd()?;
     w.extend(data.iter().copied())?;
-    w.finish()?;
-    Ok(buf)
+    w.finish()
 }
 
 /// Writes a float32 array atomically.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    write_atomic(path, &encode(shape, data).map_err(|e| Error::io(path, e))?)
+    write_atomic_with(path, |w| encode(w, shape, data))
 }
 
 /// Writes a float64 array atomically.
 pub fn write_npy_f64(path: &Path, shape: &[usize], data: &[f64]) -> Result<()> {
-    write_atomic(path, &encode(shape, data).map_err(|e| Error::io(path, e))?)
+    write_atomic_with(path, |w| encode(w, shape, data))
 }
 
 #[cfg(test)]
@@ -340,16 +383,15 @@ mod tests {
 
     #[test]
     fn strict_header() {
-        let h = check_header(&with_header(
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }      \n",
-        ))
-        .unwrap();
+        let text = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }      \n";
+        let h = check_header(&with_header(text)).unwrap();
         assert_eq!(
             h,
             Header {
                 descr: "<f4".into(),
                 fortran_order: false,
-                shape: vec![2, 3]
+                shape: vec![2, 3],
+                data_start: 10 + text.len(),
             }
         );
         let h = check_header(&with_header(

@@ -45,7 +45,7 @@ pub fn fft_convolve_full<T: SignalFloat>(
     // Spectrum of a zero-padded array, stored transposed: (hc, pr), so that the column
     // transforms run over contiguous memory.
     let spectrum = |a: &[T], ar: usize, ac: usize| -> Vec<Complex<T>> {
-        let mut rows = vec![Complex::new(T::zero(), T::zero()); pr * hc]; // (pr, hc)
+        let mut rows = crate::alloc::filled(pr * hc, Complex::new(T::zero(), T::zero())); // (pr, hc)
         rows.par_chunks_mut(hc).enumerate().take(ar).for_each_init(
             || (vec![T::zero(); pc], r2c.make_scratch_vec()),
             |(buf, scratch), (i, out)| {
@@ -55,7 +55,7 @@ pub fn fft_convolve_full<T: SignalFloat>(
                     .expect("buffer sizes match the plan");
             },
         );
-        let mut t = vec![Complex::new(T::zero(), T::zero()); hc * pr]; // (hc, pr)
+        let mut t = crate::alloc::filled(hc * pr, Complex::new(T::zero(), T::zero())); // (hc, pr)
         for i in 0..pr {
             for j in 0..hc {
                 t[j * pr + i] = rows[i * hc + j];
@@ -76,7 +76,7 @@ pub fn fft_convolve_full<T: SignalFloat>(
     if pr > 1 {
         prod.par_chunks_mut(pr).for_each(|c| col_inv.process(c));
     }
-    let mut out = vec![T::zero(); fr * fc];
+    let mut out = crate::alloc::filled(fr * fc, T::zero());
     out.par_chunks_mut(fc).enumerate().for_each_init(
         || {
             (

@@ -345,7 +345,11 @@ fn correlate_direct<T: SignalFloat>(
     let cols: Vec<Option<usize>> = (0..pc)
         .map(|j| extend(j as isize - off_c as isize, xc, b))
         .collect();
-    let mut out = vec![T::zero(); or * oc]; // (out_r, out_c)
+    // Written before the sums read it (a lazily mapped zero buffer, read first, maps the shared
+    // zero page that the first write must copy: a second fault and a TLB flush on every core),
+    // on huge pages. Measured on a 2048² float64 3×3 filter process: 53,500 page faults and
+    // 0.2 s of system time for 0.05 s of work before.
+    let mut out = crate::alloc::filled(or * oc, T::zero()); // (out_r, out_c)
     out.par_chunks_mut(oc * ROWS_PER_TASK)
         .enumerate()
         .for_each_init(
