@@ -127,7 +127,7 @@ fn decode(
 ) -> Result<(Dataset, usize)> {
     let outcomes: Vec<Outcome> = items
         .par_iter()
-        .map(|(path, _)| match dec.file(path) {
+        .map_init(Vec::new, |buf, (path, _)| match dec.file_with(path, buf) {
             Outcome::Pixels(_) if !keep => Outcome::Pixels(Vec::new()),
             o => o,
         })

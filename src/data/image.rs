@@ -38,6 +38,11 @@ pub fn decode_image_u8(
             path.display()
         )));
     }
+    if channels == 1 && fit.is_none() {
+        if let Some(grey) = grey_png(bytes) {
+            return Ok(grey);
+        }
+    }
     let mut img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?
@@ -66,6 +71,25 @@ pub fn decode_image_u8(
         planar
     };
     Ok((data, h, w))
+}
+
+/// An 8-bit grey PNG's pixels (H, W) and size, by zune-png: on the small files of a digit
+/// folder it spends a quarter less CPU time than `image` (70,000 Fashion-MNIST PNGs: user
+/// time 850 → 630 ms). None for any other PNG, or one zune-png cannot read: `image` then
+/// decodes it, or says what is wrong.
+fn grey_png(bytes: &[u8]) -> Option<(Vec<u8>, usize, usize)> {
+    use zune_png::zune_core::{bit_depth::BitDepth, bytestream::ZCursor, colorspace::ColorSpace};
+    if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return None;
+    }
+    let mut d = zune_png::PngDecoder::new(ZCursor::new(bytes));
+    d.decode_headers().ok()?;
+    if d.colorspace()? != ColorSpace::Luma || d.depth()? != BitDepth::Eight {
+        return None;
+    }
+    let (w, h) = d.dimensions()?;
+    let px = d.decode_raw().ok()?;
+    (px.len() == w * h).then_some((px, h, w))
 }
 
 /// Grey from RGB as PIL's "L" conversion computes it: L = R·299/1000 + G·587/1000 +

@@ -344,19 +344,53 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     Ok(NpyArray { shape, data })
 }
 
-fn encode<T: npyz::AutoSerialize + Copy>(
+/// A float that npy stores as little-endian bytes ('<f4', '<f8').
+trait LeFloat: npyz::AutoSerialize + Copy {
+    const SIZE: usize;
+    fn put(self, out: &mut [u8]);
+}
+
+impl LeFloat for f32 {
+    const SIZE: usize = 4;
+    fn put(self, out: &mut [u8]) {
+        out.copy_from_slice(&self.to_le_bytes())
+    }
+}
+
+impl LeFloat for f64 {
+    const SIZE: usize = 8;
+    fn put(self, out: &mut [u8]) {
+        out.copy_from_slice(&self.to_le_bytes())
+    }
+}
+
+fn encode<T: LeFloat>(
     out: &mut dyn std::io::Write,
     shape: &[usize],
     data: &[T],
 ) -> std::io::Result<()> {
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&shape)
-        .writer(out)
-        .begin_nd()?;
-    w.extend(data.iter().copied())?;
-    w.finish()
+    // npyz writes the header as the writer begins; the data follows as raw little-endian bytes
+    // in blocks (npyz's element-by-element writer took 7 % of a 2048² filter process). The
+    // writer is dropped unfinished: with items missing, its finish writes nothing more.
+    let mut header = Vec::new();
+    drop(
+        npyz::WriteOptions::<T>::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(&mut header)
+            .begin_nd()?,
+    );
+    out.write_all(&header)?;
+    let mut block = vec![0u8; 8192 * T::SIZE];
+    for chunk in data.chunks(8192) {
+        let bytes = &mut block[..chunk.len() * T::SIZE];
+        for (v, b) in chunk.iter().zip(bytes.chunks_exact_mut(T::SIZE)) {
+            v.put(b);
+        }
+        out.write_all(bytes)?;
+    }
+    Ok(())
 }
 
 /// Writes a float32 array atomically.

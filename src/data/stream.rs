@@ -29,13 +29,21 @@ pub struct Decode {
 impl Decode {
     /// Reads and decodes one file.
     pub fn file(&self, path: &Path) -> Outcome {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) => return Outcome::Bad(Error::io(path, e)),
-        };
+        self.file_with(path, &mut Vec::new())
+    }
+
+    /// [`Decode::file`] reading into `buf`, which a loop over many files reuses (no allocation
+    /// and no size query per file).
+    pub fn file_with(&self, path: &Path, buf: &mut Vec<u8>) -> Outcome {
+        use std::io::Read;
+        buf.clear();
+        let read = std::fs::File::open(path).and_then(|f| f.take(u64::MAX).read_to_end(buf));
+        if let Err(e) = read {
+            return Outcome::Bad(Error::io(path, e));
+        }
         let [h, w] = self.size;
         let fit = self.resize.then_some(self.size);
-        match decode_image_u8(&bytes, path, self.channels, fit) {
+        match decode_image_u8(buf, path, self.channels, fit) {
             Err(e) => Outcome::Bad(e),
             Ok((_, ih, iw)) if (ih, iw) != (h, w) => Outcome::Unfit(Error::format(
                 path,

@@ -43,10 +43,12 @@ pub fn fft_convolve_full<T: SignalFloat>(
     let (col_fwd, col_inv) = (planner.plan_fft_forward(pr), planner.plan_fft_inverse(pr));
 
     // Spectrum of a zero-padded array, stored transposed: (hc, pr), so that the column
-    // transforms run over contiguous memory.
+    // transforms run over contiguous memory. Only the array's own ar rows have row transforms
+    // (the padding rows' are zero): for a 31×31 kernel that is 31 rows, not a buffer of the
+    // padded size.
     let spectrum = |a: &[T], ar: usize, ac: usize| -> Vec<Complex<T>> {
-        let mut rows = crate::alloc::filled(pr * hc, Complex::new(T::zero(), T::zero())); // (pr, hc)
-        rows.par_chunks_mut(hc).enumerate().take(ar).for_each_init(
+        let mut rows = crate::alloc::filled(ar * hc, Complex::new(T::zero(), T::zero())); // (ar, hc)
+        rows.par_chunks_mut(hc).enumerate().for_each_init(
             || (vec![T::zero(); pc], r2c.make_scratch_vec()),
             |(buf, scratch), (i, out)| {
                 buf.fill(T::zero());
@@ -56,14 +58,14 @@ pub fn fft_convolve_full<T: SignalFloat>(
             },
         );
         let mut t = crate::alloc::filled(hc * pr, Complex::new(T::zero(), T::zero())); // (hc, pr)
-        for i in 0..pr {
-            for j in 0..hc {
-                t[j * pr + i] = rows[i * hc + j];
+        t.par_chunks_mut(pr).enumerate().for_each(|(j, col)| {
+            for (i, c) in col[..ar].iter_mut().enumerate() {
+                *c = rows[i * hc + j];
             }
-        }
-        if pr > 1 {
-            t.par_chunks_mut(pr).for_each(|c| col_fwd.process(c));
-        }
+            if pr > 1 {
+                col_fwd.process(col);
+            }
+        });
         t
     };
     let mut prod = spectrum(x, xr, xc); // (hc, pr), becomes the product in place
