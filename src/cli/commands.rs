@@ -1,7 +1,7 @@
 //! The code behind each subcommand: load inputs, call the library, print results.
 use super::model_arg::{load_model, ModelArg};
 use super::progress::Progress;
-use super::{Cli, Command, ImageArgs, PlotCommand, TrainArgs};
+use super::{Cli, Command, ImageArgs, PlotCommand, TrainArgs, TrainedArgs};
 use crate::data::idx::read_idx_file;
 use crate::data::image::{decode_image_u8, is_image_path};
 use crate::data::npy::{read_npy, write_npy_f32, NpyData};
@@ -31,22 +31,19 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Summary { model } => summary(&model),
         Command::Predict {
-            model,
-            weights,
+            trained: TrainedArgs { model, weights },
             input,
             resize,
             output,
         } => predict(&model, weights, &input, resize, output.as_deref()),
         Command::Train(args) => train_cmd(*args),
         Command::Export {
-            model,
-            weights,
+            trained: TrainedArgs { model, weights },
             output,
             opset,
         } => export_cmd(&model, weights, &output, opset),
         Command::Eval {
-            model,
-            weights,
+            trained: TrainedArgs { model, weights },
             data,
             images,
             plot,
@@ -112,8 +109,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plot {
             what:
                 PlotCommand::Filters {
-                    model,
-                    weights,
+                    trained: TrainedArgs { model, weights },
                     input,
                     output,
                 },
@@ -122,14 +118,12 @@ pub fn run(cli: Cli) -> Result<()> {
             super::plots::plot_filters(&net, input.as_deref(), &output)
         }
         Command::Collapse {
-            model,
-            weights,
+            trained: TrainedArgs { model, weights },
             output,
         } => collapse_cmd(&model, weights, &output),
         #[cfg(feature = "serve")]
         Command::Serve {
-            model,
-            weights,
+            trained: TrainedArgs { model, weights },
             data,
             images,
             host,

@@ -42,12 +42,8 @@ pub enum Command {
     },
     /// Run a trained network on images.
     Predict {
-        /// Model file, preset or run directory (a run directory brings its weights).
-        #[arg(long)]
-        model: String,
-        /// Weights (.safetensors); optional when --model is a run directory.
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        trained: TrainedArgs,
         /// A .npy float32 [N, C, H, W] array, an IDX image file, or PNG/JPEG images.
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
@@ -62,12 +58,8 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Write a trained network as an ONNX model (inference mode, [0, 1] pixels in, logits out).
     Export {
-        /// Model file, preset or run directory (a run directory brings its weights).
-        #[arg(long)]
-        model: String,
-        /// Weights (.safetensors); optional when --model is a run directory.
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        trained: TrainedArgs,
         /// The .onnx file to write.
         #[arg(long)]
         output: PathBuf,
@@ -77,11 +69,8 @@ pub enum Command {
     },
     /// Test accuracy, per-class accuracy and the confusion matrix of a trained network.
     Eval {
-        /// Run directory (or model file / preset with --weights).
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        trained: TrainedArgs,
         /// Data directory (IDX, npy, CIFAR-10 batches or image folders); default: the
         /// embedded digits.
         #[arg(long)]
@@ -145,11 +134,8 @@ pub enum Command {
     /// A local web page for a trained model: draw or drop an image, see every layer respond.
     #[cfg(feature = "serve")]
     Serve {
-        /// Run directory (or model file / preset with --weights).
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        trained: TrainedArgs,
         /// Data directory whose test images the page offers as examples (default: the
         /// embedded digits, for 1×28×28 models).
         #[arg(long)]
@@ -168,11 +154,8 @@ pub enum Command {
     },
     /// Merge consecutive linear layers (with only identity between) into one, and save the smaller model.
     Collapse {
-        /// Run directory (or model file / preset with --weights).
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        trained: TrainedArgs,
         /// Directory for the collapsed model.toml and model.safetensors.
         #[arg(long)]
         output: PathBuf,
@@ -196,17 +179,25 @@ pub enum PlotCommand {
     },
     /// The first convolution layer's filters and their responses on one digit.
     Filters {
-        /// Run directory (or model file / preset with --weights).
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        trained: TrainedArgs,
         /// An image to filter (default: the first embedded test digit).
         #[arg(long)]
         input: Option<PathBuf>,
         #[arg(long, default_value = "filters.png")]
         output: PathBuf,
     },
+}
+
+/// A trained network: its model and where its weights come from.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainedArgs {
+    /// Model file, preset or run directory (a run directory brings its weights).
+    #[arg(long)]
+    pub model: String,
+    /// Weights (.safetensors); optional when --model is a run directory.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
 }
 
 /// How image files are read.

@@ -481,6 +481,12 @@ fn wait_for(tab: &headless_chrome::Tab, js: &str, done: impl Fn(&str) -> bool) -
     }
 }
 
+/// JavaScript giving the shown answer's sequence number once it answers the page's newest
+/// request (`latest` in app.js), else "".
+fn settled(seq_js: &str) -> String {
+    format!("String(latest) === {seq_js} ? String(latest) : ''")
+}
+
 fn mouse(tab: &headless_chrome::Tab, kind: &str, x: f64, y: f64) {
     use headless_chrome::protocol::cdp::Input::{
         DispatchMouseEvent, DispatchMouseEventTypeOption as Type, MouseButton,
@@ -605,7 +611,10 @@ fn page_in_headless_chromium_classifies_an_example_a_drawn_stroke_and_a_picked_f
         );
     }
     mouse(&tab, "up", x + 10.0, top_px + 230.0);
-    let seq = wait_for(&tab, seq_js, |s| s.parse::<u32>().is_ok_and(|n| n > first));
+    // The whole stroke's answer: the one to the page's newest request.
+    let seq = wait_for(&tab, &settled(seq_js), |s| {
+        s.parse::<u32>().is_ok_and(|n| n > first)
+    });
     assert!(seq.parse::<u32>().unwrap() > first);
     let index = wait_for(
         &tab,
@@ -633,7 +642,11 @@ fn page_in_headless_chromium_classifies_an_example_a_drawn_stroke_and_a_picked_f
     });
     let picked = std::env::temp_dir().join(format!("convnet-pick-{}.png", std::process::id()));
     wide.save(&picked).unwrap();
-    let before: u32 = wait_for(&tab, seq_js, |_| true).parse().unwrap();
+    // The stroke's last answers may still be on their way: wait until the page shows the
+    // answer to its newest request, so that the next answer shown is the picked file's.
+    let before: u32 = wait_for(&tab, &settled(seq_js), |s| !s.is_empty())
+        .parse()
+        .unwrap();
     let node = tab.find_element("#file").unwrap().node_id;
     tab.handle_file_chooser(vec![picked.display().to_string()], node)
         .unwrap();
