@@ -61,6 +61,14 @@ pub enum Error {
         format!("interrupted; the run keeps its last completed epoch ({epochs_done}) and continues with --resume")
     })]
     Interrupted { epochs_done: usize },
+
+    /// A rank of a run over several processes failed; every rank stops with its message.
+    #[error("{message} (rank {rank} of {ranks})")]
+    Rank {
+        rank: usize,
+        ranks: usize,
+        message: String,
+    },
 }
 
 impl Error {

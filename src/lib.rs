@@ -49,6 +49,7 @@ pub mod alloc;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod io;
 pub mod loss;

@@ -6,6 +6,7 @@ use crate::data::idx::read_idx_file;
 use crate::data::image::{decode_image_u8, is_image_path};
 use crate::data::npy::{read_npy, write_npy_f32, NpyData};
 use crate::data::{dataset, DataSplit, LoadOptions};
+use crate::dist::Group;
 use crate::error::{Error, Result};
 use crate::nn::{Init, ModelSpec, Network};
 use crate::optim::Optimizer;
@@ -18,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Runs one parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs a command; `group` is the run's ranks when the process is one of several (`mpirun`),
+/// which only `train` uses.
+pub fn run(cli: Cli, group: Option<Arc<dyn Group>>) -> Result<()> {
     if let Some(n) = cli.threads {
         if n == 0 {
             return Err(Error::invalid("--threads must be at least 1"));
@@ -36,7 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
             resize,
             output,
         } => predict(&model, weights, &input, resize, output.as_deref()),
-        Command::Train(args) => train_cmd(*args),
+        Command::Train(args) => train_cmd(*args, group),
         Command::Export {
             trained: TrainedArgs { model, weights },
             output,
@@ -510,8 +513,7 @@ fn cli_recipe(a: &TrainArgs) -> Result<TrainRecipe> {
     })
 }
 
-fn train_cmd(a: TrainArgs) -> Result<()> {
-    let cli = cli_recipe(&a)?;
+fn train_cmd(a: TrainArgs, group: Option<Arc<dyn Group>>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -519,7 +521,41 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         // at the next batch and the last completed epoch stays on disk.
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    let (start, opts, paths, data) = if let Some(dir) = &a.resume {
+    // Every rank reads the options and the data; all go on only if all could.
+    let setup = train_setup(&a);
+    let setup = match &group {
+        Some(g) => crate::dist::agree_on(g.as_ref(), setup)?,
+        None => setup?,
+    };
+    let Some((mut start, opts, paths, data)) = setup else {
+        return Ok(());
+    };
+    start.trainer.group = group;
+    let leads = start.trainer.leads();
+    let mut progress = Progress::new(a.quiet || !leads);
+    let started = std::time::Instant::now();
+    if let Err(e) = train(start, &data, &opts, &paths, Some(stop), &mut progress) {
+        if leads && !paths.checkpoint().exists() {
+            // Nothing completed: leave no empty run directory behind (fails harmlessly if not empty).
+            let _ = std::fs::remove_dir(&paths.dir);
+        }
+        return Err(e);
+    }
+    println!(
+        "done in {:.1}s; run saved in {}",
+        started.elapsed().as_secs_f64(),
+        paths.dir.display()
+    );
+    println!("  convnet eval --model {}", paths.dir.display());
+    Ok(())
+}
+
+/// What a run of `convnet train` starts from: the trainer (fresh or resumed), its options,
+/// its directory and its data.
+/// None when a resumed run has done all its epochs.
+fn train_setup(a: &TrainArgs) -> Result<Option<(Start, TrainOptions, RunPaths, DataSplit)>> {
+    let cli = cli_recipe(a)?;
+    Ok(Some(if let Some(dir) = &a.resume {
         let changed =
             cli != TrainRecipe {
                 epochs: cli.epochs,
@@ -551,7 +587,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 dir.display(),
                 opts.epochs
             );
-            return Ok(());
+            return Ok(None);
         }
         println!(
             "resuming {} after epoch {} of {}",
@@ -652,23 +688,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             RunPaths { dir },
             data,
         )
-    };
-    let mut progress = Progress::new(a.quiet);
-    let started = std::time::Instant::now();
-    if let Err(e) = train(start, &data, &opts, &paths, Some(stop), &mut progress) {
-        if !paths.checkpoint().exists() {
-            // Nothing completed: leave no empty run directory behind (fails harmlessly if not empty).
-            let _ = std::fs::remove_dir(&paths.dir);
-        }
-        return Err(e);
-    }
-    println!(
-        "done in {:.1}s; run saved in {}",
-        started.elapsed().as_secs_f64(),
-        paths.dir.display()
-    );
-    println!("  convnet eval --model {}", paths.dir.display());
-    Ok(())
+    }))
 }
 
 fn eval_cmd(

@@ -6,6 +6,7 @@ pub mod keys;
 pub mod layers;
 pub mod network;
 pub mod presets;
+mod relay;
 pub mod spec;
 pub mod weights;
 

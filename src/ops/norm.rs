@@ -5,50 +5,109 @@ use super::reduce::{shifted_sums_f64, sum_and_dot_f64, LANES};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
-/// For each of `c` channels of x (N, C, plane): Σ over samples, in sample order, of
-/// `f(offset of a sample's plane of that channel, channel)`, a pair of sums. The planes are
-/// visited in memory order, in parallel (a channel's planes are a whole sample apart: walking
-/// them channel by channel defeats the prefetcher), and each channel's partial sums are added
-/// in sample order afterwards: one order whatever the thread count.
-fn per_channel<T: Float>(
+/// `f(offset of the plane, channel)` for every (sample, channel) plane of x (N, C, plane), in
+/// (N, C) order: two values per plane. The planes are visited in memory order, in parallel;
+/// each plane's values are its own, so a batch split into parts (shards, ranks) has the
+/// parts' planes whatever the split, and [`fold_sums`] / [`merge_stats`] add them in sample
+/// order: one order whatever the thread count or the split.
+fn per_plane<T: Float>(
     x: &[T],
     c: usize,
     plane: usize,
     f: impl Fn(usize, usize) -> (f64, f64) + Sync,
-) -> Vec<(f64, f64)> {
+) -> Vec<f64> {
     let n = x.len() / (c * plane).max(1);
-    let mut parts = vec![(0.0, 0.0); n * c]; // (N, C): each plane's sums
+    let mut parts = vec![0.0; 2 * n * c]; // (N, C, 2)
     parts
-        .par_iter_mut()
+        .par_chunks_mut(2)
         .enumerate()
         .with_min_len((4096 / plane.max(1)).max(1))
-        .for_each(|(k, p)| *p = f(k * plane, k % c));
+        .for_each(|(k, p)| (p[0], p[1]) = f(k * plane, k % c));
+    parts
+}
+
+/// Per-channel sums of planes' pairs ((N, C, 2) as [`per_plane`] makes them), in sample order.
+pub fn fold_sums(parts: &[f64], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = parts.len() / (2 * c).max(1);
     (0..c)
         .map(|ch| {
             (0..n).fold((0.0, 0.0), |(a, b), i| {
-                let (da, db) = parts[i * c + ch];
-                (a + da, b + db)
+                let at = 2 * (i * c + ch);
+                (a + parts[at], b + parts[at + 1])
             })
         })
-        .collect()
+        .unzip()
 }
 
-/// Per-channel mean and biased variance of x (N, C, plane) in f64, in one pass: sums of
-/// x − k and (x − k)² with k the channel's first value, which keeps the variance exact where
-/// the mean is large beside the spread.
+/// Each (sample, channel) plane's mean and Σ(x − mean)² of x (N, C, plane), (N, C, 2), for
+/// [`merge_stats`]: from the sums of x − k and (x − k)² with k the plane's first value, which
+/// keeps the variance exact where the mean is large beside the spread.
+pub fn plane_stats<T: Float>(x: &[T], c: usize, plane: usize) -> Vec<f64> {
+    let l = plane.max(1) as f64;
+    per_plane(x, c, plane, |at, _| {
+        let p = &x[at..at + plane];
+        let k = p.first().map_or(0.0, |v| v.f64());
+        let (s1, s2) = shifted_sums_f64(p, k);
+        (k + s1 / l, (s2 - s1 * s1 / l).max(0.0))
+    })
+}
+
+/// One part's per-channel statistics from its planes' ((N, C, 2), [`plane_stats`]): count,
+/// mean and Σ(x − mean)² per channel, (C, 3), the planes merged one at a time in sample order
+/// (the pairwise update of Chan, Golub and LeVeque).
+pub fn part_stats(planes: &[f64], c: usize, plane: usize) -> Vec<f64> {
+    let n = planes.len() / (2 * c).max(1);
+    let l = plane.max(1) as f64;
+    let mut out = vec![0.0; 3 * c];
+    for (ch, o) in out.chunks_exact_mut(3).enumerate() {
+        for i in 0..n {
+            let at = 2 * (i * c + ch);
+            merge_into(o, [l, planes[at], planes[at + 1]]);
+        }
+    }
+    out
+}
+
+/// (count, mean, M2) ← that merged with `b`.
+fn merge_into(a: &mut [f64], b: [f64; 3]) {
+    let total = a[0] + b[0];
+    if total == 0.0 {
+        return;
+    }
+    let d = b[1] - a[1];
+    a[1] += d * b[0] / total;
+    a[2] += b[2] + d * d * a[0] * b[0] / total;
+    a[0] = total;
+}
+
+/// Per-channel mean and biased variance of a batch from its parts' statistics ((parts, C,
+/// 3), [`part_stats`] of each in batch order), merged in part order; with the values per
+/// channel.
+pub fn merge_parts(parts: &[f64], c: usize) -> (Vec<f64>, Vec<f64>, f64) {
+    let mut all = vec![0.0; 3 * c];
+    for part in parts.chunks_exact(3 * c.max(1)) {
+        for (a, b) in all.chunks_exact_mut(3).zip(part.chunks_exact(3)) {
+            merge_into(a, [b[0], b[1], b[2]]);
+        }
+    }
+    let count = all.first().copied().unwrap_or(0.0);
+    let (mean, var) = all
+        .chunks_exact(3)
+        .map(|a| (a[1], a[2] / a[0].max(1.0)))
+        .unzip();
+    (mean, var, count)
+}
+
+/// Per-channel mean and biased variance from planes' statistics ((N, C, 2), [`plane_stats`]
+/// of the whole batch in sample order).
+pub fn merge_stats(parts: &[f64], c: usize, plane: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mean, var, _) = merge_parts(&part_stats(parts, c, plane), c);
+    (mean, var)
+}
+
+/// Per-channel mean and biased variance of x (N, C, plane) in f64.
 pub fn batch_stats<T: Float>(x: &[T], c: usize, plane: usize) -> (Vec<f64>, Vec<f64>) {
-    let m = (x.len() / c.max(1)).max(1) as f64;
-    let shift = |ch: usize| x.get(ch * plane).map_or(0.0, |v| v.f64());
-    per_channel(x, c, plane, |at, ch| {
-        shifted_sums_f64(&x[at..at + plane], shift(ch))
-    })
-    .into_iter()
-    .enumerate()
-    .map(|(ch, (s1, s2))| {
-        let d = s1 / m;
-        (shift(ch) + d, (s2 / m - d * d).max(0.0))
-    })
-    .unzip()
+    merge_stats(&plane_stats(x, c, plane), c, plane)
 }
 
 per_isa! {
@@ -169,9 +228,28 @@ fn relu_coef<T: Float>(coef: &[ChannelAffine]) -> Vec<(T, T)> {
         .collect()
 }
 
-/// Per-channel Σ d and Σ d·x̂ (the gradients of β and γ) of x̂ (N, C, plane) and d = dy
-/// (N, C, plane), in one pass; with `relu` (the forward's coefficients, its ReLU fused) d is
-/// dy·ReLU'(y), recomputed from x̂.
+/// Each (sample, channel) plane's Σ d and Σ d·x̂ ((N, C, 2), for [`fold_sums`]) of x̂
+/// (N, C, plane) and d = dy (N, C, plane); with `relu` (the forward's coefficients, its ReLU
+/// fused) d is dy·ReLU'(y), recomputed from x̂.
+pub fn grad_sum_parts<T: Float>(
+    dy: &[T],
+    x_hat: &[T],
+    c: usize,
+    plane: usize,
+    relu: Option<&[ChannelAffine]>,
+) -> Vec<f64> {
+    let plane = plane.max(1);
+    let gb = relu.map(relu_coef::<T>);
+    per_plane(dy, c, plane, |at, ch| {
+        let (d, h) = (&dy[at..at + plane], &x_hat[at..at + plane]);
+        match &gb {
+            Some(gb) => masked_sums(d, h, gb[ch].0, gb[ch].1),
+            None => sum_and_dot_f64(d, h),
+        }
+    })
+}
+
+/// Per-channel Σ d and Σ d·x̂ (the gradients of β and γ), as [`grad_sum_parts`] folded.
 pub fn grad_sums<T: Float>(
     dy: &[T],
     x_hat: &[T],
@@ -179,17 +257,7 @@ pub fn grad_sums<T: Float>(
     plane: usize,
     relu: Option<&[ChannelAffine]>,
 ) -> (Vec<f64>, Vec<f64>) {
-    let plane = plane.max(1);
-    let gb = relu.map(relu_coef::<T>);
-    per_channel(dy, c, plane, |at, ch| {
-        let (d, h) = (&dy[at..at + plane], &x_hat[at..at + plane]);
-        match &gb {
-            Some(gb) => masked_sums(d, h, gb[ch].0, gb[ch].1),
-            None => sum_and_dot_f64(d, h),
-        }
-    })
-    .into_iter()
-    .unzip()
+    fold_sums(&grad_sum_parts(dy, x_hat, c, plane, relu), c)
 }
 
 /// dx in place of dy (N, C, plane): with the batch's own statistics (`sums`: [`grad_sums`]'s,
@@ -290,6 +358,32 @@ mod tests {
                     assert!((dx_fixed[k] - scale[ch] * dy[k]).abs() < 1e-12);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn statistics_merged_from_parts_are_the_whole_batchs() {
+        // Channels with a large mean beside the spread, split into parts of 1, 2 and 3
+        // samples: merged in part order they give the batch's mean and variance.
+        let (n, c, plane) = (6, 3, 7);
+        let x: Vec<f64> = values(n * c * plane, 5).iter().map(|v| v + 1e4).collect();
+        let (mean, var) = batch_stats(&x, c, plane);
+        let per = c * plane;
+        let mut parts = Vec::new();
+        for (a, b) in [(0, 1), (1, 3), (3, 6)] {
+            let planes = plane_stats(&x[a * per..b * per], c, plane);
+            parts.extend(part_stats(&planes, c, plane));
+        }
+        let (m2, v2, count) = merge_parts(&parts, c);
+        assert_eq!(count, (n * plane) as f64);
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| x[(i * c + ch) * plane..][..plane].to_vec())
+                .collect();
+            let mu = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|a| (a - mu).powi(2)).sum::<f64>() / vals.len() as f64;
+            assert!((mean[ch] - mu).abs() < 1e-9 && (m2[ch] - mu).abs() < 1e-9);
+            assert!((var[ch] - v).abs() < 1e-9 * v && (v2[ch] - v).abs() < 1e-9 * v);
         }
     }
 

@@ -3,6 +3,7 @@
 use super::eval::{evaluate, Evaluation};
 use super::options::TrainOptions;
 use crate::data::{DataSplit, Dataset};
+use crate::dist::{agree, agree_on, Group, Status};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::loss::{loss_part, LossKind};
@@ -27,6 +28,9 @@ pub struct Trainer {
     /// The run's seed: with the optimizer's step count it keys each step's random draws
     /// (dropout), so a resumed run draws what the uninterrupted one would have.
     pub seed: u64,
+    /// The ranks this run is spread over ([`crate::dist`]), or None for this process alone.
+    /// Every rank takes its shards of each batch and applies the same update; rank 0 writes.
+    pub group: Option<Arc<dyn Group>>,
 }
 
 /// The random key of step `step` of a run seeded `seed`.
@@ -41,12 +45,19 @@ impl Trainer {
             opt,
             loss,
             seed: 0,
+            group: None,
         }
     }
 
     /// Forward, loss, backward and one optimizer update on the batch x (B, C, H, W).
     /// Returns the batch's mean loss; a non-finite loss leaves the weights untouched.
     pub fn step(&mut self, x: Tensor<f32>, labels: &[usize], lr: f64) -> Result<f64> {
+        if self.net.exchanges() > 0 || self.group.as_ref().is_some_and(|g| g.shares_pool()) {
+            // Shards that exchange statistics wait for each other on threads of their own,
+            // and ranks that are threads wait for each other: a worker of the pool must not
+            // be the one waiting.
+            return self.step_here(x, labels, lr);
+        }
         // The whole step on one thread of the pool: every parallel section inside then shares
         // its work with the other workers directly, instead of this thread handing each one
         // over and sleeping until it is done.
@@ -54,7 +65,8 @@ impl Trainer {
     }
 
     /// [`Trainer::step`] on the calling thread: forward, loss gradient and backward in one
-    /// parallel pass over the network's shards, then the update.
+    /// parallel pass over the network's shards, then the update. With a group, x holds this
+    /// rank's rows of the batch ([`Network::rank_rows`]) and `labels` the whole batch's.
     fn step_here(&mut self, x: Tensor<f32>, labels: &[usize], lr: f64) -> Result<f64> {
         let (kind, k, batch) = (self.loss, self.net.output_len(), labels.len());
         self.net.zero_grad();
@@ -71,11 +83,28 @@ impl Trainer {
             (grad, l)
         };
         self.net.set_key(step_key(self.seed, self.opt.steps));
-        let l = self.net.forward_backward(x, &dloss)?;
+        let l = match &self.group {
+            Some(g) => self.net.forward_backward_ranked(x, batch, &dloss, g)?,
+            None => self.net.forward_backward(x, &dloss)?,
+        };
         if l.is_finite() {
             self.opt.step(self.net.params_mut(), lr);
         }
         Ok(l)
+    }
+
+    /// The rows of a batch of `n` samples that this process computes: all of them, or its
+    /// rank's part.
+    pub fn own_rows(&self, n: usize) -> std::ops::Range<usize> {
+        match &self.group {
+            Some(g) => self.net.rank_rows(n, g.rank(), g.size()),
+            None => 0..n,
+        }
+    }
+
+    /// Whether this process writes the run's files and reports progress: rank 0, or alone.
+    pub fn leads(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
     }
 }
 
@@ -151,19 +180,35 @@ pub struct Start {
 /// (the lecture's shift invariance, as augmentation).
 /// With `hflip`, each image is then mirrored left–right with probability 1/2 (torchvision's
 /// RandomHorizontalFlip); the draws go image by image, shift first, from one stream.
-fn augment(x: &mut [f32], shape: [usize; 3], a: usize, hflip: bool, rng: &mut ChaCha8Rng) {
+/// x holds the images `rows` of a batch of `n`: the draws of every image are taken, those of
+/// the rows applied, so each process of a run applies what one process alone would.
+fn augment(
+    x: &mut [f32],
+    rows: std::ops::Range<usize>,
+    n: usize,
+    shape: [usize; 3],
+    (a, hflip): (usize, bool),
+    rng: &mut ChaCha8Rng,
+) {
     let [c, h, w] = shape;
     let a = a as isize;
     let mut tmp = vec![0.0f32; h * w]; // (H, W)
-    for img in x.chunks_exact_mut(c * h * w) {
-        if a > 0 {
-            let (dy, dx) = (rng.gen_range(-a..=a), rng.gen_range(-a..=a));
-            if dy != 0 || dx != 0 {
-                img.chunks_exact_mut(h * w)
-                    .for_each(|plane| shift(plane, h, w, dy, dx, &mut tmp));
-            }
+    for i in 0..n {
+        let (dy, dx) = if a > 0 {
+            (rng.gen_range(-a..=a), rng.gen_range(-a..=a))
+        } else {
+            (0, 0)
+        };
+        let flip = hflip && rng.gen::<bool>();
+        if !rows.contains(&i) {
+            continue;
         }
-        if hflip && rng.gen::<bool>() {
+        let img = &mut x[(i - rows.start) * c * h * w..][..c * h * w];
+        if dy != 0 || dx != 0 {
+            img.chunks_exact_mut(h * w)
+                .for_each(|plane| shift(plane, h, w, dy, dx, &mut tmp));
+        }
+        if flip {
             img.chunks_exact_mut(w).for_each(|row| row.reverse());
         }
     }
@@ -220,15 +265,21 @@ fn run_epoch(
     obs.epoch_start(epoch + 1, opts.epochs, batches);
     let started = Instant::now();
     let (mut sum, mut seen) = (0.0, 0usize);
+    // This process's rows of each batch: all of them, or its rank's shards.
+    let rows: Vec<std::ops::Range<usize>> = order
+        .chunks(opts.batch_size)
+        .map(|chunk| t.own_rows(chunk.len()))
+        .collect();
     // A loader thread gathers the next batches (decoding image files when the set is read
     // from disk) while the network trains on this one; at most PREFETCH batches wait, so
     // memory stays bounded. Augmentation draws stay here, in batch order.
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<f32>>>(PREFETCH);
-        let order = &order;
+        let (order, rows) = (&order, &rows);
         scope.spawn(move || {
-            for chunk in order.chunks(opts.batch_size) {
-                let mut x = vec![0.0f32; chunk.len() * per]; // (B, C, H, W)
+            for (chunk, rows) in order.chunks(opts.batch_size).zip(rows) {
+                let chunk = &chunk[rows.clone()];
+                let mut x = vec![0.0f32; chunk.len() * per]; // (B, C, H, W): own rows
                 let batch = data.gather(chunk, &mut x).map(|_| x);
                 let failed = batch.is_err();
                 if tx.send(batch).is_err() || failed {
@@ -236,24 +287,39 @@ fn run_epoch(
                 }
             }
         });
-        for (b, chunk) in order.chunks(opts.batch_size).enumerate() {
-            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+        for (b, (chunk, own)) in order.chunks(opts.batch_size).zip(rows).enumerate() {
+            let stopping = stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            let batch = rx
+                .recv()
+                .map_err(|_| Error::invalid("the batch loader stopped unexpectedly"))
+                .and_then(|r| r);
+            if let Some(g) = &t.group {
+                // Every rank takes this step, or none: a failure or a stop is agreed first.
+                let status = match (&batch, stopping) {
+                    (Err(e), _) => Status::Failed(e.to_string()),
+                    (Ok(_), true) => Status::Stop,
+                    (Ok(_), false) => Status::Ready,
+                };
+                if !agree(g.as_ref(), status)? {
+                    return Err(Error::Interrupted { epochs_done: epoch });
+                }
+            } else if stopping {
                 return Err(Error::Interrupted { epochs_done: epoch });
             }
-            let mut x = rx
-                .recv()
-                .map_err(|_| Error::invalid("the batch loader stopped unexpectedly"))??;
+            let mut x = batch?;
             if opts.shift() > 0 || opts.hflip {
+                let how = (opts.shift(), opts.hflip);
                 augment(
                     &mut x,
+                    own.clone(),
+                    chunk.len(),
                     data.sample_shape,
-                    opts.shift(),
-                    opts.hflip,
+                    how,
                     &mut rng,
                 );
             }
             let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i] as usize).collect();
-            let l = t.step(Tensor::from_vec(&[chunk.len(), c, h, w], x)?, &labels, lr)?;
+            let l = t.step(Tensor::from_vec(&[own.len(), c, h, w], x)?, &labels, lr)?;
             if !l.is_finite() {
                 return Err(Error::NonFinite {
                     epoch: epoch + 1,
@@ -382,30 +448,68 @@ pub fn train(
     if let Some(t) = &data.test {
         t.check_fits(input, outputs)?;
     }
-    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
     let t = &mut start.trainer;
+    let leads = t.leads();
+    if leads {
+        std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+    }
     t.seed = opts.seed;
     for epoch in start.epochs_done..opts.epochs {
         let begun = Instant::now();
         let (train_loss, ips) = run_epoch(t, &data.train, opts, epoch, stop.as_deref(), obs)?;
-        let test = data
-            .test
-            .as_ref()
-            .map(|d| evaluate(&mut t.net, d, opts.loss))
-            .transpose()?;
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            train_loss,
-            test,
-            seconds: begun.elapsed().as_secs_f64(),
-            images_per_second: ips,
+        // Rank 0 evaluates and writes (every rank holds the same weights); the others wait
+        // for its word, so a failure there stops every rank.
+        let saved = if leads {
+            end_epoch(
+                t,
+                data,
+                opts,
+                paths,
+                (epoch, train_loss, ips),
+                begun,
+                &mut start.history,
+            )
+            .map(Some)
+        } else {
+            Ok(None)
         };
-        start.history.push(m.clone());
-        save_epoch(paths, t, opts, epoch + 1, &start.history)?;
-        obs.epoch_end(&m);
-        obs.epoch_saved(&start.history, paths)?;
+        let m = match &t.group {
+            Some(g) => agree_on(g.as_ref(), saved)?,
+            None => saved?,
+        };
+        if let Some(m) = m {
+            obs.epoch_end(&m);
+            obs.epoch_saved(&start.history, paths)?;
+        }
     }
     Ok(start.trainer)
+}
+
+/// Evaluates on the test set, records the epoch's metrics and saves the run.
+fn end_epoch(
+    t: &mut Trainer,
+    data: &DataSplit,
+    opts: &TrainOptions,
+    paths: &RunPaths,
+    (epoch, train_loss, ips): (usize, f64, f64),
+    begun: Instant,
+    history: &mut Vec<EpochMetrics>,
+) -> Result<EpochMetrics> {
+    let test = data
+        .test
+        .as_ref()
+        .map(|d| evaluate(&mut t.net, d, opts.loss))
+        .transpose()?;
+    let m = EpochMetrics {
+        epoch: epoch + 1,
+        train_loss,
+        test,
+        seconds: begun.elapsed().as_secs_f64(),
+        images_per_second: ips,
+    };
+    history.push(m.clone());
+    save_epoch(paths, t, opts, epoch + 1, history)?;
+    Ok(m)
 }
 
 /// What a checkpoint records besides tensors.
@@ -499,7 +603,7 @@ mod tests {
             |i: usize| -> Vec<f32> { (0..12).map(|j| (j % 3) as f32 + 10.0 * i as f32).collect() };
         let mut x: Vec<f32> = (0..n).flat_map(img).collect();
         let mut rng = epoch_rng(7, 1);
-        augment(&mut x, shape, 0, true, &mut rng);
+        augment(&mut x, 0..n, n, shape, (0, true), &mut rng);
         let mut flipped = 0;
         for (i, got) in x.chunks_exact(12).enumerate() {
             let b = 10.0 * i as f32;
@@ -517,12 +621,12 @@ mod tests {
         assert!((70..=130).contains(&flipped), "{flipped} of {n}");
         // The same seed and epoch draw the same flips.
         let mut y: Vec<f32> = (0..n).flat_map(img).collect();
-        augment(&mut y, shape, 0, true, &mut epoch_rng(7, 1));
+        augment(&mut y, 0..n, n, shape, (0, true), &mut epoch_rng(7, 1));
         assert_eq!(x, y);
         // Without flips the stream of shifts is what it was: old runs stay bit-identical.
         let mut a: Vec<f32> = (0..n).flat_map(img).collect();
         let mut b = a.clone();
-        augment(&mut a, shape, 1, false, &mut epoch_rng(3, 2));
+        augment(&mut a, 0..n, n, shape, (1, false), &mut epoch_rng(3, 2));
         let mut rng = epoch_rng(3, 2);
         let mut tmp = vec![0.0; 6];
         for im in b.chunks_exact_mut(12) {

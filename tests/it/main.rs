@@ -6,6 +6,7 @@ mod common;
 mod data_sources;
 mod gradcheck;
 mod onnx;
+mod ranks;
 mod resume;
 mod robustness;
 #[cfg(feature = "serve")]

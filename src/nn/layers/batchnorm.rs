@@ -2,12 +2,13 @@
 //! batch's statistics (biased variance) and updates the running ones (unbiased variance);
 //! inference uses the running ones. The kernels are `ops::norm`'s.
 use super::{chw, Buffer, BuildCx, Layer, LayerDef, Named, NamedMut, Param, Pass};
-use super::{TensorInfo, TensorKind, NO_CACHE};
+use super::{Exchange, TensorInfo, TensorKind, NO_CACHE};
 use crate::error::Result;
 use crate::nn::keys::{float_text, Fields};
 use crate::ops::norm;
 use crate::tensor::{Float, Tensor};
 use crate::onnx::graph::{Attr, Scope};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormSpec {
@@ -132,6 +133,8 @@ struct Cache<T> {
     x_hat: Tensor<T>,              // (N, C, H, W) or (N, F): the normalised input
     coef: Vec<norm::ChannelAffine>, // (C): the statistics, γ and β used
     batch_stats: bool,             // whether those were the batch's own (they depend on x then)
+    count: f64,                    // values per channel in the whole batch
+    sync: Option<(usize, Arc<dyn Exchange>)>, // this shard's place in the batch's exchange
 }
 
 pub struct BatchNorm<T> {
@@ -177,9 +180,13 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
     fn forward(&mut self, mut x: Tensor<T>, pass: &Pass) -> Tensor<T> {
         let c = self.channels;
         let plane = x.len() / (x.shape()[0] * c).max(1);
-        let m = x.len() / c.max(1); // values per channel
-        let (mean, inv_std): (Vec<f64>, Vec<f64>) = if pass.train {
-            let (mean, var) = norm::batch_stats(x.data(), c, plane);
+        let own = (x.len() / c.max(1)) as f64; // values per channel in this part
+        let (mean, inv_std, count): (Vec<f64>, Vec<f64>, f64) = if pass.train {
+            // The whole batch's statistics: each shard's, merged in shard order.
+            let planes = norm::plane_stats(x.data(), c, plane); // (N, C, 2)
+            let shards = pass.gather(norm::part_stats(&planes, c, plane)); // (shards, C, 3)
+            let (mean, var, m) = norm::merge_parts(&shards, c);
+            let m = m as usize; // values per channel in the batch
             let mo = self.spec.momentum;
             let rm = floats_mut(&mut self.running_mean).data_mut();
             for (r, &mu) in rm.iter_mut().zip(&mean) {
@@ -200,7 +207,7 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
                 .iter()
                 .map(|v| 1.0 / (v + self.spec.eps).sqrt())
                 .collect();
-            (mean, inv)
+            (mean, inv, m as f64)
         } else {
             let rm = floats(&self.running_mean).data();
             let rv = floats(&self.running_var).data();
@@ -209,6 +216,7 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
                 rv.iter()
                     .map(|v| 1.0 / (v.f64() + self.spec.eps).sqrt())
                     .collect(),
+                own,
             )
         };
         let coef: Vec<norm::ChannelAffine> = (0..c)
@@ -235,6 +243,8 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
             x_hat,
             coef,
             batch_stats: pass.train,
+            count,
+            sync: pass.sync.map(|s| s.owned()),
         });
         x
     }
@@ -243,13 +253,27 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         let cache = self.cache.take().expect(NO_CACHE);
         let c = self.channels;
         let plane = (dy.len() / (dy.shape()[0] * c).max(1)).max(1);
-        let m = (dy.len() / c.max(1)) as f64;
         let relu = self.relu.then_some(&cache.coef[..]);
-        let (sum_dy, sum_dy_xh) = norm::grad_sums(dy.data(), cache.x_hat.data(), c, plane, relu);
+        let parts = norm::grad_sum_parts(dy.data(), cache.x_hat.data(), c, plane, relu);
+        // With the batch's statistics every sample's x̂ depends on the whole batch: the sums
+        // are the whole batch's, each shard's added in shard order; γ and β's gradients are
+        // this shard's share.
+        let (own_dy, own_dy_xh) = norm::fold_sums(&parts, c);
+        let (sum_dy, sum_dy_xh, m) = if cache.batch_stats {
+            let mine: Vec<f64> = own_dy.iter().zip(&own_dy_xh).flat_map(|(&a, &b)| [a, b]).collect();
+            let all = match &cache.sync {
+                Some((shard, ex)) => ex.gather(*shard, mine), // (shards, C, 2)
+                None => Arc::new(mine),
+            };
+            let (a, b) = norm::fold_sums(&all, c);
+            (a, b, cache.count)
+        } else {
+            (own_dy.clone(), own_dy_xh.clone(), cache.count)
+        };
         if let (Some(w), Some(b)) = (&mut self.weight, &mut self.bias) {
             for ch in 0..c {
-                w.grad.data_mut()[ch] += T::of(sum_dy_xh[ch]);
-                b.grad.data_mut()[ch] += T::of(sum_dy[ch]);
+                w.grad.data_mut()[ch] += T::of(own_dy_xh[ch]);
+                b.grad.data_mut()[ch] += T::of(own_dy[ch]);
             }
         }
         let dx = need_dx.then(|| {
@@ -294,8 +318,9 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
             ("num_batches_tracked".into(), &mut self.tracked),
         ]
     }
-    fn whole_batch(&self) -> bool {
-        true
+    /// The batch's statistics in forward, the sums of its gradients in backward.
+    fn exchanges(&self) -> usize {
+        2
     }
 }
 

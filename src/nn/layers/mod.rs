@@ -58,7 +58,7 @@ pub type NamedMut<'a, X> = Vec<(String, &'a mut X)>;
 
 /// What one forward pass is: training or inference, and where its random draws come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pass {
+pub struct Pass<'a> {
     /// Training mode: batch statistics, dropout.
     pub train: bool,
     /// Cache what backward needs (training, or gradients through inference mode).
@@ -69,33 +69,86 @@ pub struct Pass {
     pub key: u64,
     /// Row of this part's first sample in the whole batch.
     pub first_row: usize,
+    /// When this part is one shard of a training batch: how the layers that need the whole
+    /// batch (BatchNorm's statistics) see the other shards' samples.
+    pub sync: Option<ShardSync<'a>>,
 }
 
-impl Pass {
+/// One shard's handle on the exchange between the shards of a training batch.
+#[derive(Clone, Copy)]
+pub struct ShardSync<'a> {
+    /// This shard's place among the shards that run in this process.
+    pub shard: usize,
+    pub exchange: &'a std::sync::Arc<dyn Exchange>,
+}
+
+impl ShardSync<'_> {
+    /// The handle kept past the pass (by a layer whose backward exchanges too).
+    pub fn owned(&self) -> (usize, std::sync::Arc<dyn Exchange>) {
+        (self.shard, self.exchange.clone())
+    }
+}
+
+impl std::fmt::Debug for ShardSync<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShardSync({})", self.shard)
+    }
+}
+
+impl PartialEq for ShardSync<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.shard == other.shard && std::sync::Arc::ptr_eq(self.exchange, other.exchange)
+    }
+}
+impl Eq for ShardSync<'_> {}
+
+/// Values exchanged between the shards of one training batch, which may run in other
+/// processes: every shard calls [`Exchange::gather`] at the same points of its pass.
+pub trait Exchange: Send + Sync {
+    /// Shard `shard`'s values (the same count from every shard: per-channel partial sums,
+    /// say); returns every shard's, in batch order.
+    fn gather(&self, shard: usize, mine: Vec<f64>) -> std::sync::Arc<Vec<f64>>;
+}
+
+impl Pass<'_> {
+    /// Every shard's values, in batch order, when this part is one shard of a batch; else
+    /// `mine` alone, this part being the whole batch.
+    pub fn gather(&self, mine: Vec<f64>) -> std::sync::Arc<Vec<f64>> {
+        match self.sync {
+            Some(s) => s.exchange.gather(s.shard, mine),
+            None => std::sync::Arc::new(mine),
+        }
+    }
+}
+
+impl Pass<'static> {
     /// Inference: no caches, running statistics, no dropout.
-    pub const INFER: Pass = Pass {
+    pub const INFER: Pass<'static> = Pass {
         train: false,
         grad: false,
         key: 0,
         first_row: 0,
+        sync: None,
     };
 
     /// A training pass of the whole batch with random key `key`.
-    pub fn train(key: u64) -> Pass {
+    pub fn train(key: u64) -> Pass<'static> {
         Pass {
             train: true,
             grad: true,
             key,
             first_row: 0,
+            sync: None,
         }
     }
 
     /// Inference mode (running statistics, no dropout) that still caches for backward.
-    pub const FROZEN: Pass = Pass {
+    pub const FROZEN: Pass<'static> = Pass {
         train: false,
         grad: true,
         key: 0,
         first_row: 0,
+        sync: None,
     };
 }
 
@@ -139,10 +192,10 @@ pub trait Layer<T: Float>: AsAny + Send {
     fn buffers_mut(&mut self) -> NamedMut<'_, Buffer<T>> {
         Vec::new()
     }
-    /// Whether training needs the whole batch in one forward (batch statistics): the network
-    /// then runs a training batch as one part instead of shards side by side.
-    fn whole_batch(&self) -> bool {
-        false
+    /// How many times a training step (forward and backward) calls [`Pass::gather`]: layers
+    /// that need the whole batch (batch statistics) exchange values with the other shards.
+    fn exchanges(&self) -> usize {
+        0
     }
     /// The nested sequences of a container layer, for passes over the whole network.
     fn children_mut(&mut self) -> Vec<&mut Seq<T>> {
@@ -242,8 +295,9 @@ impl<T: Float> Seq<T> {
         out
     }
 
-    pub fn whole_batch(&self) -> bool {
-        self.layers.iter().any(|l| l.whole_batch())
+    /// [`Layer::exchanges`] of the whole sequence.
+    pub fn exchanges(&self) -> usize {
+        self.layers.iter().map(|l| l.exchanges()).sum()
     }
 }
 

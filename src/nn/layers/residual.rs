@@ -200,8 +200,8 @@ impl<T: Float> Layer<T> for Residual<T> {
         }
         out
     }
-    fn whole_batch(&self) -> bool {
-        self.body.whole_batch() || self.shortcut.as_ref().is_some_and(|s| s.whole_batch())
+    fn exchanges(&self) -> usize {
+        self.body.exchanges() + self.shortcut.as_ref().map_or(0, |s| s.exchanges())
     }
     fn children_mut(&mut self) -> Vec<&mut Seq<T>> {
         std::iter::once(&mut self.body)
