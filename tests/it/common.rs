@@ -87,3 +87,23 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         .fold(0.0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
         / scale
 }
+
+/// The first `train` training and `test` test digits of the embedded set, in memory.
+pub fn embedded_cut(train: usize, test: usize) -> convnet::data::DataSplit {
+    use convnet::data::{dataset, Dataset};
+    let all = dataset::embedded().unwrap();
+    let cut = |d: &Dataset, n: usize| {
+        let per: usize = d.sample_shape.iter().product();
+        let mut px = vec![0.0f32; n * per];
+        d.gather(&(0..n).collect::<Vec<_>>(), &mut px).unwrap();
+        let pixels = dataset::Pixels::F32(px);
+        let labels = d.labels[..n].to_vec();
+        Dataset::new(d.source.clone(), pixels, d.sample_shape, labels).unwrap()
+    };
+    convnet::data::DataSplit {
+        train: cut(&all.train, train),
+        test: all.test.as_ref().map(|t| cut(t, test)),
+        classes: Vec::new(),
+        skipped: 0,
+    }
+}

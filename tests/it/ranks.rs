@@ -3,7 +3,8 @@
 //! for 2, 3 and 5 ranks (some holding nothing of a batch), with shuffling, augmentation,
 //! BatchNorm and dropout on; a rank whose data fails stops every rank with its message and
 //! leaves the last complete epoch. `tests/mpi.rs` runs the same under `mpirun`.
-use convnet::data::{dataset, DataSplit};
+use crate::common::embedded_cut;
+use convnet::data::DataSplit;
 use convnet::dist::threads::ThreadRanks;
 use convnet::dist::Group;
 use convnet::nn::weights::{read_state, StateDict};
@@ -95,21 +96,7 @@ hflip = true
 
 /// The first `n` training and 200 test digits of the embedded set.
 fn data(n: usize) -> DataSplit {
-    let all = dataset::embedded().unwrap();
-    let cut = |d: &convnet::data::Dataset, n: usize| {
-        let per: usize = d.sample_shape.iter().product();
-        let mut px = vec![0.0f32; n * per];
-        d.gather(&(0..n).collect::<Vec<_>>(), &mut px).unwrap();
-        let pixels = convnet::data::dataset::Pixels::F32(px);
-        let labels = d.labels[..n].to_vec();
-        convnet::data::Dataset::new(d.source.clone(), pixels, d.sample_shape, labels).unwrap()
-    };
-    DataSplit {
-        train: cut(&all.train, n),
-        test: all.test.as_ref().map(|t| cut(t, 200)),
-        classes: Vec::new(),
-        skipped: 0,
-    }
+    embedded_cut(n, 200)
 }
 
 fn start(model: &str, group: Option<Arc<dyn Group>>) -> (Start, TrainOptions) {

@@ -1,7 +1,8 @@
 //! Stopping and resuming a run through the library's stop flag (no signal to race): the
 //! resumed run ends with exactly the weights and buffers of the uninterrupted one, with
 //! BatchNorm, dropout, shuffling and augmentation (shifts and flips) on, and on 1 or 2 threads alike.
-use convnet::data::{dataset, DataSplit};
+use crate::common::embedded_cut;
+use convnet::data::DataSplit;
 use convnet::nn::weights::StateDict;
 use convnet::optim::Optimizer;
 use convnet::train::trainer::{resume, EpochMetrics};
@@ -76,21 +77,7 @@ impl Observer for StopAt {
 
 /// A small slice of the embedded digits: 1,000 training and 200 test images.
 fn data() -> DataSplit {
-    let all = dataset::embedded().unwrap();
-    let cut = |d: &convnet::data::Dataset, n: usize| {
-        let per: usize = d.sample_shape.iter().product();
-        let mut px = vec![0.0f32; n * per];
-        d.gather(&(0..n).collect::<Vec<_>>(), &mut px).unwrap();
-        let pixels = convnet::data::dataset::Pixels::F32(px);
-        let labels = d.labels[..n].to_vec();
-        convnet::data::Dataset::new(d.source.clone(), pixels, d.sample_shape, labels).unwrap()
-    };
-    DataSplit {
-        train: cut(&all.train, 1000),
-        test: all.test.as_ref().map(|t| cut(t, 200)),
-        classes: Vec::new(),
-        skipped: 0,
-    }
+    embedded_cut(1000, 200)
 }
 
 fn fresh(spec: &ModelSpec, opts: &TrainOptions) -> Start {
