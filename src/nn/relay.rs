@@ -1,12 +1,12 @@
 //! The shards of a training batch whose layers need the whole batch (BatchNorm): each shard
-//! on its own thread, one at a time, handing over at every exchange of per-sample values.
+//! on its own thread, one at a time, handing over at every exchange of partial statistics.
 use super::layers::Exchange;
 use crate::dist::{gather_f64, Group};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Runs the local shards of a batch in turn and joins their exchanged values, in shard order
-/// and then rank order (the ranks hold consecutive shards): the whole batch's values in
-/// sample order, whatever the split.
+/// and then rank order (the ranks hold consecutive shards): every shard's values of the whole
+/// batch in shard order, whatever the split between ranks.
 ///
 /// Shard s runs until its next exchange, leaves its values, and hands over to shard s + 1;
 /// the last shard joins every shard's values (and every rank's, through the group) and hands
@@ -22,7 +22,7 @@ pub(crate) struct Relay {
 struct State {
     turn: usize,
     slots: Vec<Vec<f64>>, // (shards): each shard's values at the current exchange
-    joined: Arc<Vec<f64>>, // the whole batch's values of the last exchange
+    joined: Arc<Vec<f64>>, // every shard's values of the last exchange, in shard order
 }
 
 impl Relay {
