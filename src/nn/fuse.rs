@@ -176,7 +176,7 @@ impl<T: Float> ConvPool<T> {
             self.conv.bias.as_ref().map(|b| b.value.data()),
             y.data_mut(),
             &mut self.winners,
-            &mut self.conv.scratch,
+            &mut self.conv.scratch.lock(),
         );
         y
     }
@@ -236,7 +236,7 @@ impl<T: Float> Layer<T> for ConvPool<T> {
             dx.as_mut().map(|d| d.data_mut()),
             c.weight.grad.data_mut(),
             c.bias.as_mut().map(|b| b.grad.data_mut()),
-            &mut c.scratch,
+            &mut c.scratch.lock(),
         );
         dx
     }

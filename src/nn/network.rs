@@ -275,10 +275,17 @@ impl<T: Float> Network<T> {
 
     /// Row ranges of the shards of a batch of `n` samples in a pass of its own: a training
     /// forward of a network whose layers need the whole batch runs it as one part (a training
-    /// step, [`Network::forward_backward`], shards it and exchanges between the shards).
+    /// step, [`Network::forward_backward`], shards it and exchanges between the shards). In
+    /// inference mode no layer needs other samples, so every network shards as one without
+    /// BatchNorm does: side by side on the threads, each shard's layers working in cache
+    /// (ResNet-20, 1,024 images in batches of 128, AVX-512 Xeon, 3 alternating runs: 4 shards
+    /// of 32 325–348 ms, 2 of 64 333–350 ms, one part of 128 as in training 395–405 ms).
     fn shards_for(&self, n: usize, pass: &Pass) -> Vec<(usize, usize)> {
         if pass.train && self.exchanges > 0 {
             return vec![(0, n)];
+        }
+        if !pass.train {
+            return shard_bounds(n, self.param_count, std::mem::size_of::<T>(), false);
         }
         self.train_shards(n)
     }

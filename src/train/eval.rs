@@ -5,8 +5,12 @@ use crate::loss::{loss, LossKind};
 use crate::nn::Network;
 use crate::tensor::Tensor;
 
-/// Images per inference batch.
-const EVAL_BATCH: usize = 500;
+/// Images per inference batch: shards of 32 side by side on the threads (`Network`'s
+/// inference shards), 4 of them, so 3 copies of the network beside it where 500 images made
+/// 8 shards and 7 copies. ResNet-20 on Fashion-MNIST's 10,000 test images, `convnet eval`:
+/// 2.3 s either way, peak RSS 51 against 79 MB; a 4-epoch training run on 6,000 of its
+/// images peaked at 249 against 277 MB.
+const EVAL_BATCH: usize = 128;
 
 /// What a model scores on a data set.
 #[derive(Clone, Debug, PartialEq)]

@@ -166,6 +166,20 @@ fn floats_mut<T>(b: &mut Buffer<T>) -> &mut Tensor<T> {
 }
 
 impl<T: Float> BatchNorm<T> {
+    /// Inference mode as a map per channel, y = x·scale + shift (then the fused ReLU if
+    /// `relu`), from the running statistics: (scale, shift, relu).
+    pub(crate) fn inference_map(&self) -> (Vec<f64>, Vec<f64>, bool) {
+        let rm = floats(&self.running_mean).data();
+        let rv = floats(&self.running_var).data();
+        let scale: Vec<f64> = (0..self.channels)
+            .map(|ch| self.gamma(ch) / (rv[ch].f64() + self.spec.eps).sqrt())
+            .collect();
+        let shift = (0..self.channels)
+            .map(|ch| self.beta(ch) - rm[ch].f64() * scale[ch])
+            .collect();
+        (scale, shift, self.relu)
+    }
+
     fn gamma(&self, ch: usize) -> f64 {
         self.weight
             .as_ref()

@@ -1,9 +1,11 @@
 //! `conv2d`: PyTorch's Conv2d (cross-correlation), with stride, padding ("same" and
 //! "valid" too), dilation, groups and an optional bias.
 use super::{chw, weight_bias, weight_bias_mut, BuildCx, Layer, LayerDef, Named, NamedMut};
-use super::{Param, Pass, TensorInfo, NO_CACHE};
+use super::batchnorm::BatchNorm;
+use super::{Param, Pass, Shared, TensorInfo, NO_CACHE};
 use crate::error::Result;
 use crate::nn::keys::{pair_text, Fields};
+use crate::ops::activation::{self, Activation};
 use crate::ops::conv::ConvScratch;
 use crate::ops::conv::{conv2d_backward_with, conv2d_forward_with, Conv2dConfig, Conv2dGeometry};
 use crate::ops::shape::same_padding;
@@ -81,7 +83,7 @@ impl Conv2dSpec {
             weight,
             bias,
             input: None,
-            scratch: ConvScratch::default(),
+            scratch: cx.shared(),
             spare: None,
         }
     }
@@ -200,7 +202,7 @@ pub struct Conv2d<T> {
     pub(crate) weight: Param<T>,         // (C_out, C_in/groups, kh, kw)
     pub(crate) bias: Option<Param<T>>,   // (C_out)
     pub(crate) input: Option<Tensor<T>>, // (N, C_in, H, W), cached for dW
-    pub(crate) scratch: ConvScratch<T>,  // the kernels' buffers, reused step after step
+    pub(crate) scratch: Shared<ConvScratch<T>>, // the kernels' buffers, shared by the network
     /// (N, C_out, H_out, W_out): the last backward's dY, the next forward's output buffer
     /// (filling a fresh one with zeros first took 2 % of a ResNet-20 step).
     spare: Option<Tensor<T>>,
@@ -209,24 +211,56 @@ pub struct Conv2d<T> {
 impl<T: Float> Conv2d<T> {
     /// y (N, C_out, H_out, W_out) of n samples x (N, C_in, H, W).
     fn run(&mut self, x: &[T], n: usize) -> Tensor<T> {
-        let g = &self.geom;
-        let shape = [n, g.out_channels, g.out_h, g.out_w];
-        // Every value is overwritten by the kernels.
-        let mut y = match self.spare.take() {
-            Some(t) if t.shape() == shape => t,
-            _ => Tensor::zeros(&shape),
-        };
-        conv2d_forward_with(
-            g,
-            n,
-            x,
-            self.weight.value.data(),
-            self.bias.as_ref().map(|b| b.value.data()),
-            y.data_mut(),
-            &mut self.scratch,
-        );
+        let bias = self.bias.as_ref().map(|b| b.value.data());
+        let (w, scratch, spare) = (self.weight.value.data(), &self.scratch, &mut self.spare);
+        run_conv(&self.geom, x, n, w, bias, scratch, spare)
+    }
+
+    /// Inference of this convolution followed by a map per output channel, y·scale + shift
+    /// (a BatchNorm in inference mode), and a ReLU if `relu`: one convolution, the map folded
+    /// into its weights and bias, so that the normalisation's pass over y goes away.
+    pub(crate) fn infer_folded(&mut self, x: &[T], n: usize, map: &(Vec<f64>, Vec<f64>, bool)) -> Tensor<T> {
+        let (scale, shift, relu) = map;
+        let per = self.weight.value.len() / scale.len().max(1);
+        let mut w = self.weight.value.data().to_vec();
+        for (row, &s) in w.chunks_exact_mut(per).zip(scale) {
+            let s = T::of(s);
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        let b: Vec<T> = (0..scale.len())
+            .map(|o| {
+                let b0 = self.bias.as_ref().map_or(0.0, |b| b.value.data()[o].f64());
+                T::of(b0 * scale[o] + shift[o])
+            })
+            .collect();
+        self.input = None;
+        let mut y = run_conv(&self.geom, x, n, &w, Some(&b), &self.scratch, &mut self.spare);
+        if *relu {
+            activation::forward_inplace(Activation::Relu, y.data_mut());
+        }
         y
     }
+}
+
+/// y (N, C_out, H_out, W_out) of n samples x (N, C_in, H, W) by weights w and bias b, into
+/// the spare buffer when it has the shape.
+fn run_conv<T: Float>(
+    g: &Conv2dGeometry,
+    x: &[T],
+    n: usize,
+    w: &[T],
+    b: Option<&[T]>,
+    scratch: &Shared<ConvScratch<T>>,
+    spare: &mut Option<Tensor<T>>,
+) -> Tensor<T> {
+    let shape = [n, g.out_channels, g.out_h, g.out_w];
+    // Every value is overwritten by the kernels.
+    let mut y = match spare.take() {
+        Some(t) if t.shape() == shape => t,
+        _ => Tensor::zeros(&shape),
+    };
+    conv2d_forward_with(g, n, x, w, b, y.data_mut(), &mut scratch.lock());
+    y
 }
 
 impl<T: Float> Layer<T> for Conv2d<T> {
@@ -238,6 +272,16 @@ impl<T: Float> Layer<T> for Conv2d<T> {
     fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
         self.input = None;
         self.run(x, shape[0])
+    }
+    /// A BatchNorm after the convolution folds into its weights and bias.
+    fn infer_with_next(
+        &mut self,
+        next: &dyn Layer<T>,
+        x: &[T],
+        shape: &[usize],
+    ) -> Option<Tensor<T>> {
+        let map = next.as_any().downcast_ref::<BatchNorm<T>>()?.inference_map();
+        (map.0.len() == self.geom.out_channels).then(|| self.infer_folded(x, shape[0], &map))
     }
     fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
         let x = self.input.take().expect(NO_CACHE);
@@ -252,7 +296,7 @@ impl<T: Float> Layer<T> for Conv2d<T> {
             dx.as_mut().map(|d| d.data_mut()),
             self.weight.grad.data_mut(),
             self.bias.as_mut().map(|b| b.grad.data_mut()),
-            &mut self.scratch,
+            &mut self.scratch.lock(),
         );
         self.spare = Some(dy);
         dx
@@ -309,6 +353,56 @@ mod tests {
             &[2, 2, 6, 5],
             Pass::train(0),
         );
+    }
+
+    /// In inference a BatchNorm after the convolution folds into its weights and bias: the
+    /// same values as the two layers apart in inference mode (the pass that caches for
+    /// backward runs them apart), with and without the convolution's bias and the fused ReLU.
+    #[test]
+    fn batchnorm_folds_into_inference() {
+        use super::super::testing::{layer, random};
+        use super::super::{Buffer, Seq};
+        for (bias, relu) in [(true, false), (false, true)] {
+            let conv = layer(
+                &format!("{{ type = \"conv2d\", out_channels = 3, kernel = 3, padding = 1, bias = {bias} }}"),
+                &[2, 5, 5],
+            )
+            .1;
+            let bn = layer("{ type = \"batchnorm2d\" }", &[3, 5, 5]).1;
+            let mut bn = *bn.into_any().downcast::<BatchNorm<f64>>().unwrap();
+            let stats = [[0.3, -0.2, 0.5], [0.5, 2.0, 1.3]];
+            for ((_, b), v) in bn.buffers_mut().into_iter().zip(stats) {
+                if let Buffer::Float(t) = b {
+                    t.data_mut().copy_from_slice(&v);
+                }
+            }
+            for ((_, p), v) in bn.params_mut().into_iter().zip([[1.5, -0.7, 0.2], [0.1, 0.4, -0.3]]) {
+                p.value.data_mut().copy_from_slice(&v);
+            }
+            bn.relu = relu;
+            let mut seq = Seq {
+                layers: vec![conv, Box::new(bn)],
+                index: vec![0, 1],
+            };
+            let x = Tensor::from_vec(&[4, 2, 5, 5], random(200, 3)).unwrap();
+            let folded = seq.infer(x.data(), x.shape());
+            let apart = seq
+                .layers
+                .iter_mut()
+                .fold(x, |h, l| l.forward(h, &Pass::FROZEN));
+            assert_eq!(folded.shape(), apart.shape());
+            let worst = folded
+                .data()
+                .iter()
+                .zip(apart.data())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-12, "bias {bias} relu {relu}: {worst}");
+            if relu {
+                assert!(folded.data().iter().all(|&v| v >= 0.0));
+                assert!(folded.data().contains(&0.0));
+            }
+        }
     }
 
     use super::super::LayerSpec;

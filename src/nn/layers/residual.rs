@@ -131,23 +131,42 @@ pub struct Residual<T> {
     positive: Vec<bool>, // (N, C, H, W) with `relu`: where the sum was > 0, for backward
 }
 
+/// h += s, then the fused ReLU if `relu`; `positive` (when given) records where the sum was
+/// positive, for backward.
+fn add_shortcut<T: Float>(h: &mut Tensor<T>, s: &[T], relu: bool, positive: Option<&mut Vec<bool>>) {
+    let sum = h.data_mut().iter_mut().zip(s);
+    if relu {
+        let relu = Activation::Relu;
+        sum.for_each(|(a, &b)| *a = relu.apply(*a + b));
+        if let Some(p) = positive {
+            p.clear();
+            p.extend(h.data().iter().map(|&v| v > T::zero()));
+        }
+    } else {
+        sum.for_each(|(a, &b)| *a += b);
+    }
+}
+
 impl<T: Float> Layer<T> for Residual<T> {
     fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T> {
+        if !pass.train && !pass.grad {
+            // Inference, nothing cached: the body reads x where it is, without a copy.
+            return self.infer(x.data(), x.shape());
+        }
         let mut h = self.body.forward(x.clone(), pass);
         let s = match &mut self.shortcut {
             Some(sc) => sc.forward(x, pass),
             None => x,
         };
-        let sum = h.data_mut().iter_mut().zip(s.data());
-        if self.relu {
-            let relu = Activation::Relu;
-            sum.for_each(|(a, &b)| *a = relu.apply(*a + b));
-            if pass.grad {
-                self.positive.clear();
-                self.positive.extend(h.data().iter().map(|&v| v > T::zero()));
-            }
-        } else {
-            sum.for_each(|(a, &b)| *a += b);
+        let positive = pass.grad.then_some(&mut self.positive);
+        add_shortcut(&mut h, s.data(), self.relu, positive);
+        h
+    }
+    fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        let mut h = self.body.infer(x, shape);
+        match &mut self.shortcut {
+            Some(sc) => add_shortcut(&mut h, sc.infer(x, shape).data(), self.relu, None),
+            None => add_shortcut(&mut h, x, self.relu, None),
         }
         h
     }
