@@ -284,10 +284,7 @@ impl<T: Float> Network<T> {
         if pass.train && self.exchanges > 0 {
             return vec![(0, n)];
         }
-        if !pass.train {
-            return shard_bounds(n, self.param_count, std::mem::size_of::<T>(), false);
-        }
-        self.train_shards(n)
+        shard_bounds(n, self.param_count, std::mem::size_of::<T>(), false)
     }
 
     /// How many times a training step exchanges per-sample values between the shards of the

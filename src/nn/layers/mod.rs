@@ -111,6 +111,11 @@ pub trait Exchange: Send + Sync {
 }
 
 impl Pass<'_> {
+    /// Inference that caches nothing: running statistics, no dropout, no backward to come.
+    pub fn is_inference(&self) -> bool {
+        !self.train && !self.grad
+    }
+
     /// Every shard's values, in batch order, when this part is one shard of a batch; else
     /// `mine` alone, this part being the whole batch.
     pub fn gather(&self, mine: Vec<f64>) -> std::sync::Arc<Vec<f64>> {
@@ -249,8 +254,8 @@ pub struct Seq<T> {
 
 impl<T: Float> Seq<T> {
     pub fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T> {
-        if !pass.train && !pass.grad {
-            // Inference, nothing cached: the same passes as inference on borrowed samples.
+        if pass.is_inference() {
+            // The same passes as inference on borrowed samples.
             return self.infer(x.data(), x.shape());
         }
         self.layers.iter_mut().fold(x, |h, l| l.forward(h, pass))

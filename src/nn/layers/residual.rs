@@ -149,8 +149,8 @@ fn add_shortcut<T: Float>(h: &mut Tensor<T>, s: &[T], relu: bool, positive: Opti
 
 impl<T: Float> Layer<T> for Residual<T> {
     fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T> {
-        if !pass.train && !pass.grad {
-            // Inference, nothing cached: the body reads x where it is, without a copy.
+        if pass.is_inference() {
+            // Nothing cached: the body reads x where it is, without a copy.
             return self.infer(x.data(), x.shape());
         }
         let mut h = self.body.forward(x.clone(), pass);
