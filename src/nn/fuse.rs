@@ -250,6 +250,7 @@ impl<T: Float> Layer<T> for ConvPool<T> {
 
 #[cfg(test)]
 mod tests {
+    use crate::nn::layers::Pass;
     use crate::nn::{presets, BuildOptions, ModelSpec, Network};
     use crate::tensor::Tensor;
 
@@ -306,6 +307,12 @@ layers = [{ type = "conv2d", out_channels = 4, kernel = 3, padding = 1 }, { type
 [[layers]]
 type = "relu"
 [[layers]]
+type = "residual"
+layers = [{ type = "conv2d", out_channels = 6, kernel = 3, stride = 2, padding = 1, bias = false }, { type = "batchnorm2d" }, { type = "relu" }, { type = "conv2d", out_channels = 6, kernel = 3, padding = 1, bias = false }, { type = "batchnorm2d" }]
+shortcut = [{ type = "conv2d", out_channels = 6, kernel = 1, stride = 2, bias = false }, { type = "batchnorm2d" }]
+[[layers]]
+type = "relu"
+[[layers]]
 type = "flatten"
 [[layers]]
 type = "linear"
@@ -340,7 +347,7 @@ out_features = 3
             assert!(rel(a.data(), b.data()) < 1e-5);
             let (a, b) = (
                 fused.forward(x.clone(), true).unwrap(),
-                plain.forward(x, true).unwrap(),
+                plain.forward(x.clone(), true).unwrap(),
             );
             assert!(rel(a.data(), b.data()) < 1e-5);
             let dy =
@@ -364,6 +371,18 @@ out_features = 3
                     rel(a.data(), b.data())
                 );
             }
+            // The running statistics are the batch's now: inference (BatchNorm folded, the
+            // ReLU and shortcut in the convolutions' epilogues) against the plain layers one
+            // by one in inference mode (caching, so nothing folds).
+            let (a, b) = (
+                fused.forward(x.clone(), false).unwrap(),
+                plain.forward_pass(x, Pass::FROZEN).unwrap(),
+            );
+            assert!(
+                rel(a.data(), b.data()) < 1e-5,
+                "{}",
+                rel(a.data(), b.data())
+            );
         }
     }
 }

@@ -25,6 +25,30 @@ impl Isa {
         }
         Isa::Baseline
     }
+
+    pub(crate) fn is_avx512(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self == Isa::Avx512
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    pub(crate) fn is_avx2(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self == Isa::Avx2Fma
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
 }
 
 /// Whether this CPU has AVX-512 (F, BW, VL) and the build lets the kernels use it (the default

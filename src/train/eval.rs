@@ -5,12 +5,12 @@ use crate::loss::{loss, LossKind};
 use crate::nn::Network;
 use crate::tensor::Tensor;
 
-/// Images per inference batch: shards of 32 side by side on the threads (`Network`'s
-/// inference shards), 4 of them, so 3 copies of the network beside it where 500 images made
-/// 8 shards and 7 copies. ResNet-20 on Fashion-MNIST's 10,000 test images, `convnet eval`:
-/// 2.3 s either way, peak RSS 51 against 79 MB; a 4-epoch training run on 6,000 of its
-/// images peaked at 249 against 277 MB.
-const EVAL_BATCH: usize = 128;
+/// Images per inference batch: two shards of 32 side by side on the threads (`Network`'s
+/// inference shards), so one copy of the network beside it. ResNet-20 on Fashion-MNIST's
+/// 10,000 test images, `convnet eval`: 2.32 s at 64, 128 and 500 alike; a 3-epoch training run
+/// on 6,000 of its images peaked at 232 MB (64) against 240 MB (128: 3 copies); 255 MB at 128
+/// before BatchNorm released its x̂ for evaluation ([`crate::nn::layers::Layer::release`]).
+const EVAL_BATCH: usize = 64;
 
 /// What a model scores on a data set.
 #[derive(Clone, Debug, PartialEq)]

@@ -302,6 +302,10 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         dx
     }
 
+    fn release(&mut self) {
+        self.spare = None;
+    }
+
     fn params(&self) -> Named<'_, Param<T>> {
         let mut v = Vec::new();
         if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
@@ -369,6 +373,31 @@ mod tests {
             assert!((rv.data()[ch] - (0.75 + 0.25 * var * 18.0 / 17.0)).abs() < 1e-15);
             assert_eq!(b[2].1, &Buffer::Count(1));
         }
+    }
+
+    /// Released between steps, x̂'s buffer is allocated afresh: the next step is the same.
+    #[test]
+    fn release_frees_the_spare_and_changes_no_step() {
+        let table = "{ type = \"batchnorm2d\" }";
+        let (_, mut kept) = layer(table, &[2, 3, 3]);
+        let (_, mut freed) = layer(table, &[2, 3, 3]);
+        let mut grads = Vec::new();
+        for step in 0..2 {
+            let x = Tensor::from_vec(&[4, 2, 3, 3], random(72, 9 + step)).unwrap();
+            let dy = Tensor::from_vec(&[4, 2, 3, 3], random(72, 19 + step)).unwrap();
+            for l in [&mut kept, &mut freed] {
+                let y = l.forward(x.clone(), &Pass::train(0));
+                let dx = l.backward(dy.clone(), true).unwrap();
+                grads.push((y, dx));
+            }
+            let bn = |l: &dyn Layer<f64>| l.as_any().downcast_ref::<BatchNorm<f64>>().map(|b| b.spare.is_some());
+            assert_eq!(bn(&*freed), Some(true));
+            freed.release();
+            assert_eq!(bn(&*freed), Some(false));
+        }
+        assert_eq!(grads[0], grads[1]);
+        assert_eq!(grads[2], grads[3]);
+        assert_eq!(kept.params()[0].1.grad, freed.params()[0].1.grad);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::init::Init;
 use super::keys::{Ctx, Fields};
 use crate::error::{Error, Result};
 use crate::onnx::graph::Scope;
+use crate::ops::conv::Epilogue;
 use crate::tensor::{Float, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -182,12 +183,14 @@ pub trait Layer<T: Float>: AsAny + Send {
         self.forward(Tensor::copy_of(shape, x), &Pass::INFER)
     }
     /// Inference of this layer followed by `next` as one pass, where this layer can fold the
-    /// next one in (a convolution, a BatchNorm after it); None to run them apart.
+    /// next one in (a convolution, a BatchNorm after it), then `tail` on the result (what a
+    /// residual block does after its body); None to run them apart.
     fn infer_with_next(
         &mut self,
         _next: &dyn Layer<T>,
         _x: &[T],
         _shape: &[usize],
+        _tail: Epilogue<'_, T>,
     ) -> Option<Tensor<T>> {
         None
     }
@@ -215,6 +218,13 @@ pub trait Layer<T: Float>: AsAny + Send {
     /// The nested sequences of a container layer, for passes over the whole network.
     fn children_mut(&mut self) -> Vec<&mut Seq<T>> {
         Vec::new()
+    }
+    /// Frees what the layer keeps between training steps only to reuse it (a BatchNorm's
+    /// last x̂, a convolution's last dY), before passes that do not need it.
+    fn release(&mut self) {
+        for child in self.children_mut() {
+            child.release();
+        }
     }
 }
 
@@ -250,6 +260,8 @@ pub(crate) const NO_CACHE: &str = "backward called without a training forward pa
 pub struct Seq<T> {
     pub layers: Vec<Box<dyn Layer<T>>>,
     pub index: Vec<usize>,
+    /// The network's spent inference outputs, for the next ones ([`Recycled`]).
+    pub recycled: Shared<Recycled<T>>,
 }
 
 impl<T: Float> Seq<T> {
@@ -264,13 +276,25 @@ impl<T: Float> Seq<T> {
     /// Inference on borrowed samples: the first layer reads them in place. A layer that can
     /// take the next one in ([`Layer::infer_with_next`]) runs both.
     pub fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
+        self.infer_then(x, shape, Epilogue::default())
+    }
+
+    /// [`Seq::infer`], then `tail` on the output: inside the last layer's kernel where the
+    /// sequence ends in a pair that [`Layer::infer_with_next`] runs, else as a pass of its own.
+    pub fn infer_then(&mut self, x: &[T], shape: &[usize], tail: Epilogue<'_, T>) -> Tensor<T> {
         let mut h: Option<Tensor<T>> = None;
         let mut i = 0;
+        let mut tail_done = false;
         while i < self.layers.len() {
             let (xs, sh) = h.as_ref().map_or((x, shape), |t| (t.data(), t.shape()));
+            let last_pair = i + 2 == self.layers.len();
             if let [l, next, ..] = &mut self.layers[i..] {
-                if let Some(y) = l.infer_with_next(&**next, xs, sh) {
-                    h = Some(y);
+                let t = if last_pair { tail } else { Epilogue::default() };
+                if let Some(y) = l.infer_with_next(&**next, xs, sh, t) {
+                    if let Some(spent) = h.replace(y) {
+                        self.recycled.lock().put(spent);
+                    }
+                    tail_done = last_pair;
                     i += 2;
                     continue;
                 }
@@ -282,7 +306,16 @@ impl<T: Float> Seq<T> {
             });
             i += 1;
         }
-        h.unwrap_or_else(|| Tensor::copy_of(shape, x))
+        let mut h = h.unwrap_or_else(|| Tensor::copy_of(shape, x));
+        if !tail_done {
+            tail.apply_at(0, h.data_mut());
+        }
+        h
+    }
+
+    /// [`Layer::release`] of every layer.
+    pub fn release(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.release());
     }
 
     /// Back-propagates dy; layer 0 computes its input gradient only when `need_dx`.
@@ -379,6 +412,13 @@ impl<'a> BuildCx<'a> {
 /// A working buffer shared by the layers of one network ([`BuildCx::shared`]).
 pub struct Shared<X>(std::sync::Arc<std::sync::Mutex<X>>);
 
+/// A buffer of its own, shared with no other layer (for layers built outside a network).
+impl<X: Default> Default for Shared<X> {
+    fn default() -> Self {
+        Shared(std::sync::Arc::new(std::sync::Mutex::new(X::default())))
+    }
+}
+
 impl<X> Shared<X> {
     /// The buffer, for one kernel call. Its contents never matter to the next user (kernels
     /// never read what they did not write), so a panic that left it half-written is no harm.
@@ -386,6 +426,52 @@ impl<X> Shared<X> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Tensors that the inference passes of one network have finished with, kept for the next
+/// output of the same size ([`BuildCx::shared`]): a new output is filled with zeros before a
+/// kernel overwrites every value, which was 4.6 % of ResNet-20's inference.
+pub struct Recycled<T> {
+    free: Vec<Vec<T>>, // oldest first
+}
+
+impl<T> Default for Recycled<T> {
+    fn default() -> Self {
+        Recycled { free: Vec::new() }
+    }
+}
+
+impl<T: Float> Recycled<T> {
+    /// Buffers kept at most: a residual block hands back two (its input and its body's first
+    /// output) for the two it takes, and a new stage's sizes push out the last stage's.
+    /// ResNet-20 inference ran as fast with 2 as with 4 (267–274 against 270–273 ms), and a
+    /// 3-epoch run on 6,000 Fashion images peaked 3 MB lower (234 against 237 MB).
+    const KEEP: usize = 2;
+
+    /// Keeps t's buffer for a later [`Recycled::take`], in place of the oldest when full.
+    pub fn put(&mut self, t: Tensor<T>) {
+        self.free.push(t.into_data());
+        if self.free.len() > Self::KEEP {
+            self.free.remove(0);
+        }
+    }
+
+    /// Frees every kept buffer.
+    pub fn clear(&mut self) {
+        self.free.clear();
+    }
+
+    /// A tensor of `shape` for a kernel that writes every value: a kept buffer of that length
+    /// with its old values, else zeros.
+    pub fn take(&mut self, shape: &[usize]) -> Tensor<T> {
+        let len: usize = shape.iter().product();
+        match self.free.iter().rposition(|v| v.len() == len) {
+            Some(i) => {
+                Tensor::from_vec(shape, self.free.remove(i)).expect("a buffer of that length")
+            }
+            None => Tensor::zeros(shape),
+        }
     }
 }
 
@@ -669,6 +755,7 @@ pub fn build_sequence<T: Float>(specs: &[LayerSpec], input: &[usize], cx: &mut B
     Seq {
         layers,
         index: (0..specs.len()).collect(),
+        recycled: cx.shared(),
     }
 }
 

@@ -6,6 +6,7 @@ use super::{LayerDef, LayerSpec, Named, NamedMut, Param, Pass, Seq, TensorInfo};
 use crate::error::Result;
 use crate::nn::keys::Fields;
 use crate::ops::activation::Activation;
+use crate::ops::conv::Epilogue;
 use crate::tensor::{Float, Tensor};
 use crate::onnx::graph::Scope;
 
@@ -151,7 +152,9 @@ impl<T: Float> Layer<T> for Residual<T> {
     fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T> {
         if pass.is_inference() {
             // Nothing cached: the body reads x where it is, without a copy.
-            return self.infer(x.data(), x.shape());
+            let y = self.infer(x.data(), x.shape());
+            self.body.recycled.lock().put(x);
+            return y;
         }
         let mut h = self.body.forward(x.clone(), pass);
         let s = match &mut self.shortcut {
@@ -162,11 +165,17 @@ impl<T: Float> Layer<T> for Residual<T> {
         add_shortcut(&mut h, s.data(), self.relu, positive);
         h
     }
+    /// The shortcut first, so that the body's last convolution adds it (and the ReLU) as it
+    /// writes its output.
     fn infer(&mut self, x: &[T], shape: &[usize]) -> Tensor<T> {
-        let mut h = self.body.infer(x, shape);
-        match &mut self.shortcut {
-            Some(sc) => add_shortcut(&mut h, sc.infer(x, shape).data(), self.relu, None),
-            None => add_shortcut(&mut h, x, self.relu, None),
+        let s = self.shortcut.as_mut().map(|sc| sc.infer(x, shape));
+        let tail = Epilogue {
+            add: Some(s.as_ref().map_or(x, |s| s.data())),
+            relu: self.relu,
+        };
+        let h = self.body.infer_then(x, shape, tail);
+        if let Some(s) = s {
+            self.body.recycled.lock().put(s);
         }
         h
     }

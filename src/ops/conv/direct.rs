@@ -11,6 +11,7 @@
 use super::batch::rows_to_lanes;
 use super::geometry::Conv2dGeometry;
 use super::parallel::{add_bias_sums, backward_chunks, bias_sums};
+use super::Epilogue;
 #[cfg(target_arch = "x86_64")]
 use crate::ops::simd::transpose16;
 use crate::ops::simd::{madd, Isa};
@@ -168,8 +169,7 @@ multiversion!(forward_wide<OB> => forward_kernel(taps: &[usize], xlen: usize, lv
 /// short rows (LeNet's second layer: 4 of 14), and no column matrix is built, which is what
 /// im2col costs where few input channels meet a large kernel (7×7 stride 2 on RGB: 12× the
 /// input).
-/// xp: (C_g, xstride), padded rows Wp apart; wb: (C_g·taps, CB·V); bias: (CB·V);
-/// y: (CB·V, H_out·W_out).
+/// xp: (C_g, xstride), padded rows Wp apart; wb: (C_g·taps, CB·V); y: (CB·V, H_out·W_out).
 #[inline(always)]
 fn forward_lanes_kernel<
     T: Float,
@@ -184,11 +184,12 @@ fn forward_lanes_kernel<
     (out_h, out_w, wp): (usize, usize, usize),
     xp: &[T],
     wb: &[T],
-    bias: &[T],
+    ends: Ends<'_, T>,
     y: &mut [T],
 ) {
     let nt = taps.len();
     let plane = out_h * out_w;
+    let Ends { bias, add, relu } = ends;
     for oh in 0..out_h {
         for ow0 in (0..out_w).step_by(PB) {
             let mut acc = [[[T::zero(); V]; CB]; PB];
@@ -219,42 +220,58 @@ fn forward_lanes_kernel<
             if FMA && U == 2 && PB <= V && TypeId::of::<T>() == TypeId::of::<f32>() {
                 let pos = oh * out_w + ow0;
                 assert!(y.len() >= CB * V * plane && pos + np <= plane && bias.len() >= CB * V);
+                assert!(add.is_empty() || add.len() >= CB * V * plane);
                 // SAFETY: U == 2 only in the AVX-512 build of this kernel (`multiversion!`);
-                // T is f32, so the casts are identities; the assert bounds every store.
+                // T is f32, so the casts are identities; the asserts bound every load and store.
                 unsafe {
                     let out = &*(&out as *const [[[T; V]; CB]; PB] as *const [[[f32; V]; CB]; PB]);
                     let bias = &*(bias as *const [T] as *const [f32]);
+                    let add = (!add.is_empty()).then_some(add.as_ptr() as *const f32);
                     let y = y.as_mut_ptr() as *mut f32;
-                    store_run_avx512::<CB, PB>(out, bias, y, (plane, pos, np));
+                    store_run_avx512::<CB, PB>(out, (bias, add, relu), y, (plane, pos, np));
                 }
                 continue;
             }
             for cb in 0..CB {
                 for l in 0..V {
                     let oc = cb * V + l;
-                    let dst = &mut y[oc * plane + oh * out_w + ow0..][..np];
-                    for (d, a) in dst.iter_mut().zip(&out) {
-                        *d = a[cb][l] + bias[oc];
+                    let at = oc * plane + oh * out_w + ow0;
+                    for (p, a) in out.iter().enumerate().take(np) {
+                        let mut v = a[cb][l] + bias[oc];
+                        if !add.is_empty() {
+                            v += add[at + p];
+                        }
+                        y[at + p] = if relu && v < T::zero() { T::zero() } else { v };
                     }
                 }
             }
         }
     }
 }
-multiversion!(forward_lanes<CB, PB, S> => forward_lanes_kernel(taps: &[usize], xstride: usize, dims: (usize, usize, usize), xp: &[T], wb: &[T], bias: &[T], y: &mut [T]));
+multiversion!(forward_lanes<CB, PB, S> => forward_lanes_kernel(taps: &[usize], xstride: usize, dims: (usize, usize, usize), xp: &[T], wb: &[T], ends: Ends<'_, T>, y: &mut [T]));
+
+/// What [`forward_lanes_kernel`]'s stores add to a block's sums: the bias (CB·V), the values
+/// of `add` at the same places (CB·V, H_out·W_out; empty for none), then a ReLU if `relu`
+/// (the [`Epilogue`], while the sums are in registers).
+#[derive(Clone, Copy)]
+struct Ends<'a, T> {
+    bias: &'a [T],
+    add: &'a [T],
+    relu: bool,
+}
 
 /// Stores one run of [`forward_lanes_kernel`] planar with AVX-512: per vector of channels, a
 /// 16×16 transpose in registers, then one masked store of `np` pixels per channel:
-/// y[oc·plane + pos + p] = out[p][oc / V][oc % V] + bias[oc]. Against the scalar stores
-/// (gathers, as compiled), best of 6 alternating runs: the 7×7 stride-2 stem 7.7 against
-/// 8.1 ms.
-/// SAFETY: needs AVX-512F, PB ≤ 16, np ≤ PB, and y valid for CB·V·plane elements with
-/// pos + np ≤ plane.
+/// y[oc·plane + pos + p] = out[p][oc / V][oc % V] + bias[oc] (+ add at the same place, then
+/// the ReLU: [`Ends`]). Against the scalar stores (gathers, as compiled), best of 6
+/// alternating runs: the 7×7 stride-2 stem 7.7 against 8.1 ms.
+/// SAFETY: needs AVX-512F, PB ≤ 16, np ≤ PB, and y (and add, if given) valid for CB·V·plane
+/// elements with pos + np ≤ plane.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn store_run_avx512<const CB: usize, const PB: usize>(
     out: &[[[f32; V]; CB]; PB],
-    bias: &[f32],
+    (bias, add, relu): (&[f32], Option<*const f32>, bool),
     y: *mut f32,
     (plane, pos, np): (usize, usize, usize),
 ) {
@@ -267,7 +284,14 @@ unsafe fn store_run_avx512<const CB: usize, const PB: usize>(
         }
         for (l, col) in transpose16(r).into_iter().enumerate() {
             let oc = cb * V + l;
-            let v = _mm512_add_ps(col, _mm512_set1_ps(bias[oc]));
+            let mut v = _mm512_add_ps(col, _mm512_set1_ps(bias[oc]));
+            if let Some(a) = add {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, a.add(oc * plane + pos)));
+            }
+            if relu {
+                // max(0, v) is v where v is NaN, as the scalar ReLU keeps it.
+                v = _mm512_max_ps(_mm512_setzero_ps(), v);
+            }
             _mm512_mask_storeu_ps(y.add(oc * plane + pos), mask, v);
         }
     }
@@ -279,12 +303,17 @@ unsafe fn store_run_avx512<const CB: usize, const PB: usize>(
 /// (ties: the longer run). CB·PB sums and CB weight vectors stay within 32 registers (the
 /// broadcasts are memory operands). Four vectors lost: × 7 pixels 9.3 against 7.8 ms on the
 /// 7×7 stride-2 stem, × 6 and × 4 pixels 40.6 and 49.9 against 29.4 ms on 64→64 3×3 on 56².
-fn lanes_block(g: &Conv2dGeometry) -> (usize, usize) {
+/// One vector of channels takes runs of 16 with AVX-512 (17 registers): half the loop and
+/// bounds-check instructions per multiply-add of runs of 8, and 16 independent sums where 8
+/// only just cover two units' latency.
+fn lanes_block(g: &Conv2dGeometry, isa: Isa) -> (usize, usize) {
     let waste = |pb: usize| g.out_w.div_ceil(pb) * pb - g.out_w;
     let opg = g.out_channels / g.cfg.groups;
     let cb = if opg.is_multiple_of(2 * V) { 2 } else { 1 };
-    let pb = [14, 12, 10, 8]
+    let longest = if cb == 1 && isa.is_avx512() { 16 } else { 14 };
+    let pb = [16, 14, 12, 10, 8]
         .into_iter()
+        .filter(|&pb| pb <= longest)
         .min_by_key(|&pb| waste(pb))
         .unwrap_or(8);
     (cb, pb)
@@ -299,6 +328,7 @@ pub(crate) fn forward_by_lanes<T: Float>(
     x: &[T],
     w: &[T],
     b: Option<&[T]>,
+    epi: Epilogue<'_, T>,
     y: &mut [T],
 ) {
     let isa = Isa::detect();
@@ -313,7 +343,7 @@ pub(crate) fn forward_by_lanes<T: Float>(
     let (wp, taps) = (wd.wp, &wd.taps[..]);
     let hp = g.in_h + c.pad_begin.0 + c.pad_end.0;
     let nt = taps.len();
-    let (cb, pb) = lanes_block(g);
+    let (cb, pb) = lanes_block(g, isa);
     let bw = cb * V;
     // A run may read (pb − 1)·s values past the last padded row.
     let xstride = hp * wp + pb * s;
@@ -342,13 +372,15 @@ pub(crate) fn forward_by_lanes<T: Float>(
     };
     // One block of channels of one sample's group, by the kernel instance for its (CB, PB,
     // stride): all are compile-time constants.
-    let run_block = |xs: &[T], wb: &[T], bb: &[T], yb: &mut [T]| {
+    let run_block = |xs: &[T], wb: &[T], ends: Ends<'_, T>, yb: &mut [T]| {
         macro_rules! run {
             ($cb:literal, $pb:literal, $s:literal) => {
-                forward_lanes::<T, $cb, $pb, $s>(isa, taps, xstride, dims, xs, wb, bb, yb)
+                forward_lanes::<T, $cb, $pb, $s>(isa, taps, xstride, dims, xs, wb, ends, yb)
             };
         }
         match (cb, pb, s) {
+            (1, 16, 1) => run!(1, 16, 1),
+            (1, 16, _) => run!(1, 16, 2),
             (2, 14, 1) => run!(2, 14, 1),
             (2, 12, 1) => run!(2, 12, 1),
             (2, 10, 1) => run!(2, 10, 1),
@@ -388,7 +420,14 @@ pub(crate) fn forward_by_lanes<T: Float>(
                         *held = si * groups + gi;
                     }
                     let wb = &wpk[bi * cg * nt * bw..][..cg * nt * bw];
-                    run_block(xp, wb, &bias[bi * bw..][..bw], yb);
+                    let ends = Ends {
+                        bias: &bias[bi * bw..][..bw],
+                        add: epi
+                            .add
+                            .map_or(&[][..], |a| &a[i * bw * plane..][..bw * plane]),
+                        relu: epi.relu,
+                    };
+                    run_block(xp, wb, ends, yb);
                 }
             },
         );

@@ -46,17 +46,87 @@ pub fn conv2d_forward_with<T: Float>(
     scratch: &mut ConvScratch<T>,
 ) {
     let isa = Isa::detect();
-    run_forward(
-        plan::plan_forward(g, n, isa),
-        isa,
-        g,
-        n,
-        x,
-        w,
-        b,
-        y,
-        scratch,
-    )
+    let algo = plan::plan_forward(g, n, isa);
+    run_forward(algo, isa, g, n, x, w, b, Epilogue::default(), y, scratch)
+}
+
+/// What a forward pass does to each output value after the bias: adds the value at the same
+/// place of `add` (a residual block's shortcut), then a ReLU if `relu`. The kernels apply it
+/// to each block of output they have just written, while it is in cache, instead of passes
+/// of their own over the whole output.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a, T> {
+    /// (N, C_out, H_out, W_out), as y.
+    pub add: Option<&'a [T]>,
+    pub relu: bool,
+}
+
+impl<T> Default for Epilogue<'_, T> {
+    fn default() -> Self {
+        Epilogue {
+            add: None,
+            relu: false,
+        }
+    }
+}
+
+impl<T: Float> Epilogue<'_, T> {
+    /// Applies it to `y`, the output's values from element `at` on.
+    pub fn apply_at(&self, at: usize, y: &mut [T]) {
+        let relu = |v: T| if v < T::zero() { T::zero() } else { v };
+        match (self.add, self.relu) {
+            (Some(a), true) => y
+                .iter_mut()
+                .zip(&a[at..])
+                .for_each(|(v, &s)| *v = relu(*v + s)),
+            (Some(a), false) => y.iter_mut().zip(&a[at..]).for_each(|(v, &s)| *v += s),
+            (None, true) => y.iter_mut().for_each(|v| *v = relu(*v)),
+            (None, false) => {}
+        }
+    }
+}
+
+/// A convolution's weights for many forward passes: the values, and what a kernel derives
+/// from them alone (Winograd's transformed kernels), derived at the first call that needs it
+/// and kept for the next (derived per call, it was 3.8 % of ResNet-20's inference).
+pub struct PreparedWeights<T> {
+    w: Vec<T>,                // (C_out, C_in/groups, kh, kw)
+    winograd: Option<Vec<T>>, // (P, C_in', C_out')
+}
+
+impl<T: Float> PreparedWeights<T> {
+    pub fn new(w: Vec<T>) -> Self {
+        PreparedWeights { w, winograd: None }
+    }
+
+    pub fn values(&self) -> &[T] {
+        &self.w
+    }
+}
+
+/// [`conv2d_forward_with`] by prepared weights w (of this geometry), followed by `epi` on
+/// every output value.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_prepared<T: Float>(
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    w: &mut PreparedWeights<T>,
+    b: Option<&[T]>,
+    epi: Epilogue<'_, T>,
+    y: &mut [T],
+    scratch: &mut ConvScratch<T>,
+) {
+    let isa = Isa::detect();
+    match plan::plan_forward(g, n, isa) {
+        Forward::Winograd => {
+            let u = w
+                .winograd
+                .get_or_insert_with(|| winograd::transform_forward(g, &w.w));
+            winograd::forward_transformed(isa, g, n, x, u, b, epi, y, scratch)
+        }
+        algo => run_forward(algo, isa, g, n, x, &w.w, b, epi, y, scratch),
+    }
 }
 
 /// The forward pass by `algo`, which must [`plan::forward_fits`] this geometry.
@@ -69,19 +139,22 @@ pub(crate) fn run_forward<T: Float>(
     x: &[T],
     w: &[T],
     b: Option<&[T]>,
+    epi: Epilogue<'_, T>,
     y: &mut [T],
     scratch: &mut ConvScratch<T>,
 ) {
     debug_assert!(plan::forward_fits(algo, g), "{algo:?} for {g:?}");
     match algo {
-        Forward::Winograd => winograd::forward(isa, g, n, x, w, b, y, scratch),
+        Forward::Winograd => return winograd::forward(isa, g, n, x, w, b, epi, y, scratch),
+        Forward::DirectLanes => return direct::forward_by_lanes(g, n, x, w, b, epi, y),
         Forward::RowsWinograd => rows_winograd::forward(g, n, x, w, b, y),
-        Forward::DirectLanes => direct::forward_by_lanes(g, n, x, w, b, y),
         Forward::Taps => taps::forward(g, n, x, w, b, y),
         Forward::DirectWide => direct::forward_by_wide(g, n, x, w, b, y),
         Forward::BatchLanes => batch::forward(isa, g, None, n, x, w, b, y, &mut [], scratch),
         Forward::Im2col => im2col::forward_im2col(g, n, x, w, b, y),
     }
+    // The other kernels leave it to a pass of its own.
+    epi.apply_at(0, &mut y[..n * g.out_len()]);
 }
 
 /// Whether a convolution followed by `pool` (with or without a ReLU between) can run as one
@@ -213,6 +286,7 @@ pub(crate) fn run_backward<T: Float>(
                     dy,
                     &wt,
                     None,
+                    Epilogue::default(),
                     dx,
                     scratch,
                 );
@@ -322,7 +396,7 @@ mod tests {
 
     /// In f32 the lanes kernel stores through a transpose in registers (with AVX-512), which
     /// the f64 cases of the test below never reach: every run length, 1 and 2 vectors of
-    /// channels, both strides, partial last runs.
+    /// channels, both strides, partial last runs, with and without the epilogue.
     #[test]
     fn lanes_f32_matches_naive() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -334,6 +408,10 @@ mod tests {
             (4, 9, 23, 32, 3, 2, 1),
             (2, 8, 12, 16, 3, 1, 1),
             (2, 8, 20, 16, 3, 2, 2),
+            // Runs of 16 (one vector of channels, AVX-512): whole rows of 32, and rows of 31
+            // with a partial last run, stride 2.
+            (2, 5, 32, 16, 3, 1, 1),
+            (2, 5, 61, 16, 3, 2, 1),
         ];
         for (ci, h, w, co, k, s, p) in cases {
             let cfg = Conv2dConfig {
@@ -351,13 +429,30 @@ mod tests {
             let mut want = vec![0.0; n * g.out_len()];
             conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
             let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-            let mut y = vec![f32::NAN; n * g.out_len()];
-            direct::forward_by_lanes(&g, n, &f32s(&x), &f32s(&wt), Some(&f32s(&b)), &mut y);
-            for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
-                assert!(
-                    (a as f64 - b).abs() < 1e-4 * b.abs().max(1.0),
-                    "{cfg:?} at {i}"
-                );
+            // Without an epilogue, then a shortcut added and a ReLU in the same stores.
+            let add = rand_vec(&mut rng, n * g.out_len());
+            let add32 = f32s(&add);
+            for epi in [
+                Epilogue::default(),
+                Epilogue {
+                    add: Some(&add32[..]),
+                    relu: true,
+                },
+            ] {
+                let mut y = vec![f32::NAN; n * g.out_len()];
+                let (x, wt, b) = (f32s(&x), f32s(&wt), f32s(&b));
+                direct::forward_by_lanes(&g, n, &x, &wt, Some(&b), epi, &mut y);
+                for (i, &a) in y.iter().enumerate() {
+                    let b = match epi.add {
+                        Some(_) => (want[i] + add[i]).max(0.0),
+                        None => want[i],
+                    };
+                    assert!(
+                        (a as f64 - b).abs() < 1e-4 * b.abs().max(1.0),
+                        "{cfg:?} relu {} at {i}",
+                        epi.relu
+                    );
+                }
             }
         }
     }
@@ -623,7 +718,17 @@ mod tests {
             slots: vec![std::array::from_fn(|_| vec![fill; 1 << 20]); 2],
         };
         let mut y = vec![fill; n * g.out_len()];
-        winograd::forward(isa, g, n, x, w, Some(b), &mut y, &mut sc);
+        winograd::forward(
+            isa,
+            g,
+            n,
+            x,
+            w,
+            Some(b),
+            Epilogue::default(),
+            &mut y,
+            &mut sc,
+        );
         let (mut dx, mut dw, mut db) = (
             vec![fill; x.len()],
             vec![T::zero(); w.len()],
@@ -797,6 +902,8 @@ mod tests {
             (4, 9, 27, 32, (7, 7), (2, 2), (1, 1), (0, 2), (1, 0), 2),
             (3, 20, 32, 16, (3, 7), (2, 2), (1, 1), (0, 0), (0, 0), 1),
             (1, 8, 120, 32, (7, 7), (2, 2), (1, 1), (3, 3), (3, 3), 1),
+            // Winograd forward as planned (64 channels): prepared weights keep its transform.
+            (64, 8, 8, 64, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),
         ];
         // Every algorithm of the plan's enums that can run each case on this CPU, and the
         // plan's own choice.
@@ -831,15 +938,45 @@ mod tests {
                 conv2d_forward_naive(&g, n, &x, &wt, Some(&b), &mut want);
                 let mut y_mag = vec![0.0; n * g.out_len()];
                 conv2d_forward_naive(&g, n, &abs(&x), &abs(&wt), Some(&abs(&b)), &mut y_mag);
+                // Each epilogue: none, a ReLU, a shortcut added then a ReLU, a shortcut alone.
+                let add = rand_vec(&mut rng, n * g.out_len());
+                let epis = [
+                    (None, false),
+                    (None, true),
+                    (Some(&add[..]), true),
+                    (Some(&add[..]), false),
+                ];
                 let paths = Forward::ALL.into_iter().map(Some).chain([None]);
                 for algo in paths.filter(|a| a.is_none_or(|a| plan::forward_fits(a, &g))) {
-                    let mut y = vec![0.0; n * g.out_len()];
-                    let sc = &mut ConvScratch::default();
-                    match algo {
-                        Some(a) => run_forward(a, isa, &g, n, &x, &wt, Some(&b), &mut y, sc),
-                        None => conv2d_forward_with(&g, n, &x, &wt, Some(&b), &mut y, sc),
+                    for (add, relu) in epis {
+                        let epi = Epilogue { add, relu };
+                        let (mut want, mut mag) = (want.clone(), y_mag.clone());
+                        if let Some(a) = add {
+                            want.iter_mut().zip(a).for_each(|(v, s)| *v += s);
+                            mag.iter_mut().zip(a).for_each(|(v, s)| *v += s.abs());
+                        }
+                        if relu {
+                            want.iter_mut().for_each(|v| *v = v.max(0.0));
+                        }
+                        // NaN first: outputs go into recycled buffers, so every value must be
+                        // written.
+                        let mut y = vec![f64::NAN; n * g.out_len()];
+                        let sc = &mut ConvScratch::default();
+                        match algo {
+                            Some(a) => {
+                                run_forward(a, isa, &g, n, &x, &wt, Some(&b), epi, &mut y, sc)
+                            }
+                            None => {
+                                let pw = &mut PreparedWeights::new(wt.clone());
+                                conv2d_forward_prepared(&g, n, &x, pw, Some(&b), epi, &mut y, sc);
+                                // Again with what the first call derived from the weights.
+                                let again = &mut vec![f64::NAN; y.len()];
+                                conv2d_forward_prepared(&g, n, &x, pw, Some(&b), epi, again, sc);
+                                assert_eq!(&y, again);
+                            }
+                        }
+                        assert!(close(&y, &want, &mag), "{algo:?} forward {cfg:?} {epi:?}");
                     }
-                    assert!(close(&y, &want, &y_mag), "{algo:?} forward {cfg:?}");
                 }
 
                 let dy = rand_vec(&mut rng, n * g.out_len());

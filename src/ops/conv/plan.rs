@@ -75,30 +75,6 @@ impl Backward {
     ];
 }
 
-fn avx512(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        isa == Isa::Avx512
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        false
-    }
-}
-
-fn avx2(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        isa == Isa::Avx2Fma
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        false
-    }
-}
-
 /// Padding below the kernel size on every side: dX is then a correlation over the padded dY.
 fn pad_below_kernel(g: &Conv2dGeometry) -> bool {
     let c = &g.cfg;
@@ -150,7 +126,7 @@ fn taps_fit(g: &Conv2dGeometry) -> bool {
 /// The lanes kernel of the weight gradient (`direct::weight_grad_lanes`): AVX-512 and whole
 /// vectors of output channels.
 pub(crate) fn weight_grad_lanes_fits(cout: usize, isa: Isa) -> bool {
-    avx512(isa) && cout.is_multiple_of(V)
+    isa.is_avx512() && cout.is_multiple_of(V)
 }
 
 /// Whether `forward` can compute this convolution (whether or not it is planned): every
@@ -270,7 +246,7 @@ fn lanes_pay(g: &Conv2dGeometry, isa: Isa) -> bool {
         || opg.is_multiple_of(2 * V)
         || g.k_per_group() >= LANES_MIN_UNIT_STRIDE_REDUCTION
         || 5 * (wp - g.out_w) > wp;
-    avx512(isa) && lanes_fit(g) && g.k_per_group() <= LANES_MAX_REDUCTION && shape
+    isa.is_avx512() && lanes_fit(g) && g.k_per_group() <= LANES_MAX_REDUCTION && shape
 }
 
 /// Rows-Winograd where the direct lanes kernel would run (AVX-512, a reduction that keeps a
@@ -280,7 +256,7 @@ fn lanes_pay(g: &Conv2dGeometry, isa: Isa) -> bool {
 /// 6.2–6.6 ms against 9.7 ms by im2col + GEMM.
 fn rows_winograd_pays(g: &Conv2dGeometry, isa: Isa) -> bool {
     rows_winograd_fits(g)
-        && if avx2(isa) {
+        && if isa.is_avx2() {
             g.k_per_group() <= LANES_MAX_REDUCTION
         } else {
             lanes_pay(g, isa)

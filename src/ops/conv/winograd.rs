@@ -15,6 +15,7 @@
 use super::batch::{lanes_to_rows, rows_to_lanes};
 use super::geometry::Conv2dGeometry;
 use super::parallel::{add_bias_sums, backward_chunks, bias_sums, forward_chunks, ConvScratch};
+use super::Epilogue;
 use crate::ops::simd::{madd, Isa};
 use crate::tensor::Float;
 #[cfg(target_arch = "x86_64")]
@@ -621,6 +622,7 @@ fn correlate<T: Float>(
     x: &[T],
     u: &[T],
     bias: Option<&[T]>,
+    epi: Epilogue<'_, T>,
     y: &mut [T],
     scratch: &mut ConvScratch<T>,
 ) {
@@ -664,6 +666,7 @@ fn correlate<T: Float>(
                     );
                 }
             }
+            epi.apply_at((s0 + si) * out_len, yo);
         }
     };
     let sizes = [t.packed_in(), m_len + t.packed_out(), v_len];
@@ -680,11 +683,33 @@ pub(crate) fn forward<T: Float>(
     x: &[T],
     w: &[T],
     b: Option<&[T]>,
+    epi: Epilogue<'_, T>,
     y: &mut [T],
     scratch: &mut ConvScratch<T>,
 ) {
-    let u = transform_kernels(w, g.out_channels, g.in_channels, false); // (P, C_in', C_out')
-    correlate(isa, g, n, x, &u, b, y, scratch);
+    let u = transform_forward(g, w);
+    correlate(isa, g, n, x, &u, b, epi, y, scratch);
+}
+
+/// The transformed kernels U (P, C_in', C_out') of [`forward`] for weights w.
+pub(crate) fn transform_forward<T: Float>(g: &Conv2dGeometry, w: &[T]) -> Vec<T> {
+    transform_kernels(w, g.out_channels, g.in_channels, false)
+}
+
+/// [`forward`] with its kernels transformed already, u = [`transform_forward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_transformed<T: Float>(
+    isa: Isa,
+    g: &Conv2dGeometry,
+    n: usize,
+    x: &[T],
+    u: &[T],
+    b: Option<&[T]>,
+    epi: Epilogue<'_, T>,
+    y: &mut [T],
+    scratch: &mut ConvScratch<T>,
+) {
+    correlate(isa, g, n, x, u, b, epi, y, scratch);
 }
 
 /// Gradients of [`forward`] from dy (N, C_out, H_out, W_out): writes dx (N, C_in, H, W) if
@@ -708,7 +733,7 @@ pub(crate) fn backward<T: Float>(
         .expect("fits: the input gradient is a correlation over dY");
     if let Some(dx) = dx {
         let u = transform_kernels(w, g.out_channels, g.in_channels, true); // (P, C_out', C_in')
-        correlate(isa, &gt, n, dy, &u, None, dx, scratch);
+        correlate(isa, &gt, n, dy, &u, None, Epilogue::default(), dx, scratch);
     }
     let t = Tiling::new(g);
     let (cp, kp) = (t.cp, t.kp);
