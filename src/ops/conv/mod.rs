@@ -51,9 +51,10 @@ pub fn conv2d_forward_with<T: Float>(
 }
 
 /// What a forward pass does to each output value after the bias: adds the value at the same
-/// place of `add` (a residual block's shortcut), then a ReLU if `relu`. The kernels apply it
-/// to each block of output they have just written, while it is in cache, instead of passes
-/// of their own over the whole output.
+/// place of `add` (a residual block's shortcut), then a ReLU if `relu`. The lanes kernel
+/// applies it in its stores, on the sums in registers, and Winograd's to each sample it has
+/// just written, instead of passes of their own over the whole output; the other kernels
+/// leave it to such a pass.
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a, T> {
     /// (N, C_out, H_out, W_out), as y.
@@ -97,10 +98,6 @@ pub struct PreparedWeights<T> {
 impl<T: Float> PreparedWeights<T> {
     pub fn new(w: Vec<T>) -> Self {
         PreparedWeights { w, winograd: None }
-    }
-
-    pub fn values(&self) -> &[T] {
-        &self.w
     }
 }
 
