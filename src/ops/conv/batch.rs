@@ -185,8 +185,11 @@ unsafe fn transpose_in_avx512(src: *const f32, stride: usize, ns: usize, np: usi
         for (s, rs) in r.iter_mut().enumerate().take(ns) {
             *rs = _mm512_maskz_loadu_ps(mask, src.add(s * stride + p0));
         }
-        for (p, v) in transpose16(r).into_iter().enumerate().take(m) {
-            _mm512_storeu_ps(dst.add((p0 + p) * 16), v);
+        // Masked stores, all 16: a loop of m plain ones was turned into a call to memcpy
+        // from the transpose's copy on the stack.
+        for (p, v) in transpose16(r).iter().enumerate() {
+            let keep = if p < m { !0 } else { 0 };
+            _mm512_mask_storeu_ps(dst.wrapping_add((p0 + p) * 16), keep, *v);
         }
     }
 }
@@ -207,12 +210,14 @@ unsafe fn transpose_out_avx512(
     for p0 in (0..np).step_by(16) {
         let m = (np - p0).min(16);
         let mask = ((1u32 << m) - 1) as __mmask16;
-        let mut r = [_mm512_setzero_ps(); 16];
-        for (p, rp) in r.iter_mut().enumerate().take(m) {
-            *rp = _mm512_loadu_ps(src.add((p0 + p) * 16));
-        }
-        for (s, v) in transpose16(r).into_iter().enumerate().take(ns) {
-            _mm512_mask_storeu_ps(dst.add(s * stride + p0), mask, v);
+        // Masked loads, all 16: a loop of m plain ones was turned into a call to memcpy onto
+        // the stack.
+        let r: [__m512; 16] = std::array::from_fn(|p| {
+            let keep = if p < m { !0 } else { 0 };
+            _mm512_maskz_loadu_ps(keep, src.wrapping_add((p0 + p) * 16))
+        });
+        for (s, v) in transpose16(r).iter().enumerate().take(ns) {
+            _mm512_mask_storeu_ps(dst.add(s * stride + p0), mask, *v);
         }
     }
 }
@@ -232,8 +237,8 @@ unsafe fn transpose_in_avx2(src: *const f32, stride: usize, ns: usize, np: usize
             for (i, rs) in r.iter_mut().enumerate().take(ns.saturating_sub(8 * h)) {
                 *rs = _mm256_maskload_ps(src.add((8 * h + i) * stride + p0), mask);
             }
-            for (p, v) in transpose8(r).into_iter().enumerate().take(m) {
-                _mm256_storeu_ps(dst.add((p0 + p) * L + 8 * h), v);
+            for (p, v) in transpose8(r).iter().enumerate().take(m) {
+                _mm256_storeu_ps(dst.add((p0 + p) * L + 8 * h), *v);
             }
         }
     }
@@ -254,8 +259,8 @@ unsafe fn transpose_out_avx2(src: *const f32, ns: usize, np: usize, dst: *mut f3
             for (p, rp) in r.iter_mut().enumerate().take(m) {
                 *rp = _mm256_loadu_ps(src.add((p0 + p) * L + 8 * h));
             }
-            for (i, v) in transpose8(r).into_iter().enumerate().take(ns - 8 * h) {
-                _mm256_maskstore_ps(dst.add((8 * h + i) * stride + p0), mask, v);
+            for (i, v) in transpose8(r).iter().enumerate().take(ns - 8 * h) {
+                _mm256_maskstore_ps(dst.add((8 * h + i) * stride + p0), mask, *v);
             }
         }
     }

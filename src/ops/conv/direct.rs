@@ -282,9 +282,9 @@ unsafe fn store_run_avx512<const CB: usize, const PB: usize>(
         for (rp, op) in r.iter_mut().zip(out) {
             *rp = _mm512_loadu_ps(op[cb].as_ptr());
         }
-        for (l, col) in transpose16(r).into_iter().enumerate() {
+        for (l, col) in transpose16(r).iter().enumerate() {
             let oc = cb * V + l;
-            let mut v = _mm512_add_ps(col, _mm512_set1_ps(bias[oc]));
+            let mut v = _mm512_add_ps(*col, _mm512_set1_ps(bias[oc]));
             if let Some(a) = add {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, a.add(oc * plane + pos)));
             }

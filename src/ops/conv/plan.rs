@@ -11,8 +11,10 @@ const V: usize = 16;
 /// A forward-pass algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Forward {
-    /// Winograd F(2×2, 3×3) over 4×4 tiles (`winograd`).
+    /// Winograd F(2×2, 3×3) over 4×4 patches (`winograd`).
     Winograd,
+    /// Winograd F(4×4, 3×3) over 6×6 patches (`winograd`).
+    Winograd4,
     /// Winograd F(4, 4) along the rows at stride 2 (`rows_winograd`).
     RowsWinograd,
     /// Direct, output channels across the vector lanes (`direct::forward_by_lanes`).
@@ -31,8 +33,9 @@ pub(crate) enum Forward {
 
 impl Forward {
     #[cfg(test)]
-    pub(crate) const ALL: [Forward; 7] = [
+    pub(crate) const ALL: [Forward; 8] = [
         Forward::Winograd,
+        Forward::Winograd4,
         Forward::RowsWinograd,
         Forward::DirectLanes,
         Forward::Taps,
@@ -49,6 +52,8 @@ pub(crate) enum Backward {
     BatchLanes,
     /// Winograd F(2×2, 3×3) for dX and dW (`winograd`).
     Winograd,
+    /// Winograd F(4×4, 3×3) for dX, F(2×2, 3×3) for dW (`winograd`).
+    Winograd4,
     /// One GEMM per kernel tap (`taps`).
     Taps,
     /// dW and db only, stride 2, by the lanes kernel (`direct::weight_grad_strided`).
@@ -64,9 +69,10 @@ pub(crate) enum Backward {
 
 impl Backward {
     #[cfg(test)]
-    pub(crate) const ALL: [Backward; 7] = [
+    pub(crate) const ALL: [Backward; 8] = [
         Backward::BatchLanes,
         Backward::Winograd,
+        Backward::Winograd4,
         Backward::Taps,
         Backward::StridedWeightGrad,
         Backward::Direct,
@@ -133,7 +139,7 @@ pub(crate) fn weight_grad_lanes_fits(cout: usize, isa: Isa) -> bool {
 /// forward kernel has a build for each instruction set.
 pub(crate) fn forward_fits(forward: Forward, g: &Conv2dGeometry) -> bool {
     match forward {
-        Forward::Winograd => winograd_fits(g),
+        Forward::Winograd | Forward::Winograd4 => winograd_fits(g),
         Forward::RowsWinograd => rows_winograd_fits(g),
         Forward::DirectLanes => lanes_fit(g),
         Forward::Taps => taps_fit(g),
@@ -152,7 +158,7 @@ pub(crate) fn backward_fits(
 ) -> bool {
     match backward {
         Backward::BatchLanes => batch_fits(g),
-        Backward::Winograd => winograd_fits(g),
+        Backward::Winograd | Backward::Winograd4 => winograd_fits(g),
         Backward::Taps => taps_fit(g),
         Backward::StridedWeightGrad => {
             !need_dx
@@ -210,13 +216,27 @@ const WINOGRAD_MIN_CHANNELS: usize = 16;
 const WINOGRAD_OVER_BATCH_MIN_CHANNELS: usize = 32;
 const WINOGRAD_OVER_BATCH_MIN_PLANE: usize = 32 * 32;
 
-/// Winograd's forward pass only with 64 channels or more in and out and 8 samples or more
-/// (one sample is one task). It lost elsewhere: 0.5 against 0.19 ms for 32 → 32 on 8² at
-/// batch 32, 2.2 against 1.4 ms for 64 → 64 on 56² at batch 1; it ties at 128 → 128 on 28²
-/// at batch 8 and wins at 64 → 64 on 56² at batch 32 (best of 4 alternating runs 25.3
-/// against 27.9 ms).
-const WINOGRAD_FORWARD_MIN_CHANNELS: usize = 64;
+/// Winograd's forward pass from 16 channels in and out and 8 samples (one sample is one
+/// task). Best of 2 × 15 runs at batch 128, 2 threads, Intel Xeon (AVX-512), ms, against
+/// the kernel planned before (the direct lanes one, F(2×2, 3×3) at 64 channels): 16→16 on
+/// 32² F(4×4) 1.97–2.01 against 1.96–1.99, on 28² 1.31–1.38 against 1.53–1.55; 32→32 on 16²
+/// 1.34 against 1.89–1.95; 64→64 on 8² 1.35–1.37 against F(2×2)'s 1.47–1.48, on 7² 1.31
+/// against 1.46–1.55; 32→32 on 14² F(2×2) 1.27–1.33 against 1.45–1.47.
+const WINOGRAD_FORWARD_MIN_CHANNELS: usize = 16;
 const WINOGRAD_FORWARD_MIN_BATCH: usize = 8;
+
+/// F(4×4, 3×3) unless its whole tiles cover this much more of the plane than F(2×2, 3×3)'s
+/// (14²: 16² against 14², 1.31×): 32→32 on 14² at batch 128 forward F(4×4) 1.38 against
+/// F(2×2)'s 1.27–1.33 ms, backward 2.93–3.00 against 2.84–2.95. Where the tiles fit as well,
+/// F(4×4) wins (the measurements above; backward 16→16 on 32² 5.19 against 5.94–5.98 ms,
+/// 32→32 on 16² 3.87–4.07 against 4.37–4.39, 64→64 on 8² 4.02–4.04 against 4.18–4.31).
+const WINOGRAD4_MAX_WASTE: f64 = 1.2;
+
+/// Whether F(4×4, 3×3) takes this convolution rather than F(2×2, 3×3).
+fn winograd4_pays(g: &Conv2dGeometry) -> bool {
+    let cover = |m: usize| (g.out_h.next_multiple_of(m) * g.out_w.next_multiple_of(m)) as f64;
+    cover(4) <= WINOGRAD4_MAX_WASTE * cover(2)
+}
 
 /// Longest reduction C_g·kh·kw that goes across the lanes: a block's weights (C_g·kh·kw × 2
 /// vectors) then stay in L2. Best of 5–10 alternating runs against the path taken before,
@@ -304,7 +324,11 @@ pub(crate) fn plan_forward(g: &Conv2dGeometry, n: usize, isa: Isa) -> Forward {
         && g.out_channels >= WINOGRAD_FORWARD_MIN_CHANNELS
         && n >= WINOGRAD_FORWARD_MIN_BATCH
     {
-        Forward::Winograd
+        if winograd4_pays(g) {
+            Forward::Winograd4
+        } else {
+            Forward::Winograd
+        }
     } else if rows_winograd_pays(g, isa) {
         Forward::RowsWinograd
     } else if lanes_pay(g, isa) {
@@ -345,7 +369,11 @@ pub(crate) fn plan_backward(g: &Conv2dGeometry, n: usize, isa: Isa, need_dx: boo
     if batch_lanes_pay(g, n) && !winograd_first {
         Backward::BatchLanes
     } else if winograd {
-        Backward::Winograd
+        if winograd4_pays(g) {
+            Backward::Winograd4
+        } else {
+            Backward::Winograd
+        }
     } else if taps_eligible(g) && g.out_h * padded_width(g) >= TAPS_MIN_BACKWARD_COLS {
         Backward::Taps
     } else if backward_fits(Backward::StridedWeightGrad, g, isa, need_dx)
@@ -433,11 +461,11 @@ mod tests {
                 "64→64 3×3 56²",
                 geom(64, 56, 64, 3, 1, 1),
                 32,
-                F::Winograd,
-                F::Winograd,
-                B::Winograd,
-                B::Winograd,
-                B::Winograd,
+                F::Winograd4,
+                F::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
             ),
             (
                 "ResNet-20 stem",
@@ -453,11 +481,11 @@ mod tests {
                 "ResNet-20 16→16 32²",
                 geom(16, 32, 16, 3, 1, 1),
                 128,
-                F::DirectLanes,
-                F::DirectWide,
-                B::Winograd,
-                B::Winograd,
-                B::Winograd,
+                F::Winograd4,
+                F::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
             ),
             (
                 "ResNet-20 16→32 /2",
@@ -483,11 +511,11 @@ mod tests {
                 "ResNet-20 32→32 16²",
                 geom(32, 16, 32, 3, 1, 1),
                 128,
-                F::DirectLanes,
-                F::DirectWide,
-                B::Winograd,
-                B::Winograd,
-                B::Winograd,
+                F::Winograd4,
+                F::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
             ),
             (
                 "ResNet-20 32→64 /2",
@@ -502,6 +530,16 @@ mod tests {
             (
                 "ResNet-20 64→64 8²",
                 geom(64, 8, 64, 3, 1, 1),
+                128,
+                F::Winograd4,
+                F::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
+                B::Winograd4,
+            ),
+            (
+                "Fashion ResNet-20 32→32 14² (F(4×4)'s tiles would cover 16²)",
+                geom(32, 14, 32, 3, 1, 1),
                 128,
                 F::Winograd,
                 F::Winograd,

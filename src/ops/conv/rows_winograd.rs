@@ -437,9 +437,9 @@ unsafe fn store_row_avx512<const CB: usize>(
             for (p, rp) in (px0..px0 + np).zip(&mut r) {
                 *rp = _mm512_loadu_ps(orow[p * bw + cb * V..][..V].as_ptr());
             }
-            for (l, col) in transpose16(r).into_iter().enumerate() {
+            for (l, col) in transpose16(r).iter().enumerate() {
                 let oc = cb * V + l;
-                let v = _mm512_add_ps(col, _mm512_set1_ps(bias[oc]));
+                let v = _mm512_add_ps(*col, _mm512_set1_ps(bias[oc]));
                 _mm512_mask_storeu_ps(y.add(oc * plane + pos + px0), mask, v);
             }
         }
@@ -466,9 +466,9 @@ unsafe fn store_row_avx2(
             for (p, rp) in (px0..px0 + np).zip(&mut r) {
                 *rp = _mm256_loadu_ps(orow[p * bw + c0..][..8].as_ptr());
             }
-            for (l, col) in transpose8(r).into_iter().enumerate() {
+            for (l, col) in transpose8(r).iter().enumerate() {
                 let oc = c0 + l;
-                let v = _mm256_add_ps(col, _mm256_set1_ps(bias[oc]));
+                let v = _mm256_add_ps(*col, _mm256_set1_ps(bias[oc]));
                 _mm256_maskstore_ps(y.add(oc * plane + pos + px0), mask, v);
             }
         }

@@ -1,14 +1,16 @@
-//! 3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016):
-//! forward, input gradient and weight gradient, each as 16 GEMMs over the channels.
+//! 3×3 stride-1 convolution by Winograd's minimal filtering (Lavin & Gray 2016), F(2×2, 3×3)
+//! or F(4×4, 3×3): forward and input gradient by either, weight gradient by F(2×2, 3×3), each
+//! as one GEMM over the channels per position of a transformed tile.
 //!
-//! Every 2×2 output tile is Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, with d the 4×4 input patch under it and
-//! g the 3×3 kernel. Summed over the input channels, the 16 element-wise products of a tile
-//! become, position by position, one GEMM M_p (tiles × K) = V_p (tiles × C) · U_p (C × K): 16
-//! multiply-adds per channel pair and tile where a direct or im2col convolution does 36, so
-//! 2.25× fewer. The transforms are additions only (and halvings of the kernels).
+//! Every m×m output tile is Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, with d the (m+2)×(m+2) input patch
+//! under it and g the 3×3 kernel. Summed over the input channels, the element-wise products of
+//! a tile become, position by position, one GEMM M_p (tiles × K) = V_p (tiles × C) · U_p (C ×
+//! K): (m+2)²/m² multiply-adds per output and channel pair where a direct or im2col convolution
+//! does 9, so 2.25× fewer with F(2×2) and 4× fewer with F(4×4), whose transforms cost more
+//! per tile (scalings besides additions) but less per output.
 //!
 //! The channels lie across the vector lanes: a sample is first packed (C/L, Hp, Wp, L) inside
-//! its padding, so that a transform is whole-vector additions of 16 neighbouring pixels, and
+//! its padding, so that a transform is whole-vector arithmetic on neighbouring pixels, and
 //! the GEMMs' sums are vectors of output channels; the weight gradient's sums run over the tiles
 //! and need no sums across lanes. A sample is taken a block of tiles at a time, so that its
 //! transformed input and products stay in the L2 cache.
@@ -23,27 +25,79 @@ use std::any::TypeId;
 
 /// Channels per vector: one AVX-512 register of f32, two AVX2 ones.
 const L: usize = 16;
-/// Positions of a transformed 4×4 tile.
+/// Positions of a transformed F(2×2, 3×3) tile (4×4), the weight gradient's.
 const P: usize = 16;
-/// Tiles per block: the transformed input and the products of 64 channels take 384 KB each.
-const BLOCK_TILES: usize = 96;
 /// Samples whose transformed weight gradient is summed before it is turned back into dW's
 /// 3×3 kernels and added in order (a constant: results must not depend on the thread count).
 const GRAD_CHUNK: usize = 4;
 /// Register blocking (tiles or input channels × vectors of output channels) of the GEMM
-/// kernels: with AVX-512 the sums and the operands kept beside them fit 32 registers, with
-/// AVX2 (two registers a vector) 16.
-fn blocking(isa: Isa) -> (usize, usize) {
-    match isa {
+/// kernels for kp output channels: with AVX-512 the sums and the operands kept beside them
+/// fit 32 registers, with AVX2 (two registers a vector) 16. With one or two vectors of
+/// output channels, more rows: a block's sums are its independent chains of multiply-adds,
+/// and 6 of them (6 × 1) leave the FMA units waiting on their latency.
+fn blocking(isa: Isa, kp: usize) -> (usize, usize) {
+    match (isa, kp / L) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (6, 4),
+        (Isa::Avx512, 1) => (16, 1),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, 2) => (8, 2),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, _) => (6, 4),
+        (_, 1) => (6, 1),
         _ => (2, 2),
+    }
+}
+
+/// `$f::<T, [A,] TB, KB>(args)` for the blocking (TB, KB) of [`blocking`].
+macro_rules! by_blocking {
+    ($block:expr, $f:ident::<$t:ty $(, $a:literal)?>($($arg:expr),*)) => {
+        match $block {
+            (16, 1) => $f::<$t, $($a,)? 16, 1>($($arg),*),
+            (8, 2) => $f::<$t, $($a,)? 8, 2>($($arg),*),
+            (6, 4) => $f::<$t, $($a,)? 6, 4>($($arg),*),
+            (6, 1) => $f::<$t, $($a,)? 6, 1>($($arg),*),
+            _ => $f::<$t, $($a,)? 2, 2>($($arg),*),
+        }
+    };
+}
+
+/// Which minimal filtering: the edge m of an output tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tile {
+    /// F(2×2, 3×3): 4×4 patches, 16 positions.
+    F2,
+    /// F(4×4, 3×3): 6×6 patches, 36 positions.
+    F4,
+}
+
+impl Tile {
+    /// Outputs along each edge of a tile.
+    fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Positions of a transformed tile, (m + 2)².
+    fn positions(self) -> usize {
+        (self.m() + 2) * (self.m() + 2)
+    }
+
+    /// Tiles per block: the transformed input and the products of 64 channels take 384 KB
+    /// each (96 tiles of 16 positions, 40 of 36).
+    fn block_tiles(self) -> usize {
+        match self {
+            Tile::F2 => 96,
+            Tile::F4 => 40,
+        }
     }
 }
 
 /// Tiles of one convolution, and the packed planes around them.
 #[derive(Clone, Copy, Debug)]
 struct Tiling {
+    tile: Tile,
     /// Input channels, rows, columns; the channels rounded up to whole vectors.
     c: usize,
     h: usize,
@@ -57,14 +111,15 @@ struct Tiling {
     /// Padding before the first row and column.
     top: usize,
     left: usize,
-    /// Tile rows and tiles per row (2×2 outputs each).
+    /// Tile rows and tiles per row (m×m outputs each).
     th: usize,
     tw: usize,
 }
 
 impl Tiling {
-    fn new(g: &Conv2dGeometry) -> Self {
+    fn new(g: &Conv2dGeometry, tile: Tile) -> Self {
         Tiling {
+            tile,
             c: g.in_channels,
             h: g.in_h,
             w: g.in_w,
@@ -75,17 +130,25 @@ impl Tiling {
             kp: g.out_channels.next_multiple_of(L),
             top: g.cfg.pad_begin.0,
             left: g.cfg.pad_begin.1,
-            th: g.out_h.div_ceil(2),
-            tw: g.out_w.div_ceil(2),
+            th: g.out_h.div_ceil(tile.m()),
+            tw: g.out_w.div_ceil(tile.m()),
         }
     }
 
-    /// Rows and columns of the packed input plane: every tile's 4×4 patch inside it.
+    /// Rows and columns of the packed input plane: every tile's patch inside it.
     fn hp(&self) -> usize {
-        2 * self.th + 2
+        self.tile.m() * self.th + 2
     }
     fn wp(&self) -> usize {
-        2 * self.tw + 2
+        self.tile.m() * self.tw + 2
+    }
+
+    /// Rows and columns of the packed output plane: whole tiles.
+    fn ohp(&self) -> usize {
+        self.tile.m() * self.th
+    }
+    fn owp(&self) -> usize {
+        self.tile.m() * self.tw
     }
 
     /// Elements of the packed input (C'/L, Hp, Wp, L).
@@ -93,9 +156,9 @@ impl Tiling {
         self.cp * self.hp() * self.wp()
     }
 
-    /// Elements of the packed output (K'/L, 2·th, 2·tw, L): whole tiles.
+    /// Elements of the packed output (K'/L, m·th, m·tw, L).
     fn packed_out(&self) -> usize {
-        self.kp * 4 * self.th * self.tw
+        self.kp * self.ohp() * self.owp()
     }
 }
 
@@ -128,33 +191,51 @@ fn pack<T: Float>(
     }
 }
 
+/// G of a filtering, (m + 2) × 3: a kernel's transform is G g Gᵀ.
+fn g_matrix(tile: Tile) -> &'static [[f64; 3]] {
+    const SIXTH: f64 = 1.0 / 6.0;
+    match tile {
+        Tile::F2 => &[
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ],
+        Tile::F4 => &[
+            [0.25, 0.0, 0.0],
+            [-SIXTH, -SIXTH, -SIXTH],
+            [-SIXTH, SIXTH, -SIXTH],
+            [SIXTH / 4.0, SIXTH / 2.0, SIXTH],
+            [SIXTH / 4.0, -SIXTH / 2.0, SIXTH],
+            [0.0, 0.0, 1.0],
+        ],
+    }
+}
+
 /// Transformed kernels U (P, C_in', K') of w (K, C_in, 3, 3), U_p = (G g Gᵀ)_p, zeros in the
-/// padded channels. With `flip`, the input gradient's kernels instead: w's channel axes swapped
-/// and each kernel turned by 180°, U (P, K', C_in').
-fn transform_kernels<T: Float>(w: &[T], k: usize, c: usize, flip: bool) -> Vec<T> {
+/// padded channels, computed in f64. With `flip`, the input gradient's kernels instead: w's
+/// channel axes swapped and each kernel turned by 180°, U (P, K', C_in').
+fn transform_kernels<T: Float>(tile: Tile, w: &[T], k: usize, c: usize, flip: bool) -> Vec<T> {
     let (ins, outs) = if flip { (k, c) } else { (c, k) };
     let (ins_p, outs_p) = (ins.next_multiple_of(L), outs.next_multiple_of(L));
-    let mut u = vec![T::zero(); P * ins_p * outs_p]; // (P, ins', outs')
-    let half = T::of(0.5);
+    let gm = g_matrix(tile);
+    let a = gm.len();
+    let mut u = vec![T::zero(); a * a * ins_p * outs_p]; // (P, ins', outs')
     for oc in 0..k {
         for ic in 0..c {
             let at = (oc * c + ic) * 9;
-            let g: [T; 9] = std::array::from_fn(|i| if flip { w[at + 8 - i] } else { w[at + i] });
-            // G g: rows g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2 (4 × 3); then (G g) Gᵀ.
-            let mut gg = [T::zero(); 12];
-            for j in 0..3 {
-                let (a, b, d) = (g[j], g[3 + j], g[6 + j]);
-                gg[j] = a;
-                gg[3 + j] = (a + b + d) * half;
-                gg[6 + j] = (a - b + d) * half;
-                gg[9 + j] = d;
+            let g: [f64; 9] =
+                std::array::from_fn(|i| if flip { w[at + 8 - i] } else { w[at + i] }.f64());
+            // G g (a × 3), then (G g) Gᵀ (a × a).
+            let mut gg = [[0.0f64; 3]; 6];
+            for (ggi, r) in gg.iter_mut().zip(gm) {
+                *ggi = std::array::from_fn(|j| (0..3).map(|t| r[t] * g[3 * t + j]).sum());
             }
             let (i_in, i_out) = if flip { (oc, ic) } else { (ic, oc) };
-            for i in 0..4 {
-                let (a, b, d) = (gg[3 * i], gg[3 * i + 1], gg[3 * i + 2]);
-                let row = [a, (a + b + d) * half, (a - b + d) * half, d];
-                for (j, &v) in row.iter().enumerate() {
-                    u[((4 * i + j) * ins_p + i_in) * outs_p + i_out] = v;
+            for (i, ggi) in gg[..a].iter().enumerate() {
+                for (j, gj) in gm.iter().enumerate() {
+                    let v: f64 = (0..3).map(|t| ggi[t] * gj[t]).sum();
+                    u[((a * i + j) * ins_p + i_in) * outs_p + i_out] = T::of(v);
                 }
             }
         }
@@ -225,78 +306,271 @@ fn neg<T: Float>(a: &Vector<T>) -> Vector<T> {
     r
 }
 
-/// Bᵀ d B of the 4×4 patch of one channel vector: Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1].
+/// Bᵀ applied to one line of a patch: A (4 or 6) vectors of `src`, `s` apart, into A
+/// vectors of `dst`, `d` apart. In f32 with AVX2 or AVX-512, by the build's registers: the
+/// compiler's own vectorisation of these lines shuffled lanes across neighbouring vectors
+/// and went through the stack (a third of F(4×4, 3×3)'s time).
 #[inline(always)]
-fn input_tile<T: Float>(d: &[[Vector<T>; 4]; 4]) -> [Vector<T>; P] {
-    let mut q = [[[T::zero(); L]; 4]; 4];
-    for j in 0..4 {
-        q[0][j] = sub(&d[0][j], &d[2][j]);
-        q[1][j] = add(&d[1][j], &d[2][j]);
-        q[2][j] = sub(&d[2][j], &d[1][j]);
-        q[3][j] = sub(&d[1][j], &d[3][j]);
+fn input_line<T: Float, const FMA: bool, const U: usize, const A: usize>(
+    src: &[T],
+    s: usize,
+    dst: &mut [T],
+    d: usize,
+) {
+    assert!(src.len() >= (A - 1) * s + L && dst.len() >= (A - 1) * d + L);
+    #[cfg(target_arch = "x86_64")]
+    if FMA && TypeId::of::<T>() == TypeId::of::<f32>() {
+        let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
+        // SAFETY: FMA is set only in the AVX2 and AVX-512 builds (`multiversion!`), U == 2
+        // only in the latter; T is f32; the assert bounds every access (A vectors of L).
+        unsafe {
+            if U == 2 {
+                input_line_avx512::<A>(src, s, dst, d);
+            } else {
+                input_line_avx2::<A>(src, s, dst, d);
+            }
+        }
+        return;
     }
-    let mut out = [[T::zero(); L]; P];
-    for (i, qi) in q.iter().enumerate() {
-        out[4 * i] = sub(&qi[0], &qi[2]);
-        out[4 * i + 1] = add(&qi[1], &qi[2]);
-        out[4 * i + 2] = sub(&qi[2], &qi[1]);
-        out[4 * i + 3] = sub(&qi[1], &qi[3]);
+    let (two, four, five) = (T::of(2.0), T::of(4.0), T::of(5.0));
+    for l in 0..L {
+        let x = |k: usize| src[k * s + l];
+        let r: [T; A] = std::array::from_fn(|i| match (A, i) {
+            // Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]
+            (4, 0) => x(0) - x(2),
+            (4, 1) => x(1) + x(2),
+            (4, 2) => x(2) - x(1),
+            (4, 3) => x(1) - x(3),
+            // Bᵀ = [4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0;
+            //       0 2 −1 −2 1 0; 0 4 0 −5 0 1]
+            (_, 0) => four * x(0) - five * x(2) + x(4),
+            (_, 1) => (x(4) - four * x(2)) + (x(3) - four * x(1)),
+            (_, 2) => (x(4) - four * x(2)) - (x(3) - four * x(1)),
+            (_, 3) => (x(4) - x(2)) + two * (x(3) - x(1)),
+            (_, 4) => (x(4) - x(2)) - two * (x(3) - x(1)),
+            _ => four * x(1) - five * x(3) + x(5),
+        });
+        for (i, &v) in r.iter().enumerate() {
+            dst[i * d + l] = v;
+        }
     }
-    out
 }
 
-/// V (P, nt, C') of tiles t0..t0 + nt from the packed input xb (C'/L, Hp, Wp, L).
+/// Aᵀ applied to one line of A (4 or 6) products, `src` vectors `s` apart, into m = A − 2
+/// vectors of `dst`, `d` apart, each plus `bias` (L values). By the build's registers in f32,
+/// as [`input_line`].
 #[inline(always)]
-fn transform_input<T: Float>(t: &Tiling, xb: &[T], t0: usize, nt: usize, v: &mut [T]) {
-    let (hp, wp, cp) = (t.hp(), t.wp(), t.cp);
+fn output_line<T: Float, const FMA: bool, const U: usize, const A: usize>(
+    src: &[T],
+    s: usize,
+    dst: &mut [T],
+    d: usize,
+    bias: &[T],
+) {
+    assert!(src.len() >= (A - 1) * s + L && dst.len() >= (A - 3) * d + L && bias.len() >= L);
+    #[cfg(target_arch = "x86_64")]
+    if FMA && TypeId::of::<T>() == TypeId::of::<f32>() {
+        let (src, dst) = (src.as_ptr() as *const f32, dst.as_mut_ptr() as *mut f32);
+        let bias = bias.as_ptr() as *const f32;
+        // SAFETY: as in `input_line`; the assert bounds every access.
+        unsafe {
+            if U == 2 {
+                output_line_avx512::<A>(src, s, dst, d, bias);
+            } else {
+                output_line_avx2::<A>(src, s, dst, d, bias);
+            }
+        }
+        return;
+    }
+    let (two, four, eight) = (T::of(2.0), T::of(4.0), T::of(8.0));
+    for l in 0..L {
+        let x = |k: usize| src[k * s + l];
+        let b = bias[l];
+        if A == 4 {
+            // Aᵀ = [1 1 1 0; 0 1 −1 −1]
+            dst[l] = x(0) + x(1) + x(2) + b;
+            dst[d + l] = x(1) - x(2) - x(3) + b;
+        } else {
+            // Aᵀ = [1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1]
+            let (s12, d12, s34, d34) = (x(1) + x(2), x(1) - x(2), x(3) + x(4), x(3) - x(4));
+            dst[l] = x(0) + s12 + s34 + b;
+            dst[d + l] = d12 + two * d34 + b;
+            dst[2 * d + l] = s12 + four * s34 + b;
+            dst[3 * d + l] = d12 + eight * d34 + x(5) + b;
+        }
+    }
+}
+
+/// [`input_line`] and [`output_line`] in f32 with one instruction set, `$w` lanes a register.
+macro_rules! simd_lines {
+    ($input:ident, $output:ident, $feature:literal, $w:literal, $load:ident, $store:ident,
+     $add:ident, $sub:ident, $mul:ident, $set1:ident) => {
+        /// [`input_line`] in f32 (its safety contract: A vectors of L at `s` and `d` apart).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn $input<const A: usize>(src: *const f32, s: usize, dst: *mut f32, d: usize) {
+            use std::arch::x86_64::*;
+            let (two, four, five) = ($set1(2.0), $set1(4.0), $set1(5.0));
+            for h in (0..L).step_by($w) {
+                macro_rules! x {
+                    ($k:expr) => {
+                        $load(src.add($k * s + h))
+                    };
+                }
+                macro_rules! put {
+                    ($k:expr, $v:expr) => {
+                        $store(dst.add($k * d + h), $v)
+                    };
+                }
+                if A == 4 {
+                    let (d0, d1, d2, d3) = (x!(0), x!(1), x!(2), x!(3));
+                    put!(0, $sub(d0, d2));
+                    put!(1, $add(d1, d2));
+                    put!(2, $sub(d2, d1));
+                    put!(3, $sub(d1, d3));
+                } else {
+                    let (d0, d1, d2, d3, d4, d5) = (x!(0), x!(1), x!(2), x!(3), x!(4), x!(5));
+                    let (a, b) = ($sub(d4, $mul(four, d2)), $sub(d3, $mul(four, d1)));
+                    let (c, e) = ($sub(d4, d2), $mul(two, $sub(d3, d1)));
+                    put!(0, $add($sub($mul(four, d0), $mul(five, d2)), d4));
+                    put!(1, $add(a, b));
+                    put!(2, $sub(a, b));
+                    put!(3, $add(c, e));
+                    put!(4, $sub(c, e));
+                    put!(5, $add($sub($mul(four, d1), $mul(five, d3)), d5));
+                }
+            }
+        }
+
+        /// [`output_line`] in f32 (its safety contract: A vectors of L at `s` apart, A − 2 at
+        /// `d` apart, L of bias).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn $output<const A: usize>(
+            src: *const f32,
+            s: usize,
+            dst: *mut f32,
+            d: usize,
+            bias: *const f32,
+        ) {
+            use std::arch::x86_64::*;
+            let (two, four, eight) = ($set1(2.0), $set1(4.0), $set1(8.0));
+            for h in (0..L).step_by($w) {
+                macro_rules! x {
+                    ($k:expr) => {
+                        $load(src.add($k * s + h))
+                    };
+                }
+                let b = $load(bias.add(h));
+                macro_rules! put {
+                    ($k:expr, $v:expr) => {
+                        $store(dst.add($k * d + h), $add($v, b))
+                    };
+                }
+                if A == 4 {
+                    let (m0, m1, m2, m3) = (x!(0), x!(1), x!(2), x!(3));
+                    put!(0, $add($add(m0, m1), m2));
+                    put!(1, $sub($sub(m1, m2), m3));
+                } else {
+                    let (m1, m2, m3, m4) = (x!(1), x!(2), x!(3), x!(4));
+                    let (s12, d12) = ($add(m1, m2), $sub(m1, m2));
+                    let (s34, d34) = ($add(m3, m4), $sub(m3, m4));
+                    put!(0, $add($add(x!(0), s12), s34));
+                    put!(1, $add(d12, $mul(two, d34)));
+                    put!(2, $add(s12, $mul(four, s34)));
+                    put!(3, $add($add(d12, $mul(eight, d34)), x!(5)));
+                }
+            }
+        }
+    };
+}
+
+simd_lines!(
+    input_line_avx512,
+    output_line_avx512,
+    "avx512f",
+    16,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_add_ps,
+    _mm512_sub_ps,
+    _mm512_mul_ps,
+    _mm512_set1_ps
+);
+simd_lines!(
+    input_line_avx2,
+    output_line_avx2,
+    "avx2,fma",
+    8,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_add_ps,
+    _mm256_sub_ps,
+    _mm256_mul_ps,
+    _mm256_set1_ps
+);
+
+/// V (A², nt, C') of tiles t0..t0 + nt from the packed input xb (C'/L, Hp, Wp, L): Bᵀ d B of
+/// each A×A patch (A = m + 2) and channel vector.
+#[inline(always)]
+fn transform_input<T: Float, const FMA: bool, const U: usize, const A: usize>(
+    t: &Tiling,
+    xb: &[T],
+    t0: usize,
+    nt: usize,
+    v: &mut [T],
+) {
+    debug_assert_eq!(A, t.tile.m() + 2);
+    let (hp, wp, cp, m) = (t.hp(), t.wp(), t.cp, A - 2);
+    // Each row of the patch transformed along the row: e (A, A, L).
+    let mut e = [T::zero(); 36 * L];
+    let pos = A * nt * cp; // between two rows of positions in v
     for ti in 0..nt {
         let (tr, tc) = ((t0 + ti) / t.tw, (t0 + ti) % t.tw);
         for cb in 0..cp / L {
             let base = cb * hp * wp;
-            let mut d = [[[T::zero(); L]; 4]; 4];
-            for (i, di) in d.iter_mut().enumerate() {
-                let row = (base + (2 * tr + i) * wp + 2 * tc) * L;
-                for (j, dij) in di.iter_mut().enumerate() {
-                    dij.copy_from_slice(&xb[row + j * L..row + (j + 1) * L]);
-                }
+            for i in 0..A {
+                let row = (base + (m * tr + i) * wp + m * tc) * L;
+                input_line::<T, FMA, U, A>(&xb[row..], L, &mut e[i * A * L..], L);
             }
-            for (p, vp) in input_tile(&d).iter().enumerate() {
-                let at = (p * nt + ti) * cp + cb * L;
-                v[at..at + L].copy_from_slice(vp);
+            // Then each column of that, down the rows, into positions (·, j).
+            for j in 0..A {
+                let at = (j * nt + ti) * cp + cb * L;
+                input_line::<T, FMA, U, A>(&e[j * L..], A * L, &mut v[at..], pos);
             }
         }
     }
 }
 
-/// Aᵀ m A + bias of tiles t0..t0 + nt: m (P, nt, K') into the packed output yb (K'/L, 2·th,
-/// 2·tw, L). Aᵀ = [1 1 1 0; 0 1 −1 −1].
+/// Aᵀ m A + bias of tiles t0..t0 + nt: m (A², nt, K') into the packed output yb (K'/L, m·th,
+/// m·tw, L).
 #[inline(always)]
-fn transform_output<T: Float>(t: &Tiling, m: &[T], bias: &[T], t0: usize, nt: usize, yb: &mut [T]) {
-    let (kp, oh2, ow2) = (t.kp, 2 * t.th, 2 * t.tw);
+fn transform_output<T: Float, const FMA: bool, const U: usize, const A: usize>(
+    t: &Tiling,
+    m: &[T],
+    bias: &[T],
+    t0: usize,
+    nt: usize,
+    yb: &mut [T],
+) {
+    let (kp, ohp, owp, mo) = (t.kp, t.ohp(), t.owp(), A - 2);
+    // Each column of the A×A products transformed down the rows: a (m, A, L).
+    let mut a = [T::zero(); 24 * L];
+    let zero = [T::zero(); L];
     for ti in 0..nt {
         let (tr, tc) = ((t0 + ti) / t.tw, (t0 + ti) % t.tw);
         for kb in 0..kp / L {
-            let mut mm = [[T::zero(); L]; P];
-            for (p, mp) in mm.iter_mut().enumerate() {
-                let at = (p * nt + ti) * kp + kb * L;
-                mp.copy_from_slice(&m[at..at + L]);
+            for j in 0..A {
+                let at = (j * nt + ti) * kp + kb * L;
+                output_line::<T, FMA, U, A>(&m[at..], A * nt * kp, &mut a[j * L..], A * L, &zero);
             }
-            let b = load(bias, kb * L);
-            let mut a0 = [[T::zero(); L]; 4];
-            let mut a1 = [[T::zero(); L]; 4];
-            for j in 0..4 {
-                a0[j] = add(&add(&mm[j], &mm[4 + j]), &mm[8 + j]);
-                a1[j] = sub(&sub(&mm[4 + j], &mm[8 + j]), &mm[12 + j]);
-            }
-            let out = [
-                add(&add(&add(&a0[0], &a0[1]), &a0[2]), &b),
-                add(&sub(&sub(&a0[1], &a0[2]), &a0[3]), &b),
-                add(&add(&add(&a1[0], &a1[1]), &a1[2]), &b),
-                add(&sub(&sub(&a1[1], &a1[2]), &a1[3]), &b),
-            ];
-            for (q, o) in out.iter().enumerate() {
-                let at = ((kb * oh2 + 2 * tr + q / 2) * ow2 + 2 * tc + q % 2) * L;
-                yb[at..at + L].copy_from_slice(o);
+            // Then each row of that, along the row, into m outputs.
+            let b = &bias[kb * L..kb * L + L];
+            for i in 0..mo {
+                let at = ((kb * ohp + mo * tr + i) * owp + mo * tc) * L;
+                output_line::<T, FMA, U, A>(&a[i * A * L..], L, &mut yb[at..], L, b);
             }
         }
     }
@@ -374,7 +648,8 @@ fn outer_products<T: Float, const FMA: bool, const U: usize, const ADD: bool>(
                     }
                 };
             }
-            go!(6, 4; 6, 3; 6, 2; 6, 1; 5, 4; 5, 3; 5, 2; 5, 1; 4, 4; 4, 3; 4, 2; 4, 1;
+            go!(16, 1; 15, 1; 14, 1; 13, 1; 12, 1; 11, 1; 10, 1; 9, 1; 8, 2; 8, 1; 7, 2; 7, 1;
+                6, 4; 6, 3; 6, 2; 6, 1; 5, 4; 5, 3; 5, 2; 5, 1; 4, 4; 4, 3; 4, 2; 4, 1;
                 3, 4; 3, 3; 3, 2; 3, 1; 2, 4; 2, 3; 2, 2; 2, 1; 1, 4; 1, 3; 1, 2; 1, 1);
             k0 += nk;
         }
@@ -527,15 +802,16 @@ unsafe fn outer_avx2<const ADD: bool, const I: usize, const KB: usize>(
     }
 }
 
-/// One sample: the packed output yb (K'/L, 2·th, 2·tw, L) = the correlation of the packed
-/// input xb with the transformed kernels u (P, C', K'), + bias (K'). Scratch v (P, BLOCK_TILES,
-/// C') and m (P, BLOCK_TILES, K').
+/// One sample: the packed output yb (K'/L, m·th, m·tw, L) = the correlation of the packed
+/// input xb with the transformed kernels u (A², C', K'), + bias (K'), by the filtering with
+/// A×A patches. Scratch v (A², block, C') and m (A², block, K').
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn correlate_sample_kernel<
     T: Float,
     const FMA: bool,
     const U: usize,
+    const A: usize,
     const TB: usize,
     const KB: usize,
 >(
@@ -548,7 +824,7 @@ fn correlate_sample_kernel<
     m: &mut [T],
 ) {
     let (cp, kp) = (t.cp, t.kp);
-    let tiles = t.th * t.tw;
+    let (tiles, block) = (t.th * t.tw, t.tile.block_tiles());
     // m_p (nt, K') = v_p (nt, C') · u_p (C', K')
     let st = Strides {
         row: cp,
@@ -556,19 +832,19 @@ fn correlate_sample_kernel<
         x_step: kp,
         out_row: kp,
     };
-    for t0 in (0..tiles).step_by(BLOCK_TILES) {
-        let nt = BLOCK_TILES.min(tiles - t0);
-        transform_input(t, xb, t0, nt, v);
-        for p in 0..P {
+    for t0 in (0..tiles).step_by(block) {
+        let nt = block.min(tiles - t0);
+        transform_input::<T, FMA, U, A>(t, xb, t0, nt, v);
+        for p in 0..A * A {
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let up = &u[p * cp * kp..(p + 1) * cp * kp];
             let mp = &mut m[p * nt * kp..(p + 1) * nt * kp];
             outer_products::<T, FMA, U, false>((TB, KB), (nt, cp, kp / L), st, vp, up, mp);
         }
-        transform_output(t, m, bias, t0, nt, yb);
+        transform_output::<T, FMA, U, A>(t, m, bias, t0, nt, yb);
     }
 }
-multiversion!(correlate_sample<TB, KB> => correlate_sample_kernel(t: &Tiling, xb: &[T], u: &[T], bias: &[T], yb: &mut [T], v: &mut [T], m: &mut [T]));
+multiversion!(correlate_sample<A, TB, KB> => correlate_sample_kernel(t: &Tiling, xb: &[T], u: &[T], bias: &[T], yb: &mut [T], v: &mut [T], m: &mut [T]));
 
 /// One sample's transformed weight gradient: du (P, C', K') += Σ over its tiles of
 /// (Bᵀ d B)_pᵀ (A dY Aᵀ)_p, from the packed input xb and packed dY dyb.
@@ -597,9 +873,10 @@ fn grad_sample_kernel<
         x_step: kp,
         out_row: kp,
     };
-    for t0 in (0..tiles).step_by(BLOCK_TILES) {
-        let nt = BLOCK_TILES.min(tiles - t0);
-        transform_input(t, xb, t0, nt, v);
+    let block = t.tile.block_tiles();
+    for t0 in (0..tiles).step_by(block) {
+        let nt = block.min(tiles - t0);
+        transform_input::<T, FMA, U, 4>(t, xb, t0, nt, v);
         transform_output_grad(t, dyb, t0, nt, dm);
         for p in 0..P {
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
@@ -617,6 +894,7 @@ multiversion!(grad_sample<CB, KB> => grad_sample_kernel(t: &Tiling, xb: &[T], dy
 #[allow(clippy::too_many_arguments)]
 fn correlate<T: Float>(
     isa: Isa,
+    tile: Tile,
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -626,13 +904,14 @@ fn correlate<T: Float>(
     y: &mut [T],
     scratch: &mut ConvScratch<T>,
 ) {
-    let t = Tiling::new(g);
+    let t = Tiling::new(g, tile);
     let (in_len, out_len) = (g.in_len(), g.out_len());
     let mut bp = vec![T::zero(); t.kp]; // (K')
     if let Some(b) = bias {
         bp[..t.k].copy_from_slice(&b[..t.k]);
     }
-    let (m_len, v_len) = (P * BLOCK_TILES * t.kp, P * BLOCK_TILES * t.cp);
+    let (p, block) = (tile.positions(), tile.block_tiles());
+    let (m_len, v_len) = (p * block * t.kp, p * block * t.cp);
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, ys: &mut [T], _: &mut [u8]| {
         let [xb, my, v] = bufs;
         let (m, yb) = my.split_at_mut(m_len);
@@ -646,16 +925,23 @@ fn correlate<T: Float>(
                 (t.hp(), t.wp()),
                 xb,
             );
-            match blocking(isa) {
-                (6, 4) => correlate_sample::<T, 6, 4>(isa, &t, xb, u, &bp, yb, v, m),
-                _ => correlate_sample::<T, 2, 2>(isa, &t, xb, u, &bp, yb, v, m),
+            let block = blocking(isa, t.kp);
+            match tile {
+                Tile::F2 => by_blocking!(
+                    block,
+                    correlate_sample::<T, 4>(isa, &t, xb, u, &bp, yb, v, m)
+                ),
+                Tile::F4 => by_blocking!(
+                    block,
+                    correlate_sample::<T, 6>(isa, &t, xb, u, &bp, yb, v, m)
+                ),
             }
             // The packed output's whole tiles, cropped to (OH, OW), back to (K, OH, OW).
-            let (plane, ow2) = (t.oh * t.ow, 2 * t.tw);
+            let (plane, owp) = (t.oh * t.ow, t.owp());
             for kb in 0..t.kp / L {
                 let ns = (t.k - kb * L).min(L);
                 for r in 0..t.oh {
-                    let src = &yb[((kb * 2 * t.th + r) * ow2) * L..][..t.ow * L];
+                    let src = &yb[((kb * t.ohp() + r) * owp) * L..][..t.ow * L];
                     lanes_to_rows(
                         isa,
                         src,
@@ -673,11 +959,12 @@ fn correlate<T: Float>(
     forward_chunks(n, 1, out_len, y, (0, &mut []), scratch, sizes, work);
 }
 
-/// y = conv(x, w) + b for a batch of `n`; needs [`fits`].
+/// y = conv(x, w) + b for a batch of `n` by the filtering `tile`; needs [`fits`].
 /// x: (N, C_in, H, W), w: (C_out, C_in, 3, 3), b: (C_out), y: (N, C_out, H_out, W_out).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<T: Float>(
     isa: Isa,
+    tile: Tile,
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -687,19 +974,21 @@ pub(crate) fn forward<T: Float>(
     y: &mut [T],
     scratch: &mut ConvScratch<T>,
 ) {
-    let u = transform_forward(g, w);
-    correlate(isa, g, n, x, &u, b, epi, y, scratch);
+    let u = transform_forward(tile, g, w);
+    correlate(isa, tile, g, n, x, &u, b, epi, y, scratch);
 }
 
 /// The transformed kernels U (P, C_in', C_out') of [`forward`] for weights w.
-pub(crate) fn transform_forward<T: Float>(g: &Conv2dGeometry, w: &[T]) -> Vec<T> {
-    transform_kernels(w, g.out_channels, g.in_channels, false)
+pub(crate) fn transform_forward<T: Float>(tile: Tile, g: &Conv2dGeometry, w: &[T]) -> Vec<T> {
+    transform_kernels(tile, w, g.out_channels, g.in_channels, false)
 }
 
-/// [`forward`] with its kernels transformed already, u = [`transform_forward`].
+/// [`forward`] with its kernels transformed already, u = [`transform_forward`] of the same
+/// `tile`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_transformed<T: Float>(
     isa: Isa,
+    tile: Tile,
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -709,15 +998,17 @@ pub(crate) fn forward_transformed<T: Float>(
     y: &mut [T],
     scratch: &mut ConvScratch<T>,
 ) {
-    correlate(isa, g, n, x, u, b, epi, y, scratch);
+    correlate(isa, tile, g, n, x, u, b, epi, y, scratch);
 }
 
 /// Gradients of [`forward`] from dy (N, C_out, H_out, W_out): writes dx (N, C_in, H, W) if
-/// asked, adds into dw (C_out, C_in, 3, 3) and db (C_out). Needs [`fits`]. Partial sums are
+/// asked (by the filtering `dx_tile`), adds into dw (C_out, C_in, 3, 3) and db (C_out) (by
+/// F(2×2, 3×3)). Needs [`fits`]. Partial sums are
 /// added sample by sample in order: bit-identical whatever the thread count.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Float>(
     isa: Isa,
+    dx_tile: Tile,
     g: &Conv2dGeometry,
     n: usize,
     x: &[T],
@@ -732,13 +1023,15 @@ pub(crate) fn backward<T: Float>(
         .transposed()
         .expect("fits: the input gradient is a correlation over dY");
     if let Some(dx) = dx {
-        let u = transform_kernels(w, g.out_channels, g.in_channels, true); // (P, C_out', C_in')
-        correlate(isa, &gt, n, dy, &u, None, Epilogue::default(), dx, scratch);
+        let u = transform_kernels(dx_tile, w, g.out_channels, g.in_channels, true); // (P, C_out', C_in')
+        let epi = Epilogue::default();
+        correlate(isa, dx_tile, &gt, n, dy, &u, None, epi, dx, scratch);
     }
-    let t = Tiling::new(g);
+    let t = Tiling::new(g, Tile::F2);
+    let block = Tile::F2.block_tiles();
     let (cp, kp) = (t.cp, t.kp);
     let (in_len, out_len, plane) = (g.in_len(), g.out_len(), g.out_h * g.out_w);
-    let dm_len = P * BLOCK_TILES * kp;
+    let dm_len = P * block * kp;
     let want_db = db.is_some();
     let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, _: Option<&mut [T]>| {
         let [xb, dyb_dm, v] = bufs;
@@ -756,24 +1049,15 @@ pub(crate) fn backward<T: Float>(
                 xb,
             );
             // dY inside whole tiles: zeros past (OH, OW).
-            pack(
-                isa,
-                dys,
-                (t.k, t.oh, t.ow),
-                (0, 0),
-                (2 * t.th, 2 * t.tw),
-                dyb,
-            );
-            match blocking(isa) {
-                (6, 4) => grad_sample::<T, 6, 4>(isa, &t, xb, dyb, &mut du, v, dm),
-                _ => grad_sample::<T, 2, 2>(isa, &t, xb, dyb, &mut du, v, dm),
-            }
+            pack(isa, dys, (t.k, t.oh, t.ow), (0, 0), (t.ohp(), t.owp()), dyb);
+            let block = blocking(isa, kp);
+            by_blocking!(block, grad_sample::<T>(isa, &t, xb, dyb, &mut du, v, dm));
             add_bias_sums(&mut pdb, dys, plane);
         }
         let mut pdw = vec![T::zero(); g.weight_len()]; // (C_out, C_in, 3, 3)
         untransform_grad(&du, t.k, t.c, cp, kp, &mut pdw);
         (pdw, pdb.into_iter().map(T::of).collect())
     };
-    let sizes = [t.packed_in(), dm_len + t.packed_out(), P * BLOCK_TILES * cp];
+    let sizes = [t.packed_in(), dm_len + t.packed_out(), P * block * cp];
     backward_chunks(n, GRAD_CHUNK, in_len, None, dw, db, scratch, sizes, work);
 }
