@@ -52,7 +52,7 @@ pub(crate) enum Backward {
     BatchLanes,
     /// Winograd F(2×2, 3×3) for dX and dW (`winograd`).
     Winograd,
-    /// Winograd F(4×4, 3×3) for dX, F(2×2, 3×3) for dW (`winograd`).
+    /// Winograd F(4×4, 3×3) for dX and dW (`winograd`).
     Winograd4,
     /// One GEMM per kernel tap (`taps`).
     Taps,
