@@ -153,9 +153,11 @@ pub(crate) fn run_forward<T: Float>(
 ) {
     debug_assert!(plan::forward_fits(algo, g), "{algo:?} for {g:?}");
     match algo {
-        Forward::Winograd | Forward::Winograd4 => {
-            let tile = winograd_tile(algo).unwrap_or(winograd::Tile::F2);
-            return winograd::forward(isa, tile, g, n, x, w, b, epi, y, scratch);
+        Forward::Winograd => {
+            return winograd::forward(isa, winograd::Tile::F2, g, n, x, w, b, epi, y, scratch)
+        }
+        Forward::Winograd4 => {
+            return winograd::forward(isa, winograd::Tile::F4, g, n, x, w, b, epi, y, scratch)
         }
         Forward::DirectLanes => return direct::forward_by_lanes(g, n, x, w, b, epi, y),
         Forward::RowsWinograd => rows_winograd::forward(g, n, x, w, b, y),
@@ -549,9 +551,8 @@ mod tests {
 
     /// The Winograd kernels against the naive ones, in f64 (to rounding) and in f32 with each
     /// instruction set's build, both filterings: forward, dX, dW and db. Channels that fill no
-    /// register block, planes that are no whole number of tiles,
-    /// odd and asymmetric planes, padding 0–2 on each side, several blocks of tile rows, NaN
-    /// scratch (which the kernels must not read).
+    /// register block, odd and asymmetric planes (no whole number of tiles), padding 0–2 on
+    /// each side, several blocks of tile rows, NaN scratch (which the kernels must not read).
     #[test]
     fn winograd_matches_naive() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);

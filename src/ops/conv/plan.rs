@@ -227,9 +227,11 @@ const WINOGRAD_FORWARD_MIN_BATCH: usize = 8;
 
 /// F(4×4, 3×3) unless its whole tiles cover this much more of the plane than F(2×2, 3×3)'s
 /// (14²: 16² against 14², 1.31×): 32→32 on 14² at batch 128 forward F(4×4) 1.38 against
-/// F(2×2)'s 1.27–1.33 ms, backward 2.93–3.00 against 2.84–2.95. Where the tiles fit as well,
-/// F(4×4) wins (the measurements above; backward 16→16 on 32² 5.19 against 5.94–5.98 ms,
-/// 32→32 on 16² 3.87–4.07 against 4.37–4.39, 64→64 on 8² 4.02–4.04 against 4.18–4.31).
+/// F(2×2)'s 1.27–1.33 ms, backward (dX and dW) 3.22–3.28 against 2.81–2.89. Where the tiles
+/// fit as well, F(4×4) wins or ties (the forward measurements above; backward 16→16 on 32²
+/// 4.46 against 6.56–6.85 ms, on 28² 2.93–3.02 against 3.95–3.99, 32→32 on 16² 3.32–3.44
+/// against 4.77–4.92, 64→64 on 7² 4.02–4.28 against 4.18–4.54, on 8² 4.23–4.29 against
+/// 4.16–4.22).
 const WINOGRAD4_MAX_WASTE: f64 = 1.2;
 
 /// Whether F(4×4, 3×3) takes this convolution rather than F(2×2, 3×3).
