@@ -46,19 +46,6 @@ fn blocking(isa: Isa, kp: usize) -> (usize, usize) {
     }
 }
 
-/// `$f::<T, [A,] TB, KB>(args)` for the blocking (TB, KB) of [`blocking`].
-macro_rules! by_blocking {
-    ($block:expr, $f:ident::<$t:ty $(, $a:literal)?>($($arg:expr),*)) => {
-        match $block {
-            (16, 1) => $f::<$t, $($a,)? 16, 1>($($arg),*),
-            (8, 2) => $f::<$t, $($a,)? 8, 2>($($arg),*),
-            (6, 4) => $f::<$t, $($a,)? 6, 4>($($arg),*),
-            (6, 1) => $f::<$t, $($a,)? 6, 1>($($arg),*),
-            _ => $f::<$t, $($a,)? 2, 2>($($arg),*),
-        }
-    };
-}
-
 /// Which minimal filtering: the edge m of an output tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tile {
@@ -876,14 +863,8 @@ unsafe fn outer_avx2<const ADD: bool, const I: usize, const KB: usize>(
 /// A×A patches. Scratch v (A², block, C') and m (A², block, K').
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn correlate_sample_kernel<
-    T: Float,
-    const FMA: bool,
-    const U: usize,
-    const A: usize,
-    const TB: usize,
-    const KB: usize,
->(
+fn correlate_sample_kernel<T: Float, const FMA: bool, const U: usize, const A: usize>(
+    regs: (usize, usize),
     t: &Tiling,
     xb: &[T],
     u: &[T],
@@ -908,26 +889,20 @@ fn correlate_sample_kernel<
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let up = &u[p * cp * kp..(p + 1) * cp * kp];
             let mp = &mut m[p * nt * kp..(p + 1) * nt * kp];
-            outer_products::<T, FMA, U, false>((TB, KB), (nt, cp, kp / L), st, vp, up, mp);
+            outer_products::<T, FMA, U, false>(regs, (nt, cp, kp / L), st, vp, up, mp);
         }
         transform_output::<T, FMA, U, A>(t, m, bias, t0, nt, yb);
     }
 }
-multiversion!(correlate_sample<A, TB, KB> => correlate_sample_kernel(t: &Tiling, xb: &[T], u: &[T], bias: &[T], yb: &mut [T], v: &mut [T], m: &mut [T]));
+multiversion!(correlate_sample<A> => correlate_sample_kernel(regs: (usize, usize), t: &Tiling, xb: &[T], u: &[T], bias: &[T], yb: &mut [T], v: &mut [T], m: &mut [T]));
 
 /// One sample's transformed weight gradient: du (A², C', K') += Σ over its tiles of
 /// (Bᵀ d B)_pᵀ (A dY Aᵀ)_p, from the packed input xb and packed dY dyb, by the filtering with
 /// A×A patches.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn grad_sample_kernel<
-    T: Float,
-    const FMA: bool,
-    const U: usize,
-    const A: usize,
-    const CB: usize,
-    const KB: usize,
->(
+fn grad_sample_kernel<T: Float, const FMA: bool, const U: usize, const A: usize>(
+    regs: (usize, usize),
     t: &Tiling,
     xb: &[T],
     dyb: &[T],
@@ -953,11 +928,11 @@ fn grad_sample_kernel<
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let dmp = &dm[p * nt * kp..(p + 1) * nt * kp];
             let dup = &mut du[p * cp * kp..(p + 1) * cp * kp];
-            outer_products::<T, FMA, U, true>((CB, KB), (cp, nt, kp / L), st, vp, dmp, dup);
+            outer_products::<T, FMA, U, true>(regs, (cp, nt, kp / L), st, vp, dmp, dup);
         }
     }
 }
-multiversion!(grad_sample<A, CB, KB> => grad_sample_kernel(t: &Tiling, xb: &[T], dyb: &[T], du: &mut [T], v: &mut [T], dm: &mut [T]));
+multiversion!(grad_sample<A> => grad_sample_kernel(regs: (usize, usize), t: &Tiling, xb: &[T], dyb: &[T], du: &mut [T], v: &mut [T], dm: &mut [T]));
 
 /// The correlation of every sample of x (N, C, H, W) with kernels already transformed, u (P,
 /// C', K'), + bias, into y (N, K, OH, OW): one sample per parallel task. Scratch per thread:
@@ -996,16 +971,10 @@ fn correlate<T: Float>(
                 (t.hp(), t.wp()),
                 xb,
             );
-            let block = blocking(isa, t.kp);
+            let regs = blocking(isa, t.kp);
             match tile {
-                Tile::F2 => by_blocking!(
-                    block,
-                    correlate_sample::<T, 4>(isa, &t, xb, u, &bp, yb, v, m)
-                ),
-                Tile::F4 => by_blocking!(
-                    block,
-                    correlate_sample::<T, 6>(isa, &t, xb, u, &bp, yb, v, m)
-                ),
+                Tile::F2 => correlate_sample::<T, 4>(isa, regs, &t, xb, u, &bp, yb, v, m),
+                Tile::F4 => correlate_sample::<T, 6>(isa, regs, &t, xb, u, &bp, yb, v, m),
             }
             // The packed output's whole tiles, cropped to (OH, OW), back to (K, OH, OW).
             let (plane, owp) = (t.oh * t.ow, t.owp());
@@ -1121,14 +1090,10 @@ pub(crate) fn backward<T: Float>(
             );
             // dY inside whole tiles: zeros past (OH, OW).
             pack(isa, dys, (t.k, t.oh, t.ow), (0, 0), (t.ohp(), t.owp()), dyb);
-            let block = blocking(isa, kp);
+            let regs = blocking(isa, kp);
             match tile {
-                Tile::F2 => {
-                    by_blocking!(block, grad_sample::<T, 4>(isa, &t, xb, dyb, &mut du, v, dm))
-                }
-                Tile::F4 => {
-                    by_blocking!(block, grad_sample::<T, 6>(isa, &t, xb, dyb, &mut du, v, dm))
-                }
+                Tile::F2 => grad_sample::<T, 4>(isa, regs, &t, xb, dyb, &mut du, v, dm),
+                Tile::F4 => grad_sample::<T, 6>(isa, regs, &t, xb, dyb, &mut du, v, dm),
             }
             add_bias_sums(&mut pdb, dys, plane);
         }
