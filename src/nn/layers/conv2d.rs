@@ -326,10 +326,18 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         }
         Some(self.infer_folded(x, shape[0], &map, tail))
     }
+    fn keeps_input(&self) -> bool {
+        true
+    }
+    fn kept_input(&self) -> Option<&Tensor<T>> {
+        self.input.as_ref()
+    }
     fn backward(&mut self, dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
         let x = self.input.take().expect(NO_CACHE);
         let n = x.shape()[0];
-        let mut dx = need_dx.then(|| Tensor::zeros(x.shape()));
+        // Every backward kernel overwrites dx: a spent buffer of its size serves (filling a
+        // fresh one with zeros first was a memset of every input gradient of the step).
+        let mut dx = need_dx.then(|| self.recycled.lock().take(x.shape()));
         conv2d_backward_with(
             &self.geom,
             n,
@@ -342,6 +350,8 @@ impl<T: Float> Layer<T> for Conv2d<T> {
             &mut self.scratch.lock(),
         );
         self.spare = Some(dy);
+        // x is spent: the next layer down takes its buffer for its own dx.
+        self.recycled.lock().put(x);
         dx
     }
     fn release(&mut self) {

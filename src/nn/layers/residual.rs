@@ -5,7 +5,7 @@ use super::{BuildCx, Layer};
 use super::{LayerDef, LayerSpec, Named, NamedMut, Param, Pass, Seq, TensorInfo};
 use crate::error::Result;
 use crate::nn::keys::Fields;
-use crate::ops::activation::Activation;
+use crate::ops::activation::{add_residual, mask_and_copy};
 use crate::ops::conv::Epilogue;
 use crate::tensor::{Float, Tensor};
 use crate::onnx::graph::Scope;
@@ -132,37 +132,40 @@ pub struct Residual<T> {
     positive: Vec<bool>, // (N, C, H, W) with `relu`: where the sum was > 0, for backward
 }
 
-/// h += s, then the fused ReLU if `relu`; `positive` (when given) records where the sum was
-/// positive, for backward.
-fn add_shortcut<T: Float>(h: &mut Tensor<T>, s: &[T], relu: bool, positive: Option<&mut Vec<bool>>) {
-    let sum = h.data_mut().iter_mut().zip(s);
-    if relu {
-        let relu = Activation::Relu;
-        sum.for_each(|(a, &b)| *a = relu.apply(*a + b));
-        if let Some(p) = positive {
-            p.clear();
-            p.extend(h.data().iter().map(|&v| v > T::zero()));
-        }
-    } else {
-        sum.for_each(|(a, &b)| *a += b);
-    }
-}
-
 impl<T: Float> Layer<T> for Residual<T> {
-    fn forward(&mut self, x: Tensor<T>, pass: &Pass) -> Tensor<T> {
+    fn forward(&mut self, mut x: Tensor<T>, pass: &Pass) -> Tensor<T> {
         if pass.is_inference() {
             // Nothing cached: the body reads x where it is, without a copy.
             let y = self.infer(x.data(), x.shape());
             self.body.recycled.lock().put(x);
             return y;
         }
-        let mut h = self.body.forward(x.clone(), pass);
-        let s = match &mut self.shortcut {
-            Some(sc) => sc.forward(x, pass),
-            None => x,
+        let lent = pass.grad && self.body.layers.first().is_some_and(|l| l.keeps_input());
+        let (mut h, own) = if self.shortcut.is_none() && lent {
+            (self.body.forward(x, pass), None)
+        } else {
+            let mut copy = self.body.recycled.lock().take(x.shape());
+            mask_and_copy(x.data_mut(), None, copy.data_mut());
+            let h = self.body.forward(copy, pass);
+            let s = match &mut self.shortcut {
+                Some(sc) => sc.forward(x, pass),
+                None => x,
+            };
+            (h, Some(s))
         };
-        let positive = pass.grad.then_some(&mut self.positive);
-        add_shortcut(&mut h, s.data(), self.relu, positive);
+        // The identity shortcut is the input the body's first layer keeps for backward.
+        let s = match &own {
+            Some(s) => s,
+            None => self.body.layers[0].kept_input().expect("kept by its forward"),
+        };
+        let positive = (pass.grad && self.relu).then(|| {
+            self.positive.resize(h.len(), false);
+            &mut self.positive[..]
+        });
+        add_residual(h.data_mut(), s.data(), self.relu, positive);
+        if let Some(s) = own {
+            self.body.recycled.lock().put(s);
+        }
         h
     }
     /// The shortcut first, so that the body's last convolution adds it (and the ReLU) as it
@@ -180,24 +183,18 @@ impl<T: Float> Layer<T> for Residual<T> {
         h
     }
     fn backward(&mut self, mut dy: Tensor<T>, need_dx: bool) -> Option<Tensor<T>> {
-        if self.relu {
-            // dy·ReLU'(y), as the ReLU layer computes it.
-            let one = |p: bool| if p { T::one() } else { T::zero() };
-            dy.data_mut()
-                .iter_mut()
-                .zip(&self.positive)
-                .for_each(|(d, &p)| *d *= one(p));
-        }
-        let d_body = self.body.backward(dy.clone(), need_dx);
+        // dy·ReLU'(y), as the ReLU layer computes it, for the body and the shortcut each.
+        let mut d_in = self.body.recycled.lock().take(dy.shape());
+        let mask = self.relu.then_some(&self.positive[..]);
+        mask_and_copy(dy.data_mut(), mask, d_in.data_mut());
+        let d_body = self.body.backward(d_in, need_dx);
         let d_short = match &mut self.shortcut {
             Some(sc) => sc.backward(dy, need_dx),
             None => Some(dy),
         };
         let (mut d, s) = (d_body?, d_short?);
-        d.data_mut()
-            .iter_mut()
-            .zip(s.data())
-            .for_each(|(a, &b)| *a += b);
+        add_residual(d.data_mut(), s.data(), false, None);
+        self.body.recycled.lock().put(s);
         Some(d)
     }
     fn params(&self) -> Named<'_, Param<T>> {
