@@ -275,7 +275,8 @@ def build_ours(avx2):
     target = os.path.join(root, "target", "avx2") if avx2 else os.path.join(root, "target")
     cmd = ["cargo", "build", "--release", "--example", "workloads", "--bin", "convnet", "--target-dir", target]
     if avx2:
-        cmd.append("--no-default-features")
+        # Without `avx512`; the binary needs the command line's feature.
+        cmd += ["--no-default-features", "--features", "cli"]
     subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return os.path.join(target, "release", "examples", "workloads")
 
