@@ -735,7 +735,8 @@ mod tests {
     /// Both Winograd filterings.
     const TILES: [winograd::Tile; 2] = [winograd::Tile::F2, winograd::Tile::F4];
 
-    /// Winograd forward and backward (dX by `tile`) on scratch and outputs filled with `fill`.
+    /// Winograd forward and backward (dX by `tile`) on scratch and outputs filled with `fill`;
+    /// backward once more without dX, which must give the same dW and db.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn winograd_pass<T: Float>(
         isa: Isa,
@@ -771,6 +772,15 @@ mod tests {
         );
         let (dxr, dbr) = (Some(&mut dx[..]), Some(&mut db[..]));
         winograd::backward(isa, tile, g, n, x, w, dy, dxr, &mut dw, dbr, &mut sc);
+        // Without dX, dW reads dY from its own packing, not from the input gradient's padded
+        // one: the same values in the same order, bit for bit.
+        let (mut dw_alone, mut db_alone) = (vec![T::zero(); w.len()], vec![T::zero(); db.len()]);
+        let dbr = Some(&mut db_alone[..]);
+        winograd::backward(isa, tile, g, n, x, w, dy, None, &mut dw_alone, dbr, &mut sc);
+        assert!(
+            dw_alone == dw && db_alone == db,
+            "dW without dX {tile:?} {g:?}"
+        );
         (y, dx, dw, db)
     }
 

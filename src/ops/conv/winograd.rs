@@ -181,6 +181,26 @@ fn pack<T: Float>(
     }
 }
 
+/// The packed output yb (K'/L, m·th, m·tw, L), its whole tiles cropped to (OH, OW), back
+/// into y (K, OH, OW).
+fn unpack<T: Float>(isa: Isa, t: &Tiling, yb: &[T], y: &mut [T]) {
+    let (plane, owp) = (t.oh * t.ow, t.owp());
+    for kb in 0..t.kp / L {
+        let ns = (t.k - kb * L).min(L);
+        for r in 0..t.oh {
+            let src = &yb[((kb * t.ohp() + r) * owp) * L..][..t.ow * L];
+            lanes_to_rows(
+                isa,
+                src,
+                ns,
+                t.ow,
+                &mut y[kb * L * plane + r * t.ow..],
+                plane,
+            );
+        }
+    }
+}
+
 /// G of a filtering, (m + 2) × 3: a kernel's transform is G g Gᵀ.
 fn g_matrix(tile: Tile) -> &'static [[f64; 3]] {
     const SIXTH: f64 = 1.0 / 6.0;
@@ -637,17 +657,18 @@ fn grad_line<T: Float, const FMA: bool, const U: usize, const A: usize>(
     }
 }
 
-/// A d Aᵀ of the m×m dY tiles t0..t0 + nt of the packed dY (K'/L, m·th, m·tw, L) into dm (A²,
-/// nt, K').
+/// A d Aᵀ of the m×m dY tiles t0..t0 + nt of the packed dY (K'/L, planes of `dp`, L) into dm
+/// (A², nt, K').
 #[inline(always)]
 fn transform_output_grad<T: Float, const FMA: bool, const U: usize, const A: usize>(
     t: &Tiling,
     dyb: &[T],
+    dp: DyPlanes,
     t0: usize,
     nt: usize,
     dm: &mut [T],
 ) {
-    let (kp, ohp, owp, mo) = (t.kp, t.ohp(), t.owp(), A - 2);
+    let (kp, mo) = (t.kp, A - 2);
     // Each row of the dY tile along the row: e (m, A, L).
     let mut e = [T::zero(); 24 * L];
     let pos = A * nt * kp; // between two rows of positions in dm
@@ -655,7 +676,7 @@ fn transform_output_grad<T: Float, const FMA: bool, const U: usize, const A: usi
         let (tr, tc) = ((t0 + ti) / t.tw, (t0 + ti) % t.tw);
         for kb in 0..kp / L {
             for i in 0..mo {
-                let at = ((kb * ohp + mo * tr + i) * owp + mo * tc) * L;
+                let at = ((kb * dp.rows + dp.top + mo * tr + i) * dp.cols + dp.left + mo * tc) * L;
                 grad_line::<T, FMA, U, A>(&dyb[at..], L, &mut e[i * A * L..], L);
             }
             // Then each column of that, down the rows, into positions (·, j).
@@ -665,6 +686,17 @@ fn transform_output_grad<T: Float, const FMA: bool, const U: usize, const A: usi
             }
         }
     }
+}
+
+/// The planes of a packed dY, (rows, cols) vectors each, dY's first value at (top, left), zeros
+/// around it at least up to whole tiles: the weight gradient's own packing, or the input
+/// gradient's (inside its padding), which the weight gradient then reads too.
+#[derive(Clone, Copy, Debug)]
+struct DyPlanes {
+    rows: usize,
+    cols: usize,
+    top: usize,
+    left: usize,
 }
 
 /// Strides of one [`outer_products`] call: between the scalars of two rows, between the
@@ -902,8 +934,8 @@ fn correlate_sample_kernel<T: Float, const FMA: bool, const U: usize, const A: u
 multiversion!(correlate_sample<A> => correlate_sample_kernel(regs: (usize, usize), t: &Tiling, xb: &[T], u: &[T], bias: &[T], yb: &mut [T], v: &mut [T], m: &mut [T]));
 
 /// One sample's transformed weight gradient: du (A², C', K') += Σ over its tiles of
-/// (Bᵀ d B)_pᵀ (A dY Aᵀ)_p, from the packed input xb and packed dY dyb, by the filtering with
-/// A×A patches.
+/// (Bᵀ d B)_pᵀ (A dY Aᵀ)_p, from the packed input xb and packed dY dyb (planes `dp`), by the
+/// filtering with A×A patches.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn grad_sample_kernel<T: Float, const FMA: bool, const U: usize, const A: usize>(
@@ -911,6 +943,7 @@ fn grad_sample_kernel<T: Float, const FMA: bool, const U: usize, const A: usize>
     t: &Tiling,
     xb: &[T],
     dyb: &[T],
+    dp: DyPlanes,
     du: &mut [T],
     v: &mut [T],
     dm: &mut [T],
@@ -928,7 +961,7 @@ fn grad_sample_kernel<T: Float, const FMA: bool, const U: usize, const A: usize>
     for t0 in (0..tiles).step_by(block) {
         let nt = block.min(tiles - t0);
         transform_input::<T, FMA, U, A>(t, xb, t0, nt, v);
-        transform_output_grad::<T, FMA, U, A>(t, dyb, t0, nt, dm);
+        transform_output_grad::<T, FMA, U, A>(t, dyb, dp, t0, nt, dm);
         for p in 0..A * A {
             let vp = &v[p * nt * cp..(p + 1) * nt * cp];
             let dmp = &dm[p * nt * kp..(p + 1) * nt * kp];
@@ -937,7 +970,7 @@ fn grad_sample_kernel<T: Float, const FMA: bool, const U: usize, const A: usize>
         }
     }
 }
-multiversion!(grad_sample<A> => grad_sample_kernel(regs: (usize, usize), t: &Tiling, xb: &[T], dyb: &[T], du: &mut [T], v: &mut [T], dm: &mut [T]));
+multiversion!(grad_sample<A> => grad_sample_kernel(regs: (usize, usize), t: &Tiling, xb: &[T], dyb: &[T], dp: DyPlanes, du: &mut [T], v: &mut [T], dm: &mut [T]));
 
 /// The correlation of every sample of x (N, C, H, W) with kernels already transformed, u (P,
 /// C', K'), + bias, into y (N, K, OH, OW): one sample per parallel task. Scratch per thread:
@@ -981,22 +1014,7 @@ fn correlate<T: Float>(
                 Tile::F2 => correlate_sample::<T, 4>(isa, regs, &t, xb, u, &bp, yb, v, m),
                 Tile::F4 => correlate_sample::<T, 6>(isa, regs, &t, xb, u, &bp, yb, v, m),
             }
-            // The packed output's whole tiles, cropped to (OH, OW), back to (K, OH, OW).
-            let (plane, owp) = (t.oh * t.ow, t.owp());
-            for kb in 0..t.kp / L {
-                let ns = (t.k - kb * L).min(L);
-                for r in 0..t.oh {
-                    let src = &yb[((kb * t.ohp() + r) * owp) * L..][..t.ow * L];
-                    lanes_to_rows(
-                        isa,
-                        src,
-                        ns,
-                        t.ow,
-                        &mut yo[kb * L * plane + r * t.ow..],
-                        plane,
-                    );
-                }
-            }
+            unpack(isa, &t, yb, yo);
             epi.apply_at((s0 + si) * out_len, yo);
         }
     };
@@ -1048,8 +1066,11 @@ pub(crate) fn forward_transformed<T: Float>(
 
 /// Gradients of [`forward`] from dy (N, C_out, H_out, W_out): writes dx (N, C_in, H, W) if
 /// asked, adds into dw (C_out, C_in, 3, 3) and db (C_out), each by the filtering `tile`.
-/// Needs [`fits`]. Partial sums are added sample by sample in order: bit-identical whatever
-/// the thread count.
+/// Needs [`fits`]. A sample's dY is packed once for both: the input gradient correlates it,
+/// padded, with the flipped kernels, and the weight gradient reads its tiles from the same
+/// planes while they are in the cache (where its whole tiles lie inside them; else it packs
+/// dY again). Partial sums are added chunk by chunk in order: bit-identical whatever the
+/// thread count.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Float>(
     isa: Isa,
@@ -1067,24 +1088,63 @@ pub(crate) fn backward<T: Float>(
     let gt = g
         .transposed()
         .expect("fits: the input gradient is a correlation over dY");
-    if let Some(dx) = dx {
-        let u = transform_kernels(tile, w, g.out_channels, g.in_channels, true); // (P, C_out', C_in')
-        let epi = Epilogue::default();
-        correlate(isa, tile, &gt, n, dy, &u, None, epi, dx, scratch);
-    }
-    let t = Tiling::new(g, tile);
+    let (t, tt) = (Tiling::new(g, tile), Tiling::new(&gt, tile)); // dW's, dX's
+    let want_dx = dx.is_some();
+    // (P, C_out', C_in'): the flipped kernels of dX's correlation.
+    let u = want_dx.then(|| transform_kernels(tile, w, g.out_channels, g.in_channels, true));
+    let zero_bias = vec![T::zero(); tt.kp]; // (C_in')
+    let own = DyPlanes {
+        rows: t.ohp(),
+        cols: t.owp(),
+        top: 0,
+        left: 0,
+    };
+    let padded = DyPlanes {
+        rows: tt.hp(),
+        cols: tt.wp(),
+        top: tt.top,
+        left: tt.left,
+    };
+    let shared = padded.top + t.ohp() <= padded.rows && padded.left + t.owp() <= padded.cols;
     let (p, block) = (tile.positions(), tile.block_tiles());
     let (cp, kp) = (t.cp, t.kp);
     let (in_len, out_len, plane) = (g.in_len(), g.out_len(), g.out_h * g.out_w);
-    let dm_len = p * block * kp;
+    // Products: dX's (P, block, C_in') and dW's (P, block, C_out'); transformed input: dX's
+    // (P, block, C_out') and dW's (P, block, C_in').
+    let m_len = p * block * cp.max(kp);
+    let (dyb_len, dxb_len) = (tt.packed_in().max(t.packed_out()), tt.packed_out());
     let want_db = db.is_some();
-    let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, _: Option<&mut [T]>| {
-        let [xb, dyb_dm, v] = bufs;
-        let (dm, dyb) = dyb_dm.split_at_mut(dm_len);
+    let work = |bufs: &mut [Vec<T>; 3], s0: usize, s: usize, mut dxc: Option<&mut [T]>| {
+        let [xb, m_dyb_dxb, v] = bufs;
+        let (m, rest) = m_dyb_dxb.split_at_mut(m_len);
+        let (dyb, dxb) = rest.split_at_mut(dyb_len);
         let mut du = vec![T::zero(); p * cp * kp]; // (P, C', K')
         let mut pdb = bias_sums(t.k, want_db); // (C_out)
         for si in s0..s0 + s {
             let (xs, dys) = (&x[si * in_len..][..in_len], &dy[si * out_len..][..out_len]);
+            let dp = match (dxc.as_deref_mut(), &u) {
+                (Some(dxc), Some(u)) => {
+                    let dk = (t.k, t.oh, t.ow);
+                    pack(isa, dys, dk, (tt.top, tt.left), (tt.hp(), tt.wp()), dyb);
+                    let regs = blocking(isa, tt.kp);
+                    match tile {
+                        Tile::F2 => {
+                            correlate_sample::<T, 4>(isa, regs, &tt, dyb, u, &zero_bias, dxb, v, m)
+                        }
+                        Tile::F4 => {
+                            correlate_sample::<T, 6>(isa, regs, &tt, dyb, u, &zero_bias, dxb, v, m)
+                        }
+                    }
+                    unpack(isa, &tt, dxb, &mut dxc[(si - s0) * in_len..][..in_len]);
+                    shared.then_some(padded)
+                }
+                _ => None,
+            };
+            // Else dY inside whole tiles: zeros past (OH, OW).
+            let dp = dp.unwrap_or_else(|| {
+                pack(isa, dys, (t.k, t.oh, t.ow), (0, 0), (t.ohp(), t.owp()), dyb);
+                own
+            });
             pack(
                 isa,
                 xs,
@@ -1093,12 +1153,10 @@ pub(crate) fn backward<T: Float>(
                 (t.hp(), t.wp()),
                 xb,
             );
-            // dY inside whole tiles: zeros past (OH, OW).
-            pack(isa, dys, (t.k, t.oh, t.ow), (0, 0), (t.ohp(), t.owp()), dyb);
             let regs = blocking(isa, kp);
             match tile {
-                Tile::F2 => grad_sample::<T, 4>(isa, regs, &t, xb, dyb, &mut du, v, dm),
-                Tile::F4 => grad_sample::<T, 6>(isa, regs, &t, xb, dyb, &mut du, v, dm),
+                Tile::F2 => grad_sample::<T, 4>(isa, regs, &t, xb, dyb, dp, &mut du, v, m),
+                Tile::F4 => grad_sample::<T, 6>(isa, regs, &t, xb, dyb, dp, &mut du, v, m),
             }
             add_bias_sums(&mut pdb, dys, plane);
         }
@@ -1106,6 +1164,6 @@ pub(crate) fn backward<T: Float>(
         untransform_grad(tile, &du, (t.k, t.c, cp, kp), &mut pdw);
         (pdw, pdb.into_iter().map(T::of).collect())
     };
-    let sizes = [t.packed_in(), dm_len + t.packed_out(), p * block * cp];
-    backward_chunks(n, grad_chunk(n), in_len, None, dw, db, scratch, sizes, work);
+    let sizes = [t.packed_in(), m_len + dyb_len + dxb_len, m_len];
+    backward_chunks(n, grad_chunk(n), in_len, dx, dw, db, scratch, sizes, work);
 }
