@@ -300,9 +300,19 @@ pub(super) fn transposed_weights<T: Float>(g: &Conv2dGeometry, w: &[T]) -> Vec<T
     wt
 }
 
-/// [`super::conv2d_backward_with`] by im2col + GEMM, for any geometry; with `direct_dw` (stride 1
-/// without dilation only) dW comes from the direct kernel on the wide plane instead: no column
-/// matrix, and without dx (a first layer) no tiles at all.
+/// Where [`backward_im2col`] takes dW (and db) from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum WeightGrad {
+    /// The column GEMM, dY · colsᵀ: any geometry.
+    Columns,
+    /// The direct kernel on the wide plane (stride 1 without dilation only): no column matrix,
+    /// and without dx (a first layer) no tiles at all.
+    Direct,
+    /// Computed by the caller: only dx, from dY's columns (no column matrix of x either).
+    Elsewhere,
+}
+
+/// [`super::conv2d_backward_with`] by im2col + GEMM, for any geometry, with dW from `dw_by`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward_im2col<T: Float>(
     g: &Conv2dGeometry,
@@ -314,8 +324,10 @@ pub(super) fn backward_im2col<T: Float>(
     dw: &mut [T],
     db: Option<&mut [T]>,
     scratch: &mut ConvScratch<T>,
-    direct_dw: bool,
+    dw_by: WeightGrad,
 ) {
+    let direct_dw = dw_by == WeightGrad::Direct;
+    let columns = dw_by == WeightGrad::Columns;
     let groups = g.cfg.groups;
     let (opg, kpg, plane) = (g.out_channels / groups, g.k_per_group(), g.out_plane());
     let (in_len, out_len, in_group) = (g.in_len(), g.out_len(), g.in_len() / groups);
@@ -348,7 +360,7 @@ pub(super) fn backward_im2col<T: Float>(
                 let tl = rows.len() * g.out_w; // columns of one sample in this tile
                 let ld = s * tl;
                 let (dyc, dcols) = (&mut dyc[..opg * ld], &mut dcols[..kpg * ld]);
-                for si in (0..s).filter(|_| !direct_dw) {
+                for si in (0..s).filter(|_| columns) {
                     let xs = &x[(s0 + si) * in_len..(s0 + si + 1) * in_len];
                     im2col(
                         g,
@@ -372,7 +384,7 @@ pub(super) fn backward_im2col<T: Float>(
                     }
                     (dyc, ld)
                 };
-                if !direct_dw {
+                if columns {
                     // dW_g += dY_g (opg × s·tl) · colsᵀ (s·tl × kpg)
                     let pdw_g = &mut pdw[gi * opg * kpg..(gi + 1) * opg * kpg];
                     let lds = Ld {
@@ -429,9 +441,11 @@ pub(super) fn backward_im2col<T: Float>(
     };
 
     let mut sizes = [kpg, opg, kpg].map(|rows| rows * chunk * tile);
-    if direct_dw {
+    sizes[0] = match dw_by {
+        WeightGrad::Columns => sizes[0],
         // The columns' buffer holds the direct kernel's scratch instead.
-        sizes[0] = direct::weight_grad_scratch(g, chunk);
-    }
+        WeightGrad::Direct => direct::weight_grad_scratch(g, chunk),
+        WeightGrad::Elsewhere => 0,
+    };
     backward_chunks(n, chunk, in_len, dx, dw, db, scratch, sizes, work);
 }

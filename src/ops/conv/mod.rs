@@ -17,6 +17,7 @@ mod taps;
 mod winograd;
 
 pub use geometry::{Conv2dConfig, Conv2dGeometry};
+use im2col::WeightGrad;
 pub use naive::{conv2d_backward_naive, conv2d_forward_naive};
 pub use parallel::ConvScratch;
 pub(crate) use plan::{Backward, Forward};
@@ -275,10 +276,7 @@ pub(crate) fn run_backward<T: Float>(
     db: Option<&mut [T]>,
     scratch: &mut ConvScratch<T>,
 ) {
-    debug_assert!(
-        plan::backward_fits(algo, g, isa, dx.is_some()),
-        "{algo:?} for {g:?}"
-    );
+    debug_assert!(plan::backward_fits(algo, g, isa), "{algo:?} for {g:?}");
     match algo {
         Backward::BatchLanes => batch::backward(isa, g, n, x, w, dy, dx, dw, db, scratch),
         Backward::Winograd => {
@@ -291,9 +289,17 @@ pub(crate) fn run_backward<T: Float>(
             let lanes_dw = plan::weight_grad_lanes_fits(g.out_channels, isa);
             taps::backward(g, n, x, w, dy, dx, dw, db, scratch, lanes_dw)
         }
-        Backward::StridedWeightGrad => direct::weight_grad_strided(g, n, x, dy, dw, db, scratch),
+        Backward::StridedWeightGrad => {
+            direct::weight_grad_strided(g, n, x, dy, dw, db, scratch);
+            if dx.is_some() {
+                // The dW that the column pass adds is all zeros: a buffer of its own.
+                let mut none = vec![T::zero(); g.weight_len()];
+                let by = WeightGrad::Elsewhere;
+                im2col::backward_im2col(g, n, x, w, dy, dx, &mut none, None, scratch, by);
+            }
+        }
         Backward::Direct => {
-            im2col::backward_im2col(g, n, x, w, dy, None, dw, db, scratch, true);
+            im2col::backward_im2col(g, n, x, w, dy, None, dw, db, scratch, WeightGrad::Direct);
             if let (Some(dx), Some(gt)) = (dx, g.transposed()) {
                 let wt = im2col::transposed_weights(g, w);
                 run_forward(
@@ -311,9 +317,11 @@ pub(crate) fn run_backward<T: Float>(
             }
         }
         Backward::DirectWeightGrad => {
-            im2col::backward_im2col(g, n, x, w, dy, dx, dw, db, scratch, true)
+            im2col::backward_im2col(g, n, x, w, dy, dx, dw, db, scratch, WeightGrad::Direct)
         }
-        Backward::Im2col => im2col::backward_im2col(g, n, x, w, dy, dx, dw, db, scratch, false),
+        Backward::Im2col => {
+            im2col::backward_im2col(g, n, x, w, dy, dx, dw, db, scratch, WeightGrad::Columns)
+        }
     }
 }
 
@@ -658,8 +666,7 @@ mod tests {
                 assert!(plan::backward_fits(
                     Backward::StridedWeightGrad,
                     &g,
-                    Isa::detect(),
-                    false
+                    Isa::detect()
                 ));
             }
             for n in [1, 5] {
@@ -947,6 +954,10 @@ mod tests {
             (4, 9, 27, 32, (7, 7), (2, 2), (1, 1), (0, 2), (1, 0), 2),
             (3, 20, 32, 16, (3, 7), (2, 2), (1, 1), (0, 0), (0, 0), 1),
             (1, 8, 120, 32, (7, 7), (2, 2), (1, 1), (3, 3), (3, 3), 1),
+            // ResNet's stride-2 convolutions: dW by the strided lanes kernel, dX from dY's
+            // columns (a 3×3 on an odd plane, a 1×1 projection).
+            (16, 9, 11, 32, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1),
+            (16, 9, 9, 32, (1, 1), (2, 2), (1, 1), (0, 0), (0, 0), 1),
             // Winograd forward as planned, F(4×4, 3×3) on 8², F(2×2, 3×3) on 6² (where
             // F(4×4)'s tiles would cover 8²): prepared weights keep its transform.
             (64, 8, 8, 64, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),
@@ -1036,15 +1047,15 @@ mod tests {
                 conv2d_backward_naive(&g, n, &xa, &wa, &dya, &mut dx_mag, &mut dw_mag, &mut db_mag);
                 let paths = Backward::ALL.map(BackwardPath::Algo);
                 for path in paths.into_iter().chain([BackwardPath::Planned]) {
-                    let fits = |need_dx| match path {
-                        BackwardPath::Algo(a) => plan::backward_fits(a, &g, isa, need_dx),
+                    let fits = match path {
+                        BackwardPath::Algo(a) => plan::backward_fits(a, &g, isa),
                         BackwardPath::Planned => true,
                     };
                     // Scratch full of NaN: a path must never read what it did not write.
                     let mut sc = ConvScratch {
                         slots: vec![std::array::from_fn(|_| vec![f64::NAN; 1 << 18]); 2],
                     };
-                    if fits(true) {
+                    if fits {
                         // dx starts as junk (it is overwritten); dw and db are added into.
                         let (mut dx1, mut dw1, mut db1) =
                             (vec![9.0; x.len()], vec![0.5; wt.len()], vec![0.5; co]);
@@ -1058,7 +1069,7 @@ mod tests {
                             "{path:?} backward {cfg:?}"
                         );
                     }
-                    if fits(false) {
+                    if fits {
                         // Without dx (a network's first layer) the parameter gradients are the
                         // same; the scratch of the call before is reused.
                         let (mut dw3, mut db3) = (vec![0.5; wt.len()], vec![0.5; co]);

@@ -56,7 +56,8 @@ pub(crate) enum Backward {
     Winograd4,
     /// One GEMM per kernel tap (`taps`).
     Taps,
-    /// dW and db only, stride 2, by the lanes kernel (`direct::weight_grad_strided`).
+    /// dW and db at stride 2 by the lanes kernel (`direct::weight_grad_strided`), dX (where
+    /// asked) by im2col's column GEMM from dY alone.
     StridedWeightGrad,
     /// dW by the direct kernel on the wide plane, dX as the direct forward pass of the
     /// transposed convolution: no column matrix at all.
@@ -150,19 +151,13 @@ pub(crate) fn forward_fits(forward: Forward, g: &Conv2dGeometry) -> bool {
 }
 
 /// Whether `backward` can compute this convolution's gradients on `isa`, with or without dX.
-pub(crate) fn backward_fits(
-    backward: Backward,
-    g: &Conv2dGeometry,
-    isa: Isa,
-    need_dx: bool,
-) -> bool {
+pub(crate) fn backward_fits(backward: Backward, g: &Conv2dGeometry, isa: Isa) -> bool {
     match backward {
         Backward::BatchLanes => batch_fits(g),
         Backward::Winograd | Backward::Winograd4 => winograd_fits(g),
         Backward::Taps => taps_fit(g),
         Backward::StridedWeightGrad => {
-            !need_dx
-                && g.cfg.stride == (2, 2)
+            g.cfg.stride == (2, 2)
                 && g.cfg.dilation == (1, 1)
                 && g.cfg.groups == 1
                 && weight_grad_lanes_fits(g.out_channels, isa)
@@ -306,9 +301,13 @@ fn taps_eligible(g: &Conv2dGeometry) -> bool {
 }
 
 /// Longest reduction C_in·kh·kw whose stride-2 weight gradient goes to the strided lanes
-/// kernel: the 224² stem's (147) was measured; with many channels the im2col GEMM reads its
-/// operands from cache more often than this kernel does.
-const STRIDED_GRAD_MAX_REDUCTION: usize = 256;
+/// kernel (dX, where asked, then comes from dY's columns alone: no column matrix of x). The
+/// 224² stem's (147) was measured first. ResNet-20's stride-2 convolutions at batch 128, AMD
+/// EPYC Zen 5, shares of the training step's profile of im2col, col2im, their copies, the
+/// GEMMs and the lanes kernel: 18 % when every one went to im2col, 12 % with the 1×1s (16,
+/// 32) and the 16→32 3×3 (144) here, 8.8 % with the 32→64 3×3 (288) too. With many channels
+/// the im2col GEMM reads its operands from cache more often than this kernel does.
+const STRIDED_GRAD_MAX_REDUCTION: usize = 320;
 
 /// Fewest wide output columns per sample for the direct dW kernel: below, the per-block
 /// overhead outweighs the multiply-adds.
@@ -378,7 +377,7 @@ pub(crate) fn plan_backward(g: &Conv2dGeometry, n: usize, isa: Isa, need_dx: boo
         }
     } else if taps_eligible(g) && g.out_h * padded_width(g) >= TAPS_MIN_BACKWARD_COLS {
         Backward::Taps
-    } else if backward_fits(Backward::StridedWeightGrad, g, isa, need_dx)
+    } else if backward_fits(Backward::StridedWeightGrad, g, isa)
         && g.k_per_group() <= STRIDED_GRAD_MAX_REDUCTION
     {
         Backward::StridedWeightGrad
@@ -455,7 +454,7 @@ mod tests {
                 8,
                 F::RowsWinograd,
                 F::RowsWinograd,
-                B::Im2col,
+                B::StridedWeightGrad,
                 B::Im2col,
                 B::StridedWeightGrad,
             ),
@@ -495,7 +494,7 @@ mod tests {
                 128,
                 F::DirectLanes,
                 F::Im2col,
-                B::Im2col,
+                B::StridedWeightGrad,
                 B::Im2col,
                 B::StridedWeightGrad,
             ),
@@ -505,7 +504,7 @@ mod tests {
                 128,
                 F::DirectLanes,
                 F::Im2col,
-                B::Im2col,
+                B::StridedWeightGrad,
                 B::Im2col,
                 B::StridedWeightGrad,
             ),
@@ -525,9 +524,9 @@ mod tests {
                 128,
                 F::DirectLanes,
                 F::Im2col,
+                B::StridedWeightGrad,
                 B::Im2col,
-                B::Im2col,
-                B::Im2col,
+                B::StridedWeightGrad,
             ),
             (
                 "ResNet-20 64→64 8²",
@@ -561,9 +560,9 @@ mod tests {
             assert_eq!(got, (f512, f2, b512, b2, b512_no_dx), "{name}");
             // Whatever is planned can run.
             assert!(forward_fits(got.0, &g) && forward_fits(got.1, &g), "{name}");
-            assert!(backward_fits(got.2, &g, a512, true), "{name}");
-            assert!(backward_fits(got.3, &g, a2, true), "{name}");
-            assert!(backward_fits(got.4, &g, a512, false), "{name}");
+            assert!(backward_fits(got.2, &g, a512), "{name}");
+            assert!(backward_fits(got.3, &g, a2), "{name}");
+            assert!(backward_fits(got.4, &g, a512), "{name}");
         }
     }
 }
