@@ -235,7 +235,7 @@ fn summary(model: &str) -> Result<()> {
     let width = rows.iter().map(|r| r.index.len()).max().unwrap_or(0).max(5);
     let kinds = rows
         .iter()
-        .map(|r| r.kind.len() + 2 * r.index.matches('.').count() / 2)
+        .map(|r| r.kind.len() + 2 * r.depth)
         .max()
         .unwrap_or(0)
         .max(5);
@@ -246,8 +246,7 @@ fn summary(model: &str) -> Result<()> {
     let rule = "-".repeat(width + kinds + 38);
     println!("{rule}");
     for r in &rows {
-        let depth = r.index.matches('.').count() / 2;
-        let kind = format!("{}{}", "  ".repeat(depth), r.kind);
+        let kind = format!("{}{}", "  ".repeat(r.depth), r.kind);
         let buffers = if r.buffers > 0 {
             thousands(r.buffers)
         } else {
@@ -266,7 +265,7 @@ fn summary(model: &str) -> Result<()> {
     println!("Total parameters: {}", thousands(net.param_count()));
     let buffers: usize = rows
         .iter()
-        .filter(|r| !r.index.contains('.'))
+        .filter(|r| r.depth == 0)
         .map(|r| r.buffers)
         .sum();
     if buffers > 0 {

@@ -2,23 +2,24 @@
 use crate::data::dataset;
 use crate::data::image::read_image;
 use crate::error::{Error, Result};
-use crate::nn::Network;
-use crate::nn::{LayerSpec, ModelSpec};
+use crate::nn::graph::StepOp;
+use crate::nn::layers::tensor_name;
+use crate::nn::LayerSpec;
+use crate::nn::{BuildOptions, Network};
 use crate::plot::panels::{save_panels, Panel};
 use crate::tensor::Tensor;
 use std::path::Path;
 
 pub fn plot_filters(net: &Network<f32>, input: Option<&Path>, output: &Path) -> Result<()> {
     let spec = net.spec();
-    let i = spec
-        .layers
+    let graph = spec.graph().map_err(|e| e.into_error(&spec.name))?;
+    let i = graph
+        .steps
         .iter()
-        .position(|l| matches!(l, LayerSpec::Conv2d(_)))
+        .find(|s| matches!(s.op, StepOp::Layer(LayerSpec::Conv2d(_))))
+        .map(|s| s.path.clone())
         .ok_or_else(|| {
-            Error::invalid(format!(
-                "model `{}` has no top-level conv2d layer to show",
-                spec.name
-            ))
+            Error::invalid(format!("model `{}` has no conv2d layer to show", spec.name))
         })?;
     let [c, h, w] = spec.input;
     let x: Vec<f32> = match input {
@@ -46,29 +47,26 @@ pub fn plot_filters(net: &Network<f32>, input: Option<&Path>, output: &Path) -> 
             v
         }
     };
-    // The network up to and including the first convolution, with the same weights.
-    let head_spec = ModelSpec {
-        layers: spec.layers[..=i].to_vec(),
-        classes: Vec::new(),
-        ..spec.clone()
-    };
-    let mut head = Network::<f32>::new(head_spec, Default::default(), 0);
-    let mut keep = net.state();
-    let within = |n: &String| {
-        n.split('.')
-            .next()
-            .and_then(|k| k.parse::<usize>().ok())
-            .is_some_and(|k| k <= i)
-    };
-    keep.floats.retain(|n, _| within(n));
-    keep.counts.retain(|n, _| within(n));
-    head.take_state(&mut keep, Path::new("the model's weights"))?;
-    let y = head.forward(Tensor::from_vec(&[1, c, h, w], x.clone())?, false)?; // (1, C_out, H', W')
+    // The same network unfused, so that the convolution's own output can be read.
+    let mut plain = Network::<f32>::with_options(
+        spec.clone(),
+        BuildOptions {
+            fuse: false,
+            ..Default::default()
+        },
+    );
+    plain.take_state(&mut net.state(), Path::new("the model's weights"))?;
+    let outs = plain.infer_layers(&Tensor::from_vec(&[1, c, h, w], x.clone())?)?;
+    let y = outs
+        .into_iter()
+        .find(|(p, _)| *p == i)
+        .map(|(_, t)| t)
+        .ok_or_else(|| Error::invalid(format!("no output of layer {i}")))?; // (1, C_out, H', W')
     let (oc, oh, ow) = (y.shape()[1], y.shape()[2], y.shape()[3]);
     let weight = net
         .named_params()
         .into_iter()
-        .find(|(n, _)| *n == format!("{i}.weight"))
+        .find(|(n, _)| *n == tensor_name(&i, "weight"))
         .map(|(_, t)| t)
         .ok_or_else(|| Error::invalid("missing conv weight"))?;
     let (kh, kw) = (weight.shape()[2], weight.shape()[3]);

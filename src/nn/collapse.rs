@@ -10,9 +10,9 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Top-level runs `[start, end]` (inclusive) of linear → (identity)* → linear → … that
-/// [`collapse`] merges into one layer.
+/// [`collapse`] merges into one layer (none in a graph model).
 pub fn collapsible_runs(spec: &ModelSpec) -> Vec<(usize, usize)> {
-    let l = &spec.layers;
+    let l = chain(spec);
     let mut runs = Vec::new();
     let mut i = 0;
     while i < l.len() {
@@ -45,10 +45,25 @@ pub fn collapsible_runs(spec: &ModelSpec) -> Vec<(usize, usize)> {
     runs
 }
 
+/// The layers of a chain model; none for a graph model.
+fn chain(spec: &ModelSpec) -> Vec<LayerSpec> {
+    spec.chain_layers()
+        .map(|v| v.into_iter().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// The equivalent network with every collapsible run merged into one linear layer
-/// (computed in f64); other layers and their weights are kept, renumbered.
+/// (computed in f64); other layers and their weights are kept, renumbered. A graph model
+/// (named nodes, joins, blocks) is an error: the collapse is of chains.
 pub fn collapse(net: &Network<f32>) -> Result<Network<f32>> {
     let spec = net.spec();
+    if spec.chain_layers().is_none() {
+        return Err(crate::error::Error::invalid(format!(
+            "model `{}` is a graph (named layers, joins or blocks); collapse works on chains of layers",
+            spec.name
+        )));
+    }
+    let chain_layers = chain(spec);
     let state = net.state();
     let params = &state.floats;
     let runs = collapsible_runs(spec);
@@ -56,14 +71,14 @@ pub fn collapse(net: &Network<f32>) -> Result<Network<f32>> {
     let mut new_state = StateDict::default();
     let new_params = &mut new_state.floats;
     let mut i = 0;
-    while i < spec.layers.len() {
+    while i < chain_layers.len() {
         let ni = layers.len();
         if let Some(&(_, end)) = runs.iter().find(|r| r.0 == i) {
             // Accumulate (W, b) through the run: W ← Wₗ·W, b ← Wₗ·b + bₗ.
             let (mut w, mut b, mut rows, mut cols) =
                 (Vec::<f64>::new(), Vec::<f64>::new(), 0usize, 0usize);
             let mut any_bias = false;
-            for (k, layer) in spec.layers.iter().enumerate().take(end + 1).skip(i) {
+            for (k, layer) in chain_layers.iter().enumerate().take(end + 1).skip(i) {
                 let LayerSpec::Linear(ls) = layer else {
                     continue;
                 };
@@ -126,11 +141,11 @@ pub fn collapse(net: &Network<f32>) -> Result<Network<f32>> {
                 new_state.counts.insert(format!("{ni}.{rest}"), *c);
             }
         }
-        layers.push(spec.layers[i].clone());
+        layers.push(chain_layers[i].clone());
         i += 1;
     }
     let new_spec = ModelSpec {
-        layers,
+        layers: layers.into_iter().map(super::graph::Node::chain).collect(),
         ..spec.clone()
     };
     let mut out = Network::<f32>::new(new_spec, Default::default(), 0);

@@ -13,7 +13,7 @@
 //!   positive (a byte a value) instead of a copy of the output.
 //!
 //! None of the merged or moved layers has parameters of its own besides the convolution's,
-//! and every layer keeps its spec index, so tensor names are those of the unfused network.
+//! and every layer keeps its spec path, so tensor names are those of the unfused network.
 use super::layers::activation::Act;
 use super::layers::batchnorm::BatchNorm;
 use super::layers::conv2d::Conv2d;
@@ -79,7 +79,11 @@ pub fn fuse<T: Float>(seq: &mut Seq<T>) {
             fuse(child);
         }
     }
-    let idx = std::mem::take(&mut seq.index);
+    let mut paths: Vec<Option<String>> = std::mem::take(&mut seq.paths)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut path = |k: usize| paths[k].take().expect("each path is taken once");
     let mut slots: Vec<Option<Box<dyn Layer<T>>>> = std::mem::take(&mut seq.layers)
         .into_iter()
         .map(Some)
@@ -110,7 +114,7 @@ pub fn fuse<T: Float>(seq: &mut Seq<T>) {
                     winners: Vec::new(),
                     fused: false,
                 }));
-                seq.index.push(idx[i]);
+                seq.paths.push(path(i));
                 i = at + 1;
                 continue;
             }
@@ -131,7 +135,7 @@ pub fn fuse<T: Float>(seq: &mut Seq<T>) {
             };
             if let Some(layer) = fused {
                 seq.layers.push(layer);
-                seq.index.push(idx[i]);
+                seq.paths.push(path(i));
                 i += 2;
                 continue;
             }
@@ -139,13 +143,13 @@ pub fn fuse<T: Float>(seq: &mut Seq<T>) {
         if kinds[i] == Kind::Relu && kinds.get(i + 1) == Some(&Kind::MaxPool) {
             for k in [i + 1, i] {
                 seq.layers.push(slots[k].take().expect("not taken yet"));
-                seq.index.push(idx[k]);
+                seq.paths.push(path(k));
             }
             i += 2;
             continue;
         }
         seq.layers.push(slots[i].take().expect("not taken yet"));
-        seq.index.push(idx[i]);
+        seq.paths.push(path(i));
         i += 1;
     }
 }
@@ -332,7 +336,7 @@ out_features = 3
                 )
             };
             let (mut fused, mut plain) = (build(true), build(false));
-            assert!(fused.layers.layers.len() < plain.layers.layers.len());
+            assert!(fused.layers.layer_count() < plain.layers.layer_count());
             let x = Tensor::from_vec(
                 &[n, c, h, w],
                 (0..n * c * h * w)

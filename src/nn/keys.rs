@@ -28,6 +28,9 @@ impl Ctx<'_> {
 pub struct Fields<'a, 'c> {
     table: &'a toml::Table,
     used: BTreeSet<&'static str>,
+    /// Keys read by someone else than the layer (a graph node's `name` and `inputs`): not
+    /// unknown, and not the layer's own in the list an unknown key's error shows.
+    others: BTreeSet<&'static str>,
     pub ctx: &'c Ctx<'c>,
 }
 
@@ -36,6 +39,7 @@ impl<'a, 'c> Fields<'a, 'c> {
         Fields {
             table,
             used: BTreeSet::new(),
+            others: BTreeSet::new(),
             ctx,
         }
     }
@@ -175,6 +179,12 @@ impl<'a, 'c> Fields<'a, 'c> {
         }
     }
 
+    /// The raw value of `key`, read for someone else than the layer (see `others`).
+    pub fn get_other(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.others.insert(key);
+        self.table.get(key)
+    }
+
     /// Forgets that `key` was read (for a key read again by another accessor).
     pub fn unread(&mut self, key: &'static str) {
         self.used.remove(key);
@@ -183,7 +193,7 @@ impl<'a, 'c> Fields<'a, 'c> {
     /// An error for the first key nobody read.
     pub fn finish(self) -> Result<()> {
         for k in self.table.keys() {
-            if k != "type" && !self.used.contains(k.as_str()) {
+            if k != "type" && !self.used.contains(k.as_str()) && !self.others.contains(k.as_str()) {
                 let known: Vec<&str> = self.used.iter().copied().collect();
                 let hint = if known.is_empty() {
                     "it takes no options".to_string()

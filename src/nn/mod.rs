@@ -1,7 +1,10 @@
 //! Layers, networks, model files, presets and weight files.
 pub mod collapse;
+mod dag;
 pub mod fuse;
+pub mod graph;
 pub mod init;
+pub mod joins;
 pub mod keys;
 pub mod layers;
 pub mod network;

@@ -1,10 +1,9 @@
 //! A network: the layers of a model spec in sequence, h^l = f(b^l + W^l h^(l−1)), run on
 //! shards of each batch side by side (data parallel) with the shard gradients summed in order.
-use super::fuse::fuse;
+use super::dag::Dag;
+use super::graph::{Node, Op, StepOp};
 use super::init::Init;
-use super::layers::{
-    build_sequence, Buffer, BuildCx, Exchange, LayerSpec, Param, Pass, Seq, ShardSync,
-};
+use super::layers::{Buffer, BuildCx, Exchange, LayerSpec, Param, Pass, ShardSync};
 use super::relay::Relay;
 use super::spec::ModelSpec;
 use crate::dist::{f32_bytes, gather_f64, put_f32, rank_items, Group};
@@ -50,13 +49,14 @@ impl Default for BuildOptions {
 pub struct Network<T: Float = f32> {
     spec: ModelSpec,
     options: BuildOptions,
-    pub(crate) layers: Seq<T>, // shard 0's layers; their parameters and buffers are the network's
-    replicas: Vec<Seq<T>>,     // the other shards' layers, parameter and buffer values copied
+    pub(crate) layers: Dag<T>, // shard 0's layers; their parameters and buffers are the network's
+    replicas: Vec<Dag<T>>,     // the other shards' layers, parameter and buffer values copied
     synced: usize,             // how many replicas hold the current parameter and buffer values
     param_count: usize,
-    exchanges: usize,            // Pass::gather calls per training step (BatchNorm)
-    key: u64,                    // random key of the next training passes (dropout)
-    shards: Vec<(usize, usize)>, // row ranges of the last caching forward's shards
+    output_len: usize,              // values of one sample's output
+    exchanges: usize,               // Pass::gather calls per training step (BatchNorm)
+    key: u64,                       // random key of the next training passes (dropout)
+    shards: Vec<(usize, usize)>,    // row ranges of the last caching forward's shards
     norm: Option<(Vec<T>, Vec<T>)>, // the spec's input normalisation: per channel (mean, 1/std)
 }
 
@@ -94,17 +94,14 @@ fn shard_bounds(n: usize, params: usize, bytes: usize, synced: bool) -> Vec<(usi
         .collect()
 }
 
-fn build_layers<T: Float>(spec: &ModelSpec, o: BuildOptions) -> Seq<T> {
+fn build_layers<T: Float>(spec: &ModelSpec, o: BuildOptions) -> Dag<T> {
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let mut cx = BuildCx::new(o.init, &mut rng);
-    let mut seq = build_sequence(&spec.layers, &spec.input, &mut cx);
-    if o.fuse {
-        fuse(&mut seq);
-    }
-    seq
+    let graph = spec.graph().expect("a shape-checked spec");
+    Dag::build(&graph, &mut cx, o.fuse)
 }
 
-fn zero_grads<T: Float>(layers: &mut Seq<T>) {
+fn zero_grads<T: Float>(layers: &mut Dag<T>) {
     for (_, p) in layers.params_mut() {
         p.grad.data_mut().fill(T::zero());
     }
@@ -209,7 +206,8 @@ impl Drop for Finished<'_> {
 /// One row of [`Network::summary`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SummaryRow {
-    /// "3" for a top-level layer, "3.body.1" or "3.shortcut.0" inside a residual block.
+    /// The module path: "3" or "conv1" for a top-level layer, "layer1.0.conv1" inside
+    /// blocks, "3.body.1" or "3.shortcut.0" inside a residual block.
     pub index: String,
     pub kind: &'static str,
     pub output_shape: Vec<usize>,
@@ -217,6 +215,8 @@ pub struct SummaryRow {
     pub params: usize,
     /// Saved, untrained scalars (running statistics, counters).
     pub buffers: usize,
+    /// How deep in the module tree: 0 for a top-level node.
+    pub depth: usize,
 }
 
 impl<T: Float> Network<T> {
@@ -236,6 +236,7 @@ impl<T: Float> Network<T> {
     pub fn with_options(spec: ModelSpec, options: BuildOptions) -> Self {
         let layers = build_layers(&spec, options);
         let param_count = layers.params().iter().map(|(_, p)| p.value.len()).sum();
+        let output_len = spec.output_len();
         let exchanges = layers.exchanges();
         let norm = (!spec.mean.is_empty()).then(|| {
             let t = |v: f32| T::from(v).unwrap_or_else(T::zero);
@@ -252,6 +253,7 @@ impl<T: Float> Network<T> {
             replicas: Vec::new(),
             synced: 0,
             param_count,
+            output_len,
             exchanges,
             key: 0,
             shards: Vec::new(),
@@ -264,7 +266,7 @@ impl<T: Float> Network<T> {
 
     /// Length of one sample's output vector.
     pub fn output_len(&self) -> usize {
-        self.spec.output_len()
+        self.output_len
     }
 
     /// Sets the random key of the following training passes: dropout's masks are a function
@@ -424,21 +426,15 @@ impl<T: Float> Network<T> {
         Ok(Tensor::concat_rows(outs))
     }
 
-    /// Inference of the batch x (N, C, H, W) that keeps every built layer's output, in order:
-    /// (the spec index the layer was built from, its output). Built without fusion
-    /// (`BuildOptions { fuse: false, .. }`) that is every top-level spec layer's output, the
+    /// Inference of the batch x (N, C, H, W) that keeps every built layer's and join's
+    /// output, in order: (the module path of the step it was built from, its output). Built
+    /// without fusion (`BuildOptions { fuse: false, .. }`) that is every step's output, the
     /// h¹ … hᴸ of the lecture; a fused layer's entry is the output of all the layers it merged.
-    pub fn infer_layers(&mut self, x: &Tensor<T>) -> Result<Vec<(usize, Tensor<T>)>> {
+    pub fn infer_layers(&mut self, x: &Tensor<T>) -> Result<Vec<(String, Tensor<T>)>> {
         self.check_input(x)?;
         self.shards.clear();
-        let mut h = self.normalize(x.clone());
-        let seq = &mut self.layers;
-        let mut outs = Vec::with_capacity(seq.layers.len());
-        for (layer, &i) in seq.layers.iter_mut().zip(&seq.index) {
-            h = layer.forward(h, &Pass::INFER);
-            outs.push((i, h.clone()));
-        }
-        Ok(outs)
+        let h = self.normalize(x.clone());
+        Ok(self.layers.infer_each(h))
     }
 
     /// A training step's forward and backward passes in one: each shard runs forward, gets
@@ -471,7 +467,7 @@ impl<T: Float> Network<T> {
         let base = shards[0].0;
         self.shards.clear();
         self.synced = 0; // running statistics may change: the replicas copy them afresh
-        let step = |i: usize, layers: &mut Seq<T>, x: Tensor<T>, rows: (usize, usize), p: Pass| {
+        let step = |i: usize, layers: &mut Dag<T>, x: Tensor<T>, rows: (usize, usize), p: Pass| {
             if i > 0 {
                 zero_grads(layers);
             }
@@ -637,7 +633,7 @@ impl<T: Float> Network<T> {
     }
 
     /// The layers of the first `k` shards: the network's own, then replicas.
-    fn shard_layers(&mut self, k: usize) -> Vec<&mut Seq<T>> {
+    fn shard_layers(&mut self, k: usize) -> Vec<&mut Dag<T>> {
         std::iter::once(&mut self.layers)
             .chain(self.replicas.iter_mut())
             .take(k)
@@ -820,31 +816,106 @@ impl<T: Float> Network<T> {
         net
     }
 
-    /// One row per layer (nested sequences indented by their path) with output shapes,
-    /// parameter and buffer counts, like Keras' `model.summary()`.
+    /// One row per node of the module tree (a block's row before its nodes, a residual
+    /// block's body and shortcut after it) with its module path, output shape, parameter and
+    /// buffer counts, like Keras' `model.summary()`.
     pub fn summary(&self) -> Vec<SummaryRow> {
-        fn walk(layers: &[LayerSpec], prefix: &str, input: &[usize], rows: &mut Vec<SummaryRow>) {
-            let mut s = input.to_vec();
-            for (i, l) in layers.iter().enumerate() {
-                let index = format!("{prefix}{i}");
-                let out = l.output_shape(&s).expect("shape-checked spec");
-                let (params, buffers) = (l.param_count(&s), l.buffer_count(&s));
+        let graph = self.spec.graph().expect("a shape-checked spec");
+        let mut steps = graph.steps.iter();
+        let mut rows = Vec::new();
+        summary_nodes(&self.spec.layers, 0, &mut steps, &mut rows);
+        rows
+    }
+}
+
+/// Summary rows of `nodes` at `depth`, taking their steps from `steps` in order (the graph's
+/// steps are the node tree's leaves in file order).
+fn summary_nodes<'a>(
+    nodes: &[Node],
+    depth: usize,
+    steps: &mut impl Iterator<Item = &'a super::graph::Step>,
+    rows: &mut Vec<SummaryRow>,
+) {
+    for node in nodes {
+        match &node.op {
+            Op::Block(children) => {
+                let at = rows.len();
                 rows.push(SummaryRow {
-                    index: index.clone(),
-                    kind: l.type_name(),
-                    output_shape: out.clone(),
+                    index: String::new(),
+                    kind: super::graph::BLOCK,
+                    output_shape: Vec::new(),
+                    params: 0,
+                    buffers: 0,
+                    depth,
+                });
+                summary_nodes(children, depth + 1, steps, rows);
+                let inner = &rows[at + 1..];
+                let (params, buffers) = inner
+                    .iter()
+                    .filter(|r| r.depth == depth + 1)
+                    .fold((0, 0), |(p, b), r| (p + r.params, b + r.buffers));
+                let last = inner
+                    .iter()
+                    .rev()
+                    .find(|r| r.depth == depth + 1)
+                    .map(|r| (r.index.clone(), r.output_shape.clone()));
+                let (path, shape) = last.unwrap_or_default();
+                let own = path.rsplit_once('.').map_or("", |(p, _)| p).to_string();
+                rows[at] = SummaryRow {
+                    index: own,
+                    output_shape: shape,
                     params,
                     buffers,
+                    ..rows[at].clone()
+                };
+            }
+            Op::Layer(_) | Op::Join(_) => {
+                let step = steps.next().expect("a step per leaf");
+                let input = step.input_shapes.first().cloned().unwrap_or_default();
+                let (params, buffers) = match &step.op {
+                    StepOp::Layer(l) => (l.param_count(&input), l.buffer_count(&input)),
+                    StepOp::Join(_) => (0, 0),
+                };
+                rows.push(SummaryRow {
+                    index: step.path.clone(),
+                    kind: step.op.type_name(),
+                    output_shape: step.output_shape.clone(),
+                    params,
+                    buffers,
+                    depth,
                 });
-                for (what, seq) in l.children() {
-                    walk(seq, &format!("{index}.{what}."), &s, rows);
+                if let StepOp::Layer(l) = &step.op {
+                    container_rows(l, &step.path, &input, depth + 1, rows);
                 }
-                s = out;
             }
         }
-        let mut rows = Vec::new();
-        walk(&self.spec.layers, "", &self.spec.input, &mut rows);
-        rows
+    }
+}
+
+/// Rows of the sequences nested in a container layer (a residual block's body and shortcut).
+fn container_rows(
+    l: &LayerSpec,
+    path: &str,
+    input: &[usize],
+    depth: usize,
+    rows: &mut Vec<SummaryRow>,
+) {
+    for (what, seq) in l.children() {
+        let mut s = input.to_vec();
+        for (j, c) in seq.iter().enumerate() {
+            let index = format!("{path}.{what}.{j}");
+            let out = c.output_shape(&s).expect("shape-checked spec");
+            rows.push(SummaryRow {
+                index: index.clone(),
+                kind: c.type_name(),
+                output_shape: out.clone(),
+                params: c.param_count(&s),
+                buffers: c.buffer_count(&s),
+                depth,
+            });
+            container_rows(c, &index, &s, depth + 1, rows);
+            s = out;
+        }
     }
 }
 

@@ -329,12 +329,12 @@ mod tests {
         let buffers: usize = net
             .summary()
             .iter()
-            .filter(|r| !r.index.contains('.'))
+            .filter(|r| r.depth == 0)
             .map(|r| r.buffers)
             .sum();
         assert_eq!(buffers, 2 * (16 * 7 + 32 * 7 + 64 * 7) + 21);
         let grey = spec.with_input([1, 28, 28]).unwrap();
-        assert_eq!(grey.shapes().unwrap().last().unwrap(), &vec![10]);
+        assert_eq!(grey.output_shape().unwrap(), [10]);
         assert_eq!(
             Network::<f32>::new(grey, Default::default(), 0).param_count(),
             272_474 - 2 * 16 * 9

@@ -1,6 +1,7 @@
 //! The model file: a TOML description of a network, parsed into typed layer specs with
 //! errors that name the layer and the key, and written back in canonical form.
-use super::layers::{parse_layer, LayerSpec};
+use super::graph::{flatten, parse_node, write_nodes, Graph, GraphError, Node, Op};
+use super::layers::LayerSpec;
 use crate::error::{Error, Result};
 use std::fmt::Write as _;
 use toml::Value;
@@ -22,7 +23,8 @@ pub struct ModelSpec {
     pub name: String,
     /// [channels, height, width] of one input sample.
     pub input: [usize; 3],
-    pub layers: Vec<LayerSpec>,
+    /// The network's nodes ([`super::graph`]): a chain of layers, or a graph.
+    pub layers: Vec<Node>,
     /// Names of the output classes (`classes = [...]`), one per output; empty when unnamed
     /// (a class is then its index as text: see [`ModelSpec::class_name`]).
     pub classes: Vec<String>,
@@ -106,7 +108,13 @@ impl ModelSpec {
         let layers = layers
             .iter()
             .enumerate()
-            .map(|(i, l)| parse_layer(l, source, i.to_string()))
+            .map(|(i, l)| {
+                let path = l
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| i.to_string(), str::to_string);
+                parse_node(l, source, path)
+            })
             .collect::<Result<Vec<_>>>()?;
         let classes = match table.get("classes") {
             None => Vec::new(),
@@ -162,43 +170,47 @@ impl ModelSpec {
             mean,
             std,
         };
-        spec.shapes().map_err(|(i, msg)| Error::Model {
-            source_name: source.into(),
-            layer: Some(format!("layer {i} ({})", spec.layers[i].type_name())),
-            msg,
-        })?;
+        spec.graph().map_err(|e| e.into_error(source))?;
         spec.check_classes(&spec.classes).map_err(top_err)?;
         Ok(spec)
     }
 
-    /// Output shape of every top-level layer, or the index of the first that does not fit
-    /// (an empty output, or more than [`MAX_ELEMENTS`] activations or parameters).
-    pub fn shapes(&self) -> Result<Vec<Vec<usize>>, (usize, String)> {
-        let mut s = self.input.to_vec();
-        let mut out = Vec::with_capacity(self.layers.len());
-        let mut params = 0usize;
-        for (i, l) in self.layers.iter().enumerate() {
-            let next = l.output_shape(&s).map_err(|e| (i, e))?;
-            if next.contains(&0) {
-                return Err((i, format!("the output shape {next:?} is empty")));
-            }
-            if elements(&next).is_none_or(|n| n > MAX_ELEMENTS) {
-                return Err((
-                    i,
-                    format!("the output shape {next:?} has more than {MAX_ELEMENTS} elements"),
-                ));
-            }
-            params = params.saturating_add(l.param_count(&s));
-            if params > MAX_ELEMENTS {
-                return Err((
-                    i,
-                    format!("the model would have more than {MAX_ELEMENTS} parameters"),
-                ));
-            }
-            s = next;
-            out.push(s.clone());
+    /// A chain of `layers` on inputs `input`, unnamed, without classes or normalisation.
+    pub fn chain(name: &str, input: [usize; 3], layers: Vec<LayerSpec>) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            input,
+            layers: layers.into_iter().map(Node::chain).collect(),
+            classes: Vec::new(),
+            mean: Vec::new(),
+            std: Vec::new(),
         }
-        Ok(out)
+    }
+
+    /// The network's nodes flattened into steps, names resolved and shapes checked (an empty
+    /// output, or more than [`MAX_ELEMENTS`] activations or parameters, is an error naming
+    /// the node).
+    pub fn graph(&self) -> Result<Graph, GraphError> {
+        flatten(&self.layers, &self.input)
+    }
+
+    /// The layers in order when the network is a plain chain of unnamed top-level layers
+    /// (what the lecture's tools, such as the collapse of linear layers, work on).
+    pub fn chain_layers(&self) -> Option<Vec<&LayerSpec>> {
+        self.layers
+            .iter()
+            .map(|n| match (&n.op, &n.name, n.inputs.is_empty()) {
+                (Op::Layer(l), None, true) => Some(l),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sample shape of the network's output.
+    pub fn output_shape(&self) -> Result<Vec<usize>> {
+        self.graph()
+            .map(|g| g.output_shape().to_vec())
+            .map_err(|e| e.into_error(&self.name))
     }
 
     /// The same layers on samples of another [channels, height, width] (a preset on other
@@ -218,11 +230,8 @@ impl ModelSpec {
             input,
             ..self.clone()
         };
-        spec.shapes().map_err(|(i, msg)| Error::Model {
-            source_name: format!("{} on inputs {input:?}", self.name),
-            layer: Some(format!("layer {i} ({})", spec.layers[i].type_name())),
-            msg,
-        })?;
+        spec.graph()
+            .map_err(|e| e.into_error(&format!("{} on inputs {input:?}", self.name)))?;
         Ok(spec)
     }
 
@@ -255,11 +264,10 @@ impl ModelSpec {
         (0..self.output_len()).map(|i| self.class_name(i)).collect()
     }
 
-    /// Length of the network's output vector (its last layer must be flat).
+    /// Length of the network's output vector (its elements, flat or not).
     pub fn output_len(&self) -> usize {
-        self.shapes()
-            .ok()
-            .and_then(|s| s.last().map(|l| l.iter().product()))
+        self.graph()
+            .map(|g| g.output_shape().iter().product())
             .unwrap_or(0)
     }
 
@@ -294,12 +302,7 @@ impl ModelSpec {
                 .collect();
             let _ = writeln!(s, "classes = [{}]", names.join(", "));
         }
-        for l in &self.layers {
-            s.push_str("\n[[layers]]\n");
-            for (k, v) in l.toml_fields(true) {
-                let _ = writeln!(s, "{k} = {v}");
-            }
-        }
+        write_nodes(&mut s, &self.layers, 0);
         s
     }
 }

@@ -269,7 +269,7 @@ impl<'a> Scope<'a> {
 
     /// The layer's trained tensor `name` ("weight", "running_var").
     pub fn tensor(&self, name: &str) -> Result<&'a Tensor<f32>, String> {
-        let full = format!("{}{name}", self.prefix);
+        let full = crate::nn::layers::tensor_name(self.path(), name);
         self.tensors
             .get(&full)
             .ok_or_else(|| format!("the network has no tensor `{full}`"))
@@ -278,7 +278,7 @@ impl<'a> Scope<'a> {
     /// The layer's trained tensor `name` as an initializer of the same name.
     pub fn weight(&mut self, name: &str) -> Result<String, String> {
         let t = self.tensor(name)?;
-        let full = format!("{}{name}", self.prefix);
+        let full = crate::nn::layers::tensor_name(self.path(), name);
         Ok(self.graph.float(&full, t.shape(), t.data()))
     }
 

@@ -5,7 +5,8 @@ pub mod graph;
 pub mod proto;
 
 use crate::error::{Error, Result};
-use crate::nn::layers::{sequence_onnx, Buffer};
+use crate::nn::graph::StepOp;
+use crate::nn::layers::Buffer;
 use crate::nn::Network;
 use crate::tensor::Tensor;
 use graph::{Attr, Dim, Graph, Scope};
@@ -71,13 +72,26 @@ pub fn export(
         let centred = g.node("Sub", &[&x, &mean], &[], "centred");
         x = g.node("Div", &[&centred, &std], &[], "normalized");
     }
+    let graph = spec.graph().map_err(|e| e.into_error(source))?;
     let mut scope = Scope::new(&mut g, &tensors);
-    x = sequence_onnx(&spec.layers, &spec.input, &x, &mut scope).map_err(|msg| Error::Model {
-        source_name: source.into(),
-        layer: None,
-        msg: format!("cannot export to ONNX: {msg}"),
-    })?;
-    let out_shape = net_output_shape(net)?;
+    // The ONNX value of each graph value: the input, then each step's output.
+    let mut values = vec![x];
+    for step in &graph.steps {
+        let mut cx = scope.child(&step.path);
+        let ins: Vec<&str> = step.inputs.iter().map(|&v| values[v].as_str()).collect();
+        let y = match &step.op {
+            StepOp::Layer(l) => l.onnx(&step.input_shapes[0], ins[0], &mut cx),
+            StepOp::Join(j) => j.onnx(&step.input_shapes, &ins, &mut cx),
+        }
+        .map_err(|msg| Error::Model {
+            source_name: source.into(),
+            layer: Some(format!("layer {} ({})", step.path, step.op.type_name())),
+            msg: format!("cannot export to ONNX: {msg}"),
+        })?;
+        values.push(y);
+    }
+    x = values.swap_remove(graph.output);
+    let out_shape = graph.output_shape().to_vec();
     if out_shape.len() > 1 {
         x = g.node("Flatten", &[&x], &[("axis", Attr::Int(1))], "flat");
     }
@@ -102,12 +116,6 @@ pub fn export(
         (OUTPUT, &[Dim::Symbolic("batch"), Dim::Fixed(outputs)]),
         metadata,
     ))
-}
-
-/// The sample shape of the network's last layer.
-fn net_output_shape(net: &Network<f32>) -> Result<Vec<usize>> {
-    let spec = net.spec();
-    crate::nn::layers::sequence_shape(&spec.layers, &spec.input, "network").map_err(Error::invalid)
 }
 
 /// Exports the network and writes the model to `path` atomically.

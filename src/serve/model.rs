@@ -3,6 +3,8 @@
 use crate::data::image::decode_image;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::nn::graph::StepOp;
+use crate::nn::layers::tensor_name;
 use crate::nn::weights::StateDict;
 use crate::nn::{BuildOptions, LayerSpec, ModelSpec, Network, SummaryRow};
 use crate::tensor::Tensor;
@@ -37,7 +39,7 @@ struct Pool {
 /// The first convolution's filters, for the page.
 #[derive(Serialize, Clone, Debug)]
 pub struct Filters {
-    /// Index of the layer in the model file.
+    /// Index of the layer among the graph's steps (in a chain, its index in the model file).
     pub layer: usize,
     /// [out_channels, in_channels / groups, kh, kw].
     pub shape: Vec<usize>,
@@ -196,12 +198,13 @@ impl ServedModel {
         let spec = net.spec().clone();
         let classes = spec.class_names();
         let layers = net.summary();
-        let filters = spec
-            .layers
+        let graph = spec.graph().map_err(|e| e.into_error(&spec.name))?;
+        let filters = graph
+            .steps
             .iter()
-            .position(|l| matches!(l, LayerSpec::Conv2d(_)))
+            .position(|s| matches!(s.op, StepOp::Layer(LayerSpec::Conv2d(_))))
             .and_then(|i| {
-                let name = format!("{i}.weight");
+                let name = tensor_name(&graph.steps[i].path, "weight");
                 net.named_params()
                     .into_iter()
                     .find(|(n, _)| *n == name)
@@ -311,9 +314,9 @@ impl ServedModel {
                 .unwrap_or_default();
             let layers = outs
                 .into_iter()
-                .map(|(i, t)| LayerOutput {
-                    name: format!("{i}: {}", self.spec.layers[i].type_name()),
-                    kind: self.spec.layers[i].type_name(),
+                .map(|(path, t)| LayerOutput {
+                    kind: self.step_kind(&path),
+                    name: format!("{path}: {}", self.step_kind(&path)),
                     shape: t.shape()[1..].to_vec(),
                     activations: Some(t.data().to_vec()),
                 })
@@ -342,12 +345,21 @@ impl ServedModel {
         })
     }
 
+    /// The type of the layer or join at module path `path`.
+    fn step_kind(&self, path: &str) -> &'static str {
+        self.info
+            .layers
+            .iter()
+            .find(|r| r.index == path)
+            .map_or("layer", |r| r.kind)
+    }
+
     /// Each top-level layer's name and output shape, without running it.
     fn layer_shapes(&self) -> Vec<LayerOutput> {
         self.info
             .layers
             .iter()
-            .filter(|r| !r.index.contains('.'))
+            .filter(|r| r.depth == 0)
             .map(|r| LayerOutput {
                 name: format!("{}: {}", r.index, r.kind),
                 kind: r.kind,

@@ -439,7 +439,7 @@ mod tests {
             bn.relu = relu;
             let mut seq = Seq {
                 layers: vec![conv, Box::new(bn)],
-                index: vec![0, 1],
+                paths: vec!["0".into(), "1".into()],
                 recycled: Default::default(),
             };
             let x = Tensor::from_vec(&[4, 2, 5, 5], random(200, 3)).unwrap();

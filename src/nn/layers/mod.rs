@@ -255,21 +255,33 @@ pub fn weight_bias_mut<'a, T>(
         .collect()
 }
 
-/// `items` with `{prefix}` before each name.
-pub fn prefixed<X>(prefix: &str, items: Vec<(String, X)>) -> Vec<(String, X)> {
+/// The state_dict name of tensor `local` of the module at `path`: `{path}.{local}`, or the
+/// path alone for a tensor that is the module's own (`local` empty: ConvNeXt's
+/// `layer_scale`), as PyTorch names a parameter registered on a block.
+pub fn tensor_name(path: &str, local: &str) -> String {
+    match (path.is_empty(), local.is_empty()) {
+        (true, _) => local.to_string(),
+        (false, true) => path.to_string(),
+        (false, false) => format!("{path}.{local}"),
+    }
+}
+
+/// `items` named as tensors of the module at `path` ([`tensor_name`]).
+pub fn prefixed<X>(path: &str, items: Vec<(String, X)>) -> Vec<(String, X)> {
     items
         .into_iter()
-        .map(|(n, x)| (format!("{prefix}{n}"), x))
+        .map(|(n, x)| (tensor_name(path, &n), x))
         .collect()
 }
 
 pub(crate) const NO_CACHE: &str = "backward called without a training forward pass";
 
-/// Layers in sequence; `index[i]` is layer i's position among the specs it was built from
-/// (the prefix of its tensors' names), which differs from i after fusion.
+/// Layers in sequence; `paths[i]` is layer i's module path (the prefix of its tensors'
+/// names: its position among the specs it was built from, or its graph node's path), which
+/// after fusion is the path of the first spec layer it merged.
 pub struct Seq<T> {
     pub layers: Vec<Box<dyn Layer<T>>>,
-    pub index: Vec<usize>,
+    pub paths: Vec<String>,
     /// The network's spent inference outputs, for the next ones ([`Recycled`]).
     pub recycled: Shared<Recycled<T>>,
 }
@@ -340,16 +352,16 @@ impl<T: Float> Seq<T> {
     /// Parameters named `{index}.{name}`, in state_dict order.
     pub fn params(&self) -> Named<'_, Param<T>> {
         let mut out = Vec::new();
-        for (l, i) in self.layers.iter().zip(&self.index) {
-            out.extend(prefixed(&format!("{i}."), l.params()));
+        for (l, p) in self.layers.iter().zip(&self.paths) {
+            out.extend(prefixed(p, l.params()));
         }
         out
     }
 
     pub fn params_mut(&mut self) -> NamedMut<'_, Param<T>> {
         let mut out = Vec::new();
-        for (l, i) in self.layers.iter_mut().zip(&self.index) {
-            out.extend(prefixed(&format!("{i}."), l.params_mut()));
+        for (l, p) in self.layers.iter_mut().zip(&self.paths) {
+            out.extend(prefixed(p, l.params_mut()));
         }
         out
     }
@@ -357,16 +369,16 @@ impl<T: Float> Seq<T> {
     /// Buffers named `{index}.{name}`, in state_dict order.
     pub fn buffers(&self) -> Named<'_, Buffer<T>> {
         let mut out = Vec::new();
-        for (l, i) in self.layers.iter().zip(&self.index) {
-            out.extend(prefixed(&format!("{i}."), l.buffers()));
+        for (l, p) in self.layers.iter().zip(&self.paths) {
+            out.extend(prefixed(p, l.buffers()));
         }
         out
     }
 
     pub fn buffers_mut(&mut self) -> NamedMut<'_, Buffer<T>> {
         let mut out = Vec::new();
-        for (l, i) in self.layers.iter_mut().zip(&self.index) {
-            out.extend(prefixed(&format!("{i}."), l.buffers_mut()));
+        for (l, p) in self.layers.iter_mut().zip(&self.paths) {
+            out.extend(prefixed(p, l.buffers_mut()));
         }
         out
     }
@@ -576,7 +588,8 @@ macro_rules! registry {
                 $(v.extend_from_slice(<$module::$def as LayerDef>::TYPES);)*
                 v
             }
-            fn parse_known(name: &str, f: &mut Fields) -> Option<Result<LayerSpec>> {
+            /// The spec of a layer type `name` from its keys; None when `name` is no layer type.
+            pub fn parse_known(name: &str, f: &mut Fields) -> Option<Result<LayerSpec>> {
                 $(if <$module::$def as LayerDef>::TYPES.contains(&name) {
                     return Some(<$module::$def as LayerDef>::parse(name, f).map(LayerSpec::$variant));
                 })*
@@ -631,6 +644,8 @@ registry! {
     batchnorm::BatchNormSpec as BatchNorm,
     dropout::DropoutSpec as Dropout,
     adaptive_pool::AdaptivePoolSpec as AdaptivePool,
+    slice::SliceSpec as Slice,
+    channel_shuffle::ChannelShuffleSpec as ChannelShuffle,
 }
 
 impl LayerSpec {
@@ -755,7 +770,8 @@ pub fn sequence_shape(
     Ok(s)
 }
 
-/// Builds the layers of `specs` in sequence, one per spec, on inputs of sample shape `input`.
+/// Builds the layers of `specs` in sequence, one per spec, on inputs of sample shape `input`;
+/// layer j's module path is `j`.
 pub fn build_sequence<T: Float>(specs: &[LayerSpec], input: &[usize], cx: &mut BuildCx) -> Seq<T> {
     let mut shape = input.to_vec();
     let mut layers = Vec::with_capacity(specs.len());
@@ -765,7 +781,7 @@ pub fn build_sequence<T: Float>(specs: &[LayerSpec], input: &[usize], cx: &mut B
     }
     Seq {
         layers,
-        index: (0..specs.len()).collect(),
+        paths: (0..specs.len()).map(|j| j.to_string()).collect(),
         recycled: cx.shared(),
     }
 }

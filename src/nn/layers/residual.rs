@@ -198,30 +198,30 @@ impl<T: Float> Layer<T> for Residual<T> {
         Some(d)
     }
     fn params(&self) -> Named<'_, Param<T>> {
-        let mut out = prefixed("body.", self.body.params());
+        let mut out = prefixed("body", self.body.params());
         if let Some(sc) = &self.shortcut {
-            out.extend(prefixed("shortcut.", sc.params()));
+            out.extend(prefixed("shortcut", sc.params()));
         }
         out
     }
     fn params_mut(&mut self) -> NamedMut<'_, Param<T>> {
-        let mut out = prefixed("body.", self.body.params_mut());
+        let mut out = prefixed("body", self.body.params_mut());
         if let Some(sc) = &mut self.shortcut {
-            out.extend(prefixed("shortcut.", sc.params_mut()));
+            out.extend(prefixed("shortcut", sc.params_mut()));
         }
         out
     }
     fn buffers(&self) -> Named<'_, Buffer<T>> {
-        let mut out = prefixed("body.", self.body.buffers());
+        let mut out = prefixed("body", self.body.buffers());
         if let Some(sc) = &self.shortcut {
-            out.extend(prefixed("shortcut.", sc.buffers()));
+            out.extend(prefixed("shortcut", sc.buffers()));
         }
         out
     }
     fn buffers_mut(&mut self) -> NamedMut<'_, Buffer<T>> {
-        let mut out = prefixed("body.", self.body.buffers_mut());
+        let mut out = prefixed("body", self.body.buffers_mut());
         if let Some(sc) = &mut self.shortcut {
-            out.extend(prefixed("shortcut.", sc.buffers_mut()));
+            out.extend(prefixed("shortcut", sc.buffers_mut()));
         }
         out
     }
