@@ -330,3 +330,223 @@ fn accumulate<T: Float>(grads: &mut [Option<Tensor<T>>], v: usize, dx: Tensor<T>
         slot => *slot = Some(dx),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::nn::{BuildOptions, Init, ModelSpec, Network};
+    use crate::tensor::Tensor;
+
+    /// A graph with every join, a channel split and shuffle, a squeeze-and-excitation gate,
+    /// a value read three times and BatchNorm in a branch.
+    const GRAPH: &str = r#"input = [4, 5, 5]
+
+[[layers]]
+type = "conv2d"
+name = "stem"
+out_channels = 6
+kernel = 3
+padding = 1
+
+[[layers]]
+type = "slice"
+name = "left"
+start = 0
+end = 3
+
+[[layers]]
+type = "block"
+name = "right"
+inputs = ["stem"]
+
+[[layers.layers]]
+type = "slice"
+start = 3
+end = 6
+
+[[layers.layers]]
+type = "conv2d"
+out_channels = 3
+kernel = 1
+
+[[layers.layers]]
+type = "batchnorm2d"
+
+[[layers]]
+type = "concat"
+name = "cat"
+inputs = ["left", "right"]
+
+[[layers]]
+type = "channel_shuffle"
+groups = 2
+
+[[layers]]
+type = "block"
+name = "se"
+
+[[layers.layers]]
+type = "adaptiveavgpool2d"
+output = 1
+
+[[layers.layers]]
+type = "conv2d"
+out_channels = 2
+kernel = 1
+
+[[layers.layers]]
+type = "sigmoid"
+
+[[layers.layers]]
+type = "conv2d"
+out_channels = 6
+kernel = 1
+
+[[layers]]
+type = "mul"
+name = "gated"
+inputs = ["cat", "se"]
+
+[[layers]]
+type = "add"
+inputs = ["gated", "stem", "cat"]
+
+[[layers]]
+type = "flatten"
+
+[[layers]]
+type = "linear"
+name = "fc"
+out_features = 3
+"#;
+
+    fn net(seed: u64) -> Network<f64> {
+        let spec = ModelSpec::parse(GRAPH, "graph").unwrap();
+        Network::<f64>::new(spec, Init::Pytorch, seed)
+    }
+
+    fn input(n: usize) -> Tensor<f64> {
+        let v = (0..n * 100)
+            .map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0)
+            .collect();
+        Tensor::from_vec(&[n, 4, 5, 5], v).unwrap()
+    }
+
+    #[test]
+    fn graph_gradients_match_central_differences() {
+        let mut a = net(5);
+        let names = a.param_names();
+        assert!(names.contains(&"right.1.weight".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"se.3.bias".to_string()) && names.contains(&"fc.weight".to_string())
+        );
+        let x = input(3);
+        let r: Vec<f64> = (0..9).map(|i| (i as f64 * 0.7).sin()).collect();
+        let energy = |n: &mut Network<f64>, x: &Tensor<f64>| -> f64 {
+            let y = n.forward(x.clone(), true).unwrap();
+            y.data().iter().zip(&r).map(|(a, b)| a * b).sum()
+        };
+        energy(&mut a, &x);
+        let dx = a.backward_with_input_grad(Tensor::from_vec(&[3, 3], r.clone()).unwrap());
+        let grads: Vec<(String, Tensor<f64>)> = {
+            let mut g = Vec::new();
+            a.visit_params(&mut |n, p| g.push((n, p.grad.clone())));
+            g
+        };
+        let h = 1e-6;
+        let close = |g: f64, fd: f64| (g - fd).abs() <= 1e-5 * (1.0 + g.abs().max(fd.abs()));
+        for i in (0..x.len()).step_by(7) {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp.data_mut()[i] += h;
+            xm.data_mut()[i] -= h;
+            let fd = (energy(&mut a, &xp) - energy(&mut a, &xm)) / (2.0 * h);
+            assert!(close(dx.data()[i], fd), "dx[{i}] {} vs {fd}", dx.data()[i]);
+        }
+        for (name, g) in grads {
+            for i in (0..g.len()).step_by(5) {
+                let nudge = |a: &mut Network<f64>, d: f64| {
+                    a.visit_params_mut(&mut |n, p| {
+                        if n == name {
+                            p.value.data_mut()[i] += d;
+                        }
+                    })
+                };
+                nudge(&mut a, h);
+                let ep = energy(&mut a, &x);
+                nudge(&mut a, -2.0 * h);
+                let em = energy(&mut a, &x);
+                nudge(&mut a, h);
+                let fd = (ep - em) / (2.0 * h);
+                assert!(
+                    close(g.data()[i], fd),
+                    "{name}[{i}] {} vs {fd}",
+                    g.data()[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn graph_inference_is_the_same_fused_or_not_and_in_shards() {
+        let spec = ModelSpec::parse(GRAPH, "graph").unwrap();
+        let build = |fuse| {
+            Network::<f64>::with_options(
+                spec.clone(),
+                BuildOptions {
+                    seed: 2,
+                    fuse,
+                    ..Default::default()
+                },
+            )
+        };
+        let (mut fused, mut plain) = (build(true), build(false));
+        let x = input(40); // several shards
+        let a = fused.forward(x.clone(), false).unwrap();
+        let b = plain.forward(x.clone(), false).unwrap();
+        for (u, v) in a.data().iter().zip(b.data()) {
+            assert!((u - v).abs() < 1e-12, "{u} vs {v}");
+        }
+        let one = fused.infer_rows(&x, 7..8).unwrap();
+        for (u, v) in one.data().iter().zip(&a.data()[21..24]) {
+            assert!((u - v).abs() < 1e-12, "{u} vs {v}");
+        }
+        // The traced outputs end in the network's output.
+        let each = plain.infer_layers(&x).unwrap();
+        assert_eq!(each.last().unwrap().0, "fc");
+        for (u, v) in each.last().unwrap().1.data().iter().zip(b.data()) {
+            assert!((u - v).abs() < 1e-12, "{u} vs {v}");
+        }
+    }
+
+    #[test]
+    fn graph_training_is_the_same_on_any_thread_count() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut n = net(9).cast::<f32>();
+                let x = input(64).cast::<f32>();
+                let dloss = |rows: std::ops::Range<usize>, y: &Tensor<f32>| {
+                    let d: Vec<f32> = y
+                        .data()
+                        .iter()
+                        .map(|v| v * 0.5 + rows.start as f32)
+                        .collect();
+                    (Tensor::from_vec(y.shape(), d).unwrap(), 0.0)
+                };
+                n.forward_backward(x, &dloss).unwrap();
+                n.named_params()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .zip({
+                        let mut g = Vec::new();
+                        n.visit_params(&mut |_, p| g.push(p.grad.data().to_vec()));
+                        g
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}
