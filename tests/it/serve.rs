@@ -442,6 +442,18 @@ fn serve_command_prints_its_url_and_stops_on_ctrl_c() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs weights"));
+    // Limits that make no sense are refused with the flag named.
+    for flag in ["--idle-timeout-secs", "--header-timeout-secs"] {
+        for bad in ["0", "inf", "nan"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_convnet"))
+                .args(["serve", "--model", "lenet5", flag, bad])
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(flag), "{flag} {bad}: {err}");
+        }
+    }
 }
 
 /// Chromium for the page test: Debian's, installed by `.ci/run`. Elsewhere the test is
