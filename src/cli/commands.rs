@@ -132,6 +132,7 @@ pub fn run(cli: Cli, group: Option<Arc<dyn Group>>) -> Result<()> {
             host,
             port,
             max_body_mb,
+            limits,
         } => super::serve::serve_cmd(super::serve::ServeArgs {
             model,
             weights,
@@ -141,9 +142,28 @@ pub fn run(cli: Cli, group: Option<Arc<dyn Group>>) -> Result<()> {
                 host,
                 port,
                 body_limit: max_body_mb.saturating_mul(1 << 20),
+                max_connections: limits.max_connections,
+                header_timeout: seconds("header-timeout-secs", limits.header_timeout_secs)?,
+                body_timeout: seconds("body-timeout-secs", limits.body_timeout_secs)?,
+                min_body_rate: limits.min_body_rate,
+                idle_timeout: seconds("idle-timeout-secs", limits.idle_timeout_secs)?,
+                drain_timeout: seconds("drain-timeout-secs", limits.drain_timeout_secs)?,
             },
         }),
     }
+}
+
+/// A flag's seconds as a duration: finite and positive.
+#[cfg(feature = "serve")]
+fn seconds(flag: &str, s: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "--{flag}: give a positive number of seconds, not {s}"
+            ))
+        })
 }
 
 /// "3" → (3, 3); "2,3" or "2x3" → (2, 3).
@@ -564,7 +584,7 @@ fn train_setup(a: &TrainArgs) -> Result<Option<(Start, TrainOptions, RunPaths, D
         if changed {
             return Err(Error::invalid("--resume continues a run with its own options; only --epochs (and --data) may be given"));
         }
-        let paths = RunPaths { dir: dir.clone() };
+        let paths = RunPaths::new(dir.clone());
         if !paths.checkpoint().is_file() {
             return Err(Error::invalid(format!(
                 "{}: holds no run to resume (no checkpoint.safetensors)",
@@ -684,7 +704,7 @@ fn train_setup(a: &TrainArgs) -> Result<Option<(Start, TrainOptions, RunPaths, D
                 history: Vec::new(),
             },
             opts,
-            RunPaths { dir },
+            RunPaths::new(dir),
             data,
         )
     }))

@@ -32,6 +32,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `convnet serve` allows a client: connections, and time for each part of a request.
+#[cfg(feature = "serve")]
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeLimitArgs {
+    /// Connections open at once; past them new ones are answered 503 (default: sized from
+    /// the open-file limit, raised to its hard limit).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds from a request head's first byte to its end.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+    /// Seconds a body may take beyond its size at --min-body-rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub body_timeout_secs: f64,
+    /// Slowest upload accepted, in bytes per second.
+    #[arg(long, default_value_t = 16384)]
+    pub min_body_rate: u64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_timeout_secs: f64,
+    /// On SIGTERM or Ctrl-C, seconds the requests in flight have to finish.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout_secs: f64,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Show each layer's output shape and parameter count.
@@ -151,6 +176,8 @@ pub enum Command {
         /// Largest image accepted, in MB.
         #[arg(long, default_value_t = 8)]
         max_body_mb: usize,
+        #[command(flatten)]
+        limits: ServeLimitArgs,
     },
     /// Merge consecutive linear layers (with only identity between) into one, and save the smaller model.
     Collapse {

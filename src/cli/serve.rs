@@ -47,8 +47,16 @@ pub fn serve_cmd(a: ServeArgs) -> Result<()> {
     let name = model.info().name.clone();
     let server = bind(model, &a.config)?;
     println!(
-        "serving model `{name}` at http://{}/ (Ctrl-C stops)",
+        "serving model `{name}` at http://{}/ (Ctrl-C or SIGTERM stops)",
         server.addr()
+    );
+    println!(
+        "at most {} connections; timeouts: head {} s, body {} s + 1 s per {} bytes, idle {} s",
+        server.max_connections(),
+        a.config.header_timeout.as_secs_f64(),
+        a.config.body_timeout.as_secs_f64(),
+        a.config.min_body_rate,
+        a.config.idle_timeout.as_secs_f64()
     );
     server.run_until_ctrl_c()?;
     println!("stopped");

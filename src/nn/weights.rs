@@ -3,7 +3,7 @@
 use super::layers::Buffer;
 use super::network::Network;
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::write_atomic_to;
 use crate::tensor::Tensor;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
@@ -101,6 +101,16 @@ pub fn write_state(
     sd: &StateDict,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    write_state_to(&crate::io::Disk, path, sd, metadata)
+}
+
+/// [`write_state`] through `store`.
+pub fn write_state_to(
+    store: &dyn crate::io::Storage,
+    path: &Path,
+    sd: &StateDict,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let floats: Vec<(&String, Vec<usize>, Vec<u8>)> = sd
         .floats
         .iter()
@@ -131,7 +141,7 @@ pub fn write_state(
         ));
     }
     let data = safetensors::serialize(views, &metadata).map_err(enc)?;
-    write_atomic(path, &data)
+    write_atomic_to(store, path, |w| w.write_all(&data))
 }
 
 impl Network<f32> {

@@ -291,15 +291,19 @@ impl ServedModel {
             ));
         }
         let [c, h, w] = self.info.input;
+        // The header's size first: an upload claiming 100,000×100,000 pixels is refused
+        // before a decoder allocates anything for it.
+        let declared = image::ImageReader::new(std::io::Cursor::new(image))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok());
+        if let Some((iw, ih)) = declared.filter(|&(iw, ih)| (ih as usize, iw as usize) != (h, w)) {
+            return Err(wrong_size(iw as usize, ih as usize, w, h));
+        }
         let (px, ih, iw) = decode_image(image, Path::new("the request body"), c)
             .map_err(|e| BadRequest::new(422, e.to_string()))?;
         if (ih, iw) != (h, w) {
-            return Err(BadRequest::new(
-                422,
-                format!(
-                    "the image is {iw}×{ih} pixels but the model takes {w}×{h} (width × height)"
-                ),
-            ));
+            return Err(wrong_size(iw, ih, w, h));
         }
         let internal = |e: Error| BadRequest::new(500, e.to_string());
         let x = Tensor::from_vec(&[1, c, h, w], px).map_err(internal)?;
@@ -368,6 +372,14 @@ impl ServedModel {
             })
             .collect()
     }
+}
+
+/// An image of iw×ih pixels sent to a model taking w×h.
+fn wrong_size(iw: usize, ih: usize, w: usize, h: usize) -> BadRequest {
+    BadRequest::new(
+        422,
+        format!("the image is {iw}×{ih} pixels but the model takes {w}×{h} (width × height)"),
+    )
 }
 
 /// Softmax in f64 (the largest output subtracted first, so no overflow).

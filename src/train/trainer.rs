@@ -5,9 +5,9 @@ use super::options::TrainOptions;
 use crate::data::{DataSplit, Dataset};
 use crate::dist::{agree, agree_on, Group, Status};
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{remove_stale_temps, write_atomic_to, Disk, Storage};
 use crate::loss::{loss_part, LossKind};
-use crate::nn::weights::{read_state, write_state};
+use crate::nn::weights::{read_state, write_state_to};
 use crate::nn::Network;
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
@@ -135,12 +135,22 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
-/// The files of a run directory.
+/// The files of a run directory, and where they are written.
 pub struct RunPaths {
     pub dir: PathBuf,
+    /// The disk, or in tests a store that fails on cue.
+    pub store: Arc<dyn Storage>,
 }
 
 impl RunPaths {
+    /// The run in `dir`, written to disk.
+    pub fn new(dir: impl Into<PathBuf>) -> RunPaths {
+        RunPaths {
+            dir: dir.into(),
+            store: Arc::new(Disk),
+        }
+    }
+
     pub fn model(&self) -> PathBuf {
         self.dir.join("model.toml")
     }
@@ -343,6 +353,11 @@ fn run_epoch(
     ))
 }
 
+/// The checkpoint's metadata key holding the run's metrics (metrics.csv's text): the
+/// checkpoint alone then says everything --resume needs, whichever later file a crash or a
+/// failed write left behind.
+const METRICS_KEY: &str = "metrics";
+
 fn metrics_csv(history: &[EpochMetrics]) -> String {
     let mut s = String::from("epoch,train_loss,test_loss,test_accuracy,seconds\n");
     for m in history {
@@ -360,6 +375,11 @@ fn metrics_csv(history: &[EpochMetrics]) -> String {
 /// Reads a run's metrics.csv back (the epochs it has finished).
 pub fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_metrics_text(&text, path)
+}
+
+/// [`parse_metrics`] of text read from `path`.
+fn parse_metrics_text(text: &str, path: &Path) -> Result<Vec<EpochMetrics>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
@@ -397,8 +417,11 @@ pub fn parse_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
 }
 
 /// Writes the model file, weights, optimizer state and metrics after `epochs_done` epochs
-/// (the observer is told afterwards: the CLI draws the curves from the metrics). The checkpoint (weights + optimizer state + epoch) is one file, so it is always
-/// self-consistent; nothing is written before the first epoch completes.
+/// (the observer is told afterwards: the CLI draws the curves from the metrics). The
+/// checkpoint (weights + optimizer state + epoch + metrics) is one file, so it is always
+/// self-consistent; each file is replaced atomically, so a failed write or a crash leaves
+/// the previous one whole; nothing is written before the first epoch completes. The model
+/// file comes first: --resume reads it beside any checkpoint.
 fn save_epoch(
     paths: &RunPaths,
     t: &Trainer,
@@ -411,7 +434,9 @@ fn save_epoch(
         spec: t.net.spec().clone(),
         recipe: opts.to_recipe(),
     };
-    write_atomic(&paths.model(), file.to_toml().as_bytes())?;
+    let store = paths.store.as_ref();
+    let toml = file.to_toml();
+    write_atomic_to(store, &paths.model(), |w| w.write_all(toml.as_bytes()))?;
     let weights = t.net.state();
     let mut state = weights.clone();
     for (i, name) in t.net.param_names().iter().enumerate() {
@@ -422,15 +447,17 @@ fn save_epoch(
             state.floats.insert(format!("state2.{name}"), s.clone());
         }
     }
+    let csv = metrics_csv(history);
     let meta = HashMap::from([
         ("epochs_done".to_string(), epochs_done.to_string()),
         ("steps".to_string(), t.opt.steps.to_string()),
         ("seed".to_string(), opts.seed.to_string()),
         ("shuffle".to_string(), opts.shuffle.to_string()),
+        (METRICS_KEY.to_string(), csv.clone()),
     ]);
-    write_state(&paths.checkpoint(), &state, Some(meta))?;
-    write_state(&paths.weights(), &weights, None)?;
-    write_atomic(&paths.metrics(), metrics_csv(history).as_bytes())
+    write_state_to(store, &paths.checkpoint(), &state, Some(meta))?;
+    write_state_to(store, &paths.weights(), &weights, None)?;
+    write_atomic_to(store, &paths.metrics(), |w| w.write_all(csv.as_bytes()))
 }
 
 /// Trains from `start` to `opts.epochs`, saving into `paths` after every epoch.
@@ -523,6 +550,12 @@ pub struct CheckpointMeta {
 
 /// Reads the metadata of a run's checkpoint.
 pub fn read_checkpoint_meta(ck: &Path) -> Result<CheckpointMeta> {
+    checkpoint_meta(ck).map(|(m, _)| m)
+}
+
+/// The metadata of a run's checkpoint and the metrics it holds (None in checkpoints
+/// written before they held them).
+fn checkpoint_meta(ck: &Path) -> Result<(CheckpointMeta, Option<Vec<EpochMetrics>>)> {
     let bytes = std::fs::read(ck).map_err(|e| Error::io(ck, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::format(ck, format!("not a valid checkpoint: {e}")))?;
@@ -533,22 +566,36 @@ pub fn read_checkpoint_meta(ck: &Path) -> Result<CheckpointMeta> {
             .ok_or_else(|| Error::format(ck, format!("checkpoint metadata lacks `{k}`")))
     };
     let bad = |k: &str| Error::format(ck, format!("checkpoint metadata `{k}` is malformed"));
-    Ok(CheckpointMeta {
-        epochs_done: get("epochs_done")?
-            .parse()
-            .map_err(|_| bad("epochs_done"))?,
-        steps: get("steps")?.parse().map_err(|_| bad("steps"))?,
-        seed: get("seed")?.parse().map_err(|_| bad("seed"))?,
-        shuffle: get("shuffle")?.parse().map_err(|_| bad("shuffle"))?,
-    })
+    let metrics = meta
+        .get(METRICS_KEY)
+        .map(|text| parse_metrics_text(text, ck))
+        .transpose()?;
+    Ok((
+        CheckpointMeta {
+            epochs_done: get("epochs_done")?
+                .parse()
+                .map_err(|_| bad("epochs_done"))?,
+            steps: get("steps")?.parse().map_err(|_| bad("steps"))?,
+            seed: get("seed")?.parse().map_err(|_| bad("seed"))?,
+            shuffle: get("shuffle")?.parse().map_err(|_| bad("shuffle"))?,
+        },
+        metrics,
+    ))
 }
 
 /// Reloads a run directory's trainer and progress for --resume.
 pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Result<Start> {
     let ck = paths.checkpoint();
-    let CheckpointMeta {
-        epochs_done, steps, ..
-    } = read_checkpoint_meta(&ck)?;
+    let (
+        CheckpointMeta {
+            epochs_done, steps, ..
+        },
+        metrics,
+    ) = checkpoint_meta(&ck)?;
+    // Writers killed mid-write left their temporary files; this run writes its own.
+    for p in paths.all() {
+        remove_stale_temps(&p);
+    }
     let mut state = read_state(&ck)?;
     let mut net = net;
     let (mut s1, mut s2) = (Vec::new(), Vec::new());
@@ -565,10 +612,12 @@ pub fn resume(paths: &RunPaths, opts: &TrainOptions, net: Network<f32>) -> Resul
     opt.steps = steps;
     opt.state1 = s1;
     opt.state2 = s2;
-    let history = if paths.metrics().is_file() {
-        parse_metrics(&paths.metrics())?
-    } else {
-        Vec::new()
+    // The checkpoint's own metrics: metrics.csv may be an epoch behind it (a crash between
+    // the two writes).
+    let history = match metrics {
+        Some(m) => m,
+        None if paths.metrics().is_file() => parse_metrics(&paths.metrics())?,
+        None => Vec::new(),
     };
     let history = history.into_iter().take(epochs_done).collect();
     let mut trainer = Trainer::new(net, opt, opts.loss);

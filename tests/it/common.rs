@@ -107,3 +107,44 @@ pub fn embedded_cut(train: usize, test: usize) -> convnet::data::DataSplit {
         skipped: 0,
     }
 }
+
+/// A PNG whose header says w×h (of colour type `colour`) and holds one empty data chunk.
+pub fn lying_png(w: u32, h: u32, colour: u8) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, colour, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A baseline JPEG header saying w×h grey pixels, with no image data.
+pub fn lying_jpeg(w: u16, h: u16) -> Vec<u8> {
+    let mut out = vec![0xFF, 0xD8];
+    // A quantisation table of ones.
+    out.extend_from_slice(&[0xFF, 0xDB, 0x00, 0x43, 0x00]);
+    out.extend_from_slice(&[1u8; 64]);
+    // Start of frame: 8 bits, h, w, one component.
+    out.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 0x08]);
+    out.extend_from_slice(&h.to_be_bytes());
+    out.extend_from_slice(&w.to_be_bytes());
+    out.extend_from_slice(&[0x01, 0x01, 0x11, 0x00]);
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod data_sources;
+mod faults;
 mod gradcheck;
 mod onnx;
 mod ranks;

@@ -121,9 +121,7 @@ fn run(
     dir: &Path,
     obs: impl Fn() -> Box<dyn Observer> + Sync,
 ) -> Vec<Result<StateDict, Error>> {
-    let paths = RunPaths {
-        dir: dir.to_path_buf(),
-    };
+    let paths = RunPaths::new(dir.to_path_buf());
     let one = |group: Option<Arc<dyn Group>>| {
         let (s, opts) = start(model, group);
         train(s, data, &opts, &paths, None, obs().as_mut()).map(|t| t.net.state())

@@ -101,9 +101,7 @@ fn runs(threads: usize) -> (StateDict, StateDict) {
         let opts = TrainOptions::resolve(&[&file.recipe], 11, true).unwrap();
         let data = data();
         let dir = tempfile::tempdir().unwrap();
-        let full = RunPaths {
-            dir: dir.path().join("full"),
-        };
+        let full = RunPaths::new(dir.path().join("full"));
         let whole = train(
             fresh(&spec, &opts),
             &data,
@@ -113,9 +111,7 @@ fn runs(threads: usize) -> (StateDict, StateDict) {
             &mut convnet::train::Silent,
         )
         .unwrap();
-        let cut = RunPaths {
-            dir: dir.path().join("cut"),
-        };
+        let cut = RunPaths::new(dir.path().join("cut"));
         let flag = Arc::new(AtomicBool::new(false));
         let mut stop = StopAt {
             epoch: 2,

@@ -371,6 +371,7 @@ fn hostile_model_sizes_are_refused_before_allocating() {
     for (i, layer) in [
         "type = \"conv2d\"\nout_channels = 1000000\nkernel = 5",
         "type = \"conv2d\"\nout_channels = 9223372036854775807\nkernel = 5",
+        "type = \"conv2d\"\nout_channels = 1000000000000\nkernel = 5",
         "type = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout_features = 1048576",
     ]
     .iter()
@@ -464,4 +465,102 @@ fn force_replaces_an_old_run_entirely() {
         run.join("notes.txt").exists(),
         "--force removes only the run's own files"
     );
+}
+
+#[test]
+fn files_whose_headers_claim_more_than_memory_holds_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let t = std::time::Instant::now();
+    // A model file whose input has 10^12 channels.
+    let m = root.join("wide.toml");
+    std::fs::write(
+        &m,
+        "input = [1000000000000, 28, 28]\n[[layers]]\ntype = \"flatten\"\n",
+    )
+    .unwrap();
+    let err = fails_with(&convnet(&["summary", "--model", s(&m)]), 1);
+    assert!(err.contains("wide.toml"), "{err}");
+    // Safetensors headers naming a tensor of 10^12 floats over 8 bytes of data, and a header
+    // length of 10^12 bytes.
+    let header = br#"{"0.weight":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4000000000000]}}"#;
+    let mut huge_tensor = (header.len() as u64).to_le_bytes().to_vec();
+    huge_tensor.extend_from_slice(header);
+    huge_tensor.extend_from_slice(&[0u8; 8]);
+    let mut huge_header = 1_000_000_000_000u64.to_le_bytes().to_vec();
+    huge_header.extend_from_slice(b"{}");
+    let model = common::fixture("fwd_lenet5.toml");
+    let x = root.join("x.png");
+    image::GrayImage::new(28, 28).save(&x).unwrap();
+    for (name, bytes) in [
+        ("tensor.safetensors", huge_tensor),
+        ("header.safetensors", huge_header),
+    ] {
+        let w = root.join(name);
+        std::fs::write(&w, bytes).unwrap();
+        let err = fails_with(
+            &convnet(&[
+                "predict",
+                "--model",
+                s(&model),
+                "--weights",
+                s(&w),
+                "--input",
+                s(&x),
+            ]),
+            1,
+        );
+        assert!(
+            err.contains(name) && err.contains("not a valid safetensors file"),
+            "{err}"
+        );
+    }
+    // Images whose header claims 100,000×100,000 pixels (grey, read by zune-png first, and
+    // RGBA, by `image`) or 65,000×65,000 (a JPEG): as inputs, and in a data folder.
+    let weights = common::fixture("fwd_lenet5.safetensors");
+    let images = [
+        ("grey.png", common::lying_png(100_000, 100_000, 0)),
+        ("rgba.png", common::lying_png(100_000, 100_000, 6)),
+        ("big.jpg", common::lying_jpeg(65_000, 65_000)),
+    ];
+    for (name, bytes) in &images {
+        let p = root.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let err = fails_with(
+            &convnet(&[
+                "predict",
+                "--model",
+                s(&model),
+                "--weights",
+                s(&weights),
+                "--input",
+                s(&p),
+            ]),
+            1,
+        );
+        assert!(err.contains(name) && err.contains("cannot decode"), "{err}");
+    }
+    let folder = root.join("digits");
+    for class in ["0", "1"] {
+        std::fs::create_dir_all(folder.join(class)).unwrap();
+        image::GrayImage::new(28, 28)
+            .save(folder.join(class).join("a.png"))
+            .unwrap();
+    }
+    std::fs::write(folder.join("1").join("grey.png"), &images[0].1).unwrap();
+    let err = fails_with(
+        &convnet(&[
+            "eval",
+            "--model",
+            s(&model),
+            "--weights",
+            s(&weights),
+            "--data",
+            s(&folder),
+        ]),
+        1,
+    );
+    assert!(err.contains("grey.png"), "{err}");
+    // Refused from the headers: no 10-gigabyte allocation, no time spent decoding.
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
 }
